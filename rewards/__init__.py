@@ -1,0 +1,25 @@
+"""Rewards: `load_reward(spec, **kwargs)` builds any registered or user-supplied reward."""
+
+from blip3o_rl.rewards.base import (
+    CombinedScores,
+    FunctionReward,
+    Reward,
+    RewardOutput,
+    WeightedRewards,
+    load_reward,
+    register_reward,
+    registered_rewards,
+    score_batch,
+)
+
+__all__ = [
+    "CombinedScores",
+    "FunctionReward",
+    "Reward",
+    "RewardOutput",
+    "WeightedRewards",
+    "load_reward",
+    "register_reward",
+    "registered_rewards",
+    "score_batch",
+]

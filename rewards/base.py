@@ -1,0 +1,196 @@
+"""The reward interface, the reward registry and weighted combinations of rewards.
+
+A reward scores a batch of decoded images against their prompts::
+
+    reward(images: list[PIL.Image.Image], prompts: list[str], metadata: list[dict]) -> RewardOutput
+
+`RewardOutput.scores[i]` is a float, or ``None`` when the reward could not score sample ``i`` (OCR
+engine error, unparsable prompt, server timeout...). ``None`` is never turned into 0: the trainer
+excludes that sample from the loss and counts it in the logs. User functions may return a plain
+list of scores; `load_reward` wraps them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import logging
+import math
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardOutput:
+    """Scores for one batch: ``scores[i]`` is a float or ``None`` (failed), ``details[i]`` a dict for logs."""
+
+    scores: list[float | None]
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.details:
+            self.details = [{} for _ in self.scores]
+        if len(self.details) != len(self.scores):
+            raise ValueError(f"RewardOutput has {len(self.scores)} scores but {len(self.details)} details")
+
+    @property
+    def num_failed(self) -> int:
+        return sum(s is None for s in self.scores)
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """Anything callable as ``reward(images, prompts, metadata)`` returning a `RewardOutput`."""
+
+    def __call__(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
+    ) -> RewardOutput: ...
+
+
+_REGISTRY: dict[str, str] = {
+    # name -> "module:attribute", imported on first use so heavy backends stay lazy.
+    "tiny_layout": "blip3o_rl.rewards.tiny_layout:TinyLayoutReward",
+}
+
+
+def register_reward(name: str, target: str) -> None:
+    """Register ``name`` for ``target`` ("package.module:attribute") so `load_reward(name)` finds it."""
+    if name in _REGISTRY and _REGISTRY[name] != target:
+        raise ValueError(f"reward {name!r} is already registered for {_REGISTRY[name]}")
+    _REGISTRY[name] = target
+
+
+def registered_rewards() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _import_target(spec: str) -> Any:
+    """Resolve "pkg.module:attr" or "path/to/file.py:attr" to the attribute."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        known = ", ".join(registered_rewards())
+        raise ValueError(
+            f"unknown reward {spec!r}: use a registered name ({known}), 'package.module:function' "
+            "or 'path/to/file.py:function'"
+        )
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise FileNotFoundError(f"reward file {path} (from reward spec {spec!r}) does not exist")
+        mod_name = f"blip3o_rl_user_reward_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise AttributeError(f"reward spec {spec!r}: {module_name} has no attribute {attr!r}") from None
+
+
+class FunctionReward:
+    """Adapts a plain function ``fn(images, prompts, metadata, **kwargs) -> list[float | None]``."""
+
+    def __init__(self, fn: Callable[..., Any], **kwargs: Any):
+        self.fn = fn
+        self.kwargs = kwargs
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, images, prompts, metadata) -> RewardOutput:
+        return self.fn(images, prompts, metadata, **self.kwargs)
+
+
+def load_reward(spec: str, **kwargs: Any) -> Reward:
+    """Build a reward from a registered name, "package.module:attr" or "path/to/file.py:attr".
+
+    A class (or any attribute that is not a plain function) is called with ``kwargs`` and must return
+    a reward; a plain function is the reward itself, called with ``kwargs`` on every batch.
+    """
+    target = _import_target(_REGISTRY.get(spec, spec))
+    if inspect.isfunction(target):
+        return FunctionReward(target, **kwargs)
+    reward = target(**kwargs)
+    if not callable(reward):
+        raise TypeError(f"reward {spec!r} built a {type(reward).__name__}, which is not callable")
+    return reward
+
+
+def _as_output(raw: Any, n: int, name: str) -> RewardOutput:
+    """Check what a reward returned and normalise it to a `RewardOutput` of length ``n``."""
+    out = raw if isinstance(raw, RewardOutput) else RewardOutput(scores=list(raw))
+    if len(out.scores) != n:
+        raise ValueError(f"reward {name!r} returned {len(out.scores)} scores for a batch of {n} images")
+    scores: list[float | None] = []
+    for i, s in enumerate(out.scores):
+        if s is None:
+            scores.append(None)
+            continue
+        try:
+            value = float(s)
+        except (TypeError, ValueError):
+            raise TypeError(f"reward {name!r} returned {s!r} (a {type(s).__name__}) for sample {i}") from None
+        if not math.isfinite(value):
+            out.details[i] = {**out.details[i], "error": f"non-finite score {value}"}
+            scores.append(None)
+        else:
+            scores.append(value)
+    out.scores = scores
+    return out
+
+
+def score_batch(reward: Reward, name: str, images, prompts, metadata) -> RewardOutput:
+    """Call ``reward`` and validate its output; an exception fails (``None``) every sample, loudly.
+
+    A reward that returns the wrong number of scores or a non-number is a bug in the reward, not a
+    failed sample: that raises.
+    """
+    try:
+        raw = reward(images, prompts, metadata)
+    except Exception as exc:  # a crashing reward fails its samples; training goes on and the log says so
+        logger.error("reward %r failed on a batch of %d: %s\n%s", name, len(images), exc, traceback.format_exc())
+        return RewardOutput([None] * len(images), [{"error": f"{type(exc).__name__}: {exc}"} for _ in images])
+    return _as_output(raw, len(images), name)
+
+
+@dataclass
+class CombinedScores:
+    """Per-reward outputs and their weighted sum (``None`` where any reward failed the sample)."""
+
+    total: list[float | None]
+    outputs: dict[str, RewardOutput]
+
+
+class WeightedRewards:
+    """Several named rewards combined as ``sum(weight * score)``; a sample fails if any reward fails it."""
+
+    def __init__(self, rewards: Sequence[tuple[str, float, Reward]]):
+        if not rewards:
+            raise ValueError("at least one reward is needed")
+        names = [n for n, _, _ in rewards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward names must be unique, got {names}")
+        self.rewards = list(rewards)
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _, _ in self.rewards]
+
+    def __call__(self, images, prompts, metadata) -> CombinedScores:
+        outputs = {name: score_batch(reward, name, images, prompts, metadata) for name, _, reward in self.rewards}
+        total: list[float | None] = []
+        for i in range(len(images)):
+            parts = [(w, outputs[name].scores[i]) for name, w, _ in self.rewards]
+            total.append(None if any(s is None for _, s in parts) else sum(w * s for w, s in parts))
+        return CombinedScores(total=total, outputs=outputs)
