@@ -5,7 +5,8 @@ It follows the BLIP3o-NEXT conventions exactly, at toy size:
 - tokenizer: a base vocabulary, ChatML specials, then ``<im_start>``, ``<im_end>``, ``<S0>``..``<S2>``,
   ``<I0>``..``<I{K-1}>`` appended in that order; token ids are read back from the config, never assumed;
 - prompt: the BLIP3o-NEXT chat template and caption instruction, ending with ``<im_start><S0>``;
-- image: ``grid x grid`` codes; the decoder paints code k as a ``tile x tile`` square of palette colour k.
+- image: ``grid x grid`` codes, each drawn as a ``tile x tile`` square by the world's *renderer*
+  (default "palette": code k is a square of palette colour k; other worlds register their own).
 
 Everything is saved with ``save_pretrained`` (safetensors + tokenizer files + config.json carrying the
 world's settings) and loaded with ``from_pretrained``, the same code path as real checkpoints.
@@ -13,8 +14,10 @@ world's settings) and loaded with ``from_pretrained``, the same code path as rea
 
 from __future__ import annotations
 
+import importlib
 import string
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,6 +57,37 @@ BASE_WORDS = ["you", "are", "a", "helpful", "assistant", "please", "generate", "
 SPECIALS = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
+class PaletteRenderer:
+    """Code k → a ``tile x tile`` square of colour ``palette[k]``."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.tile = int(spec["tile"])
+        self.palette = np.asarray(spec.get("palette") or list(PALETTE.values()), dtype=np.uint8)  # [K, 3]
+        self.num_codes = len(self.palette)
+
+    @staticmethod
+    def default_spec() -> dict[str, Any]:
+        return {"palette": [list(c) for c in PALETTE.values()]}
+
+    def render(self, codes: np.ndarray) -> np.ndarray:
+        """``codes [B, g, g]`` → uint8 pixels ``[B, g*tile, g*tile, 3]``."""
+        pix = self.palette[codes]  # [B, g, g, 3]
+        return pix.repeat(self.tile, axis=1).repeat(self.tile, axis=2)
+
+
+# renderer name -> "module:Class"; a class takes the config's `tiny_world` dict and has `num_codes`,
+# `render(codes [B, g, g]) -> uint8 [B, H, W, 3]` and a static `default_spec()`.
+RENDERERS: dict[str, str] = {"palette": "blip3o_rl.policies.tiny.world:PaletteRenderer"}
+
+
+def build_renderer(spec: dict[str, Any]):
+    name = spec.get("renderer", "palette")
+    if name not in RENDERERS:
+        raise ValueError(f"unknown tiny-world renderer {name!r}; known: {sorted(RENDERERS)}")
+    module, _, attr = RENDERERS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)(spec)
+
+
 def build_tokenizer(num_codes: int, extra_words: list[str] = ()) -> PreTrainedTokenizerFast:
     """A WordPiece tokenizer: whole words where known, characters otherwise, plus the image tokens."""
     words = list(dict.fromkeys([*BASE_WORDS, *PALETTE, *(w.lower() for w in extra_words)]))
@@ -84,10 +118,21 @@ def make_tiny_world(
     num_layers: int = 2,
     seed: int = 0,
     extra_words: list[str] = (),
+    renderer: str = "palette",
+    renderer_spec: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a random-initialised tiny world model folder (``save_pretrained`` format) to ``out_dir``."""
+    """Write a random-initialised tiny world model folder (``save_pretrained`` format) to ``out_dir``.
+
+    ``renderer`` names an entry of `RENDERERS`; ``renderer_spec`` (default: the renderer's
+    ``default_spec()``) is stored in ``config.json`` under ``tiny_world`` and fixes the codebook size.
+    """
     out = Path(out_dir)
-    num_codes = len(PALETTE)
+    if renderer not in RENDERERS:
+        raise ValueError(f"unknown tiny-world renderer {renderer!r}; known: {sorted(RENDERERS)}")
+    world = {"renderer": renderer, "grid": grid, "tile": tile}
+    module, _, attr = RENDERERS[renderer].partition(":")
+    world.update(renderer_spec or getattr(importlib.import_module(module), attr).default_spec())
+    num_codes = build_renderer(world).num_codes
     tok = build_tokenizer(num_codes, extra_words)
     ids = tok.convert_tokens_to_ids
     config = Qwen3Config(
@@ -108,7 +153,7 @@ def make_tiny_world(
         scale_start_token_id=ids("<S0>"),
         image_start_token_id=ids("<I0>"),
         num_image_codes=num_codes,
-        tiny_world={"grid": grid, "tile": tile, "palette": [list(PALETTE[c]) for c in PALETTE]},
+        tiny_world=world,
     )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config)
@@ -129,16 +174,16 @@ class TinyWorldPolicy(ImageTokenPolicy):
             raise ValueError("config.json has no 'tiny_world' section: not a tiny-world model folder")
         self.model, self.tokenizer = model, tokenizer
         tokenizer.padding_side = "left"  # prompts must end at the same column (the saved setting may differ)
-        self.grid, self.tile = int(world["grid"]), int(world["tile"])
-        self.palette = np.asarray(world["palette"], dtype=np.uint8)  # [K, 3]
+        self.grid = int(world["grid"])
+        self.renderer = build_renderer(world)
         self.layout = ImageTokenLayout(
             image_token_start=cfg.image_start_token_id,
             num_codes=cfg.num_image_codes,
             tokens_per_image=self.grid * self.grid,
         )
         self._prompt_suffix = tokenizer.convert_ids_to_tokens([cfg.image_start_tag_id, cfg.scale_start_token_id])
-        if len(self.palette) != self.layout.num_codes:
-            raise ValueError(f"palette has {len(self.palette)} colours for {self.layout.num_codes} codes")
+        if self.renderer.num_codes != self.layout.num_codes:
+            raise ValueError(f"renderer draws {self.renderer.num_codes} codes; config has {self.layout.num_codes}")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> TinyWorldPolicy:
@@ -168,7 +213,5 @@ class TinyWorldPolicy(ImageTokenPolicy):
         return PromptBatch(enc["input_ids"], enc["attention_mask"]).to(self.device)
 
     def decode(self, codes: torch.Tensor, hidden_states: torch.Tensor | None = None) -> list[Image.Image]:
-        g, t = self.grid, self.tile
-        pix = self.palette[codes.cpu().numpy()].reshape(-1, g, g, 3)  # [B, g, g, 3]
-        pix = pix.repeat(t, axis=1).repeat(t, axis=2)  # [B, g*t, g*t, 3]
+        pix = self.renderer.render(codes.cpu().numpy().reshape(-1, self.grid, self.grid))  # [B, H, W, 3]
         return [Image.fromarray(p) for p in pix]
