@@ -64,10 +64,14 @@ def build_tokenizer(spec: TinySpec) -> PreTrainedTokenizerFast:
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CHATML_SPECIALS])
     # As the BLIP3o training code adds them: tags special, scale and image tokens plain added tokens.
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<im_start>", "<im_end>")])
+    tok.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in ("<im_start>", "<im_end>")]
+    )
     tok.add_tokens([AddedToken(f"<S{i}>", normalized=False) for i in range(spec.num_scale_tokens)])
     tok.add_tokens([AddedToken(f"<I{i}>", normalized=False) for i in range(spec.num_codes)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -177,7 +181,9 @@ def connector(hidden_size: int, width: int) -> nn.Sequential:
     """The official ``model.diffusion_connector`` layout; the RMSNorm weight starts at sqrt(5.5)."""
     norm = nn.RMSNorm(width, eps=1e-5)
     nn.init.constant_(norm.weight, math.sqrt(5.5))
-    return nn.Sequential(nn.Linear(hidden_size, width), nn.GELU(approximate="tanh"), nn.Linear(width, width), norm)
+    return nn.Sequential(
+        nn.Linear(hidden_size, width), nn.GELU(approximate="tanh"), nn.Linear(width, width), norm
+    )
 
 
 def state_dict(spec: TinySpec, config: dict, transformer: nn.Module, vae: nn.Module, seed: int) -> dict:
@@ -200,7 +206,9 @@ def state_dict(spec: TinySpec, config: dict, transformer: nn.Module, vae: nn.Mod
 
 def save_weights(folder: Path, tensors: dict[str, torch.Tensor], shards: int, dtype: torch.dtype) -> None:
     """``model.safetensors``, or ``shards`` files plus ``model.safetensors.index.json``."""
-    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous().clone() for k, v in tensors.items()}
+    tensors = {
+        k: (v.to(dtype) if v.is_floating_point() else v).contiguous().clone() for k, v in tensors.items()
+    }
     if shards == 1:
         save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
         return
@@ -255,7 +263,9 @@ def _set_tokenizer_class(path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--untied", action="store_true", help="store a separate lm_head.weight (default: tied)")
+    parser.add_argument(
+        "--untied", action="store_true", help="store a separate lm_head.weight (default: tied)"
+    )
     parser.add_argument("--shards", type=int, default=1, help="split the weights over N files with an index")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -33,7 +33,9 @@ class WeightFiles:
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise CheckpointError(f"{index}: not a safetensors index with a 'weight_map' ({exc})") from None
+                raise CheckpointError(
+                    f"{index}: not a safetensors index with a 'weight_map' ({exc})"
+                ) from None
             self.file_of = {key: self.folder / name for key, name in weight_map.items()}
             for path in sorted(set(self.file_of.values())):
                 if not path.is_file():
@@ -49,7 +51,7 @@ class WeightFiles:
             )
         self._shapes: dict[str, tuple[int, ...]] = {}
 
-    def keys(self) -> list[str]:
+    def tensor_keys(self) -> list[str]:
         return list(self.file_of)
 
     def shape(self, key: str) -> tuple[int, ...]:

@@ -81,11 +81,16 @@ class Blip3oNextConfig:
 
         vocab_size = integer("vocab_size", "size of the extended vocabulary")
         hidden_size = integer("hidden_size", "width of the Qwen3 backbone")
-        ids = {key: integer(key, "special-token id written by the BLIP3o training code") for key in _TOKEN_ID_KEYS}
+        ids = {
+            key: integer(key, "special-token id written by the BLIP3o training code")
+            for key in _TOKEN_ID_KEYS
+        }
         if "num_image_tokens" in raw:
             num_codes = integer("num_image_tokens", "image codebook size")
         elif "image_end_token_id" in raw:  # older configs: the range <I0> ... <I{K-1}> only
-            num_codes = integer("image_end_token_id", "id of the last image token") - ids["image_start_token_id"] + 1
+            num_codes = (
+                integer("image_end_token_id", "id of the last image token") - ids["image_start_token_id"] + 1
+            )
         else:
             raise Blip3oConfigError(
                 f"{source}: missing key 'num_image_tokens' (and 'image_end_token_id'): cannot tell the codebook size"
@@ -126,7 +131,9 @@ class Blip3oNextConfig:
                 f"{self.image_start_token_id + self.num_image_tokens - 1} do not fit in vocab_size={self.vocab_size}"
             )
         if self.tokens_per_image < 1:
-            raise Blip3oConfigError(f"{self.source}: tokens_per_image must be positive, got {self.tokens_per_image}")
+            raise Blip3oConfigError(
+                f"{self.source}: tokens_per_image must be positive, got {self.tokens_per_image}"
+            )
 
     def qwen3_config(self) -> Qwen3Config:
         """The backbone config: a plain ``Qwen3Config`` (model_type "qwen3") with the BLIP3o keys kept as

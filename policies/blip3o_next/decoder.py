@@ -128,7 +128,10 @@ class Blip3oNextDecoder(nn.Module):
         b = cond.shape[0]
         channels = self.transformer.config.in_channels
         latents = randn_tensor(
-            (b, channels, self.latent_size, self.latent_size), generator=generator, device=self.device, dtype=self.dtype
+            (b, channels, self.latent_size, self.latent_size),
+            generator=generator,
+            device=self.device,
+            dtype=self.dtype,
         )
         guided = settings.guidance_scale != 1.0  # g = 1 is exactly the conditional branch
         context = torch.cat([uncond.expand(b, -1, -1), cond]) if guided else cond  # [2b or b, T, C]

@@ -111,7 +111,7 @@ def _group_keys(files: WeightFiles, ar_roots: set[str]) -> tuple[dict[str, list[
     """Split the checkpoint keys by module; the rest are counted by top-level name."""
     groups: dict[str, list[str]] = {"ar": [], "connector": [], "sana": [], "vae": []}
     skipped: Counter = Counter()
-    for key in files.keys():
+    for key in files.tensor_keys():
         parts = key.split(".")
         if parts[0] == "lm_head" or (parts[0] == "model" and parts[1] in ar_roots):
             groups["ar"].append(key)
@@ -144,7 +144,14 @@ def load_tokenizer(folder: Path, config: Blip3oNextConfig) -> PreTrainedTokenize
     for key, (token_id, usual) in names.items():
         token = tokenizer.convert_ids_to_tokens(token_id)
         if token != usual:  # the training code lets the token format vary: warn, do not fail
-            logger.warning("%s: %s=%d is %r in the tokenizer (the official token is %r)", folder, key, token_id, token, usual)
+            logger.warning(
+                "%s: %s=%d is %r in the tokenizer (the official token is %r)",
+                folder,
+                key,
+                token_id,
+                token,
+                usual,
+            )
     return tokenizer
 
 
@@ -167,13 +174,38 @@ def load_decoder(
         connector = build_connector(config.hidden_size, transformer.config.caption_channels)
     vae_decoder_shapes = {k: s for k, s in _expected(vae).items() if not k.startswith("encoder.")}
     parts = [
-        (connector, "connector", Part("diffusion connector", CONNECTOR_PREFIX, _expected(connector),
-                                      f"hidden_size={config.hidden_size} and SANA caption_channels")),
-        (transformer, "sana", Part("SANA transformer", SANA_PREFIX, _expected(transformer),
-                                   str(diffusion_folder / "transformer" / "config.json"))),
+        (
+            connector,
+            "connector",
+            Part(
+                "diffusion connector",
+                CONNECTOR_PREFIX,
+                _expected(connector),
+                f"hidden_size={config.hidden_size} and SANA caption_channels",
+            ),
+        ),
+        (
+            transformer,
+            "sana",
+            Part(
+                "SANA transformer",
+                SANA_PREFIX,
+                _expected(transformer),
+                str(diffusion_folder / "transformer" / "config.json"),
+            ),
+        ),
         # Only the DC-AE decoder is needed; the encoder is skipped (GRPO checkpoints may lack it).
-        (vae, "vae", Part("DC-AE decoder", VAE_PREFIX, vae_decoder_shapes,
-                          str(diffusion_folder / "vae" / "config.json"), ignored=("encoder.",))),
+        (
+            vae,
+            "vae",
+            Part(
+                "DC-AE decoder",
+                VAE_PREFIX,
+                vae_decoder_shapes,
+                str(diffusion_folder / "vae" / "config.json"),
+                ignored=("encoder.",),
+            ),
+        ),
     ]
     for module, group, part in parts:
         names = match_part(files, part, keys[group])
@@ -192,14 +224,20 @@ def ar_skeleton(config: Blip3oNextConfig) -> Qwen3ForCausalLM:
 
 
 def load_ar_model(
-    files: WeightFiles, keys: list[str], model: Qwen3ForCausalLM, config: Blip3oNextConfig,
-    dtype: torch.dtype, device: torch.device,
+    files: WeightFiles,
+    keys: list[str],
+    model: Qwen3ForCausalLM,
+    config: Blip3oNextConfig,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> Qwen3ForCausalLM:
     """Fill `ar_skeleton` from the checkpoint, tied or untied as the config says."""
     tied = model.config.tie_word_embeddings
     if tied and "lm_head.weight" in keys:
         # transformers ties after loading, so a stored lm_head is ignored; do the same.
-        logger.info("%s ties lm_head to the embeddings: ignoring lm_head.weight in the checkpoint", config.source)
+        logger.info(
+            "%s ties lm_head to the embeddings: ignoring lm_head.weight in the checkpoint", config.source
+        )
         keys = [k for k in keys if k != "lm_head.weight"]
     part = Part(
         "Qwen3 language model",
@@ -237,10 +275,14 @@ def load_blip3o_next(
     diffusion_folder = resolve_diffusion_folder(config, diffusion_path)
     files = WeightFiles(folder)
     model = ar_skeleton(config)
-    ar_roots = {k.split(".")[1] for k in model.state_dict() if k.startswith("model.")}  # embed_tokens, layers, norm
+    ar_roots = {
+        k.split(".")[1] for k in model.state_dict() if k.startswith("model.")
+    }  # embed_tokens, layers, norm
     keys, skipped = _group_keys(files, ar_roots)
     for name, count in sorted(skipped.items()):
-        logger.info("%s: not loading %d tensors under %s (not needed to generate images)", folder, count, name)
+        logger.info(
+            "%s: not loading %d tensors under %s (not needed to generate images)", folder, count, name
+        )
     tokenizer = load_tokenizer(folder, config)
     model = load_ar_model(files, keys["ar"], model, config, dtype, device)
     decoder = load_decoder(files, keys, config, diffusion_folder, dtype, device, decode_settings)

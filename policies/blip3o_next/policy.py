@@ -59,7 +59,9 @@ class Blip3oNextPolicy(ImageTokenPolicy):
         decode_settings: DecodeSettings | None = None,
     ) -> Blip3oNextPolicy:
         """Load an official checkpoint folder offline (see `load_blip3o_next`)."""
-        parts = load_blip3o_next(path, diffusion_path, dtype=dtype, device=device, decode_settings=decode_settings)
+        parts = load_blip3o_next(
+            path, diffusion_path, dtype=dtype, device=device, decode_settings=decode_settings
+        )
         return cls(parts.model, parts.tokenizer, parts.config, parts.decoder)
 
     # -- prompts -------------------------------------------------------------------------------------
@@ -124,7 +126,9 @@ class Blip3oNextPolicy(ImageTokenPolicy):
             )
         b, n = codes.shape
         if n != self.layout.tokens_per_image:
-            raise ValueError(f"got {n} image codes per image, the model writes {self.layout.tokens_per_image}")
+            raise ValueError(
+                f"got {n} image codes per image, the model writes {self.layout.tokens_per_image}"
+            )
         if hidden_states.shape[:2] != (b, n + 1):
             raise ValueError(
                 f"hidden_states has shape {list(hidden_states.shape)}; expected [{b}, {n + 1}, H] for codes {list(codes.shape)}"

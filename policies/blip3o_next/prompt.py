@@ -41,7 +41,8 @@ def encode_prompts(
     if isinstance(captions, str) or not captions:
         raise ValueError("captions must be a non-empty list of strings")
     rows = [
-        tokenizer(chat_text(tokenizer, c), add_special_tokens=False)["input_ids"] + list(suffix_ids) for c in captions
+        tokenizer(chat_text(tokenizer, c), add_special_tokens=False)["input_ids"] + list(suffix_ids)
+        for c in captions
     ]
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
