@@ -44,7 +44,9 @@ class PromptBatch:
         return PromptBatch(self.input_ids.to(device), self.attention_mask.to(device))
 
     def repeat_interleave(self, n: int) -> PromptBatch:
-        return PromptBatch(self.input_ids.repeat_interleave(n, 0), self.attention_mask.repeat_interleave(n, 0))
+        return PromptBatch(
+            self.input_ids.repeat_interleave(n, 0), self.attention_mask.repeat_interleave(n, 0)
+        )
 
 
 class ImageTokenPolicy(ABC):

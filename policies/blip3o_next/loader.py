@@ -113,7 +113,7 @@ def _group_keys(files: WeightFiles, ar_roots: set[str]) -> tuple[dict[str, list[
     skipped: Counter = Counter()
     for key in files.tensor_keys():
         parts = key.split(".")
-        if parts[0] == "lm_head" or (parts[0] == "model" and parts[1] in ar_roots):
+        if parts[0] == "lm_head" or (parts[0] == "model" and len(parts) > 1 and parts[1] in ar_roots):
             groups["ar"].append(key)
         elif key.startswith(CONNECTOR_PREFIX):
             groups["connector"].append(key)
@@ -251,6 +251,7 @@ def load_ar_model(
         model.tie_weights()
     _check_loaded(model, part.name)
     model.to(device)  # non-persistent buffers (rotary inv_freq) stay float32, as in from_pretrained
+    model.config.dtype = dtype  # what the weights now are (the file's torch_dtype may differ)
     if (files.folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(files.folder, local_files_only=True)
     return model
