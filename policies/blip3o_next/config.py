@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from transformers import AutoConfig, Qwen3Config
@@ -113,7 +114,7 @@ class Blip3oNextConfig:
             vocab_size=vocab_size,
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             diffusion_name_or_path=diffusion,
-            raw=dict(raw),
+            raw=MappingProxyType(dict(raw)),
             **ids,
         )
         config._check_ranges()

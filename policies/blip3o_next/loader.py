@@ -173,45 +173,29 @@ def load_decoder(
         vae = AutoencoderDC.from_config(vae_config)
         connector = build_connector(config.hidden_size, transformer.config.caption_channels)
     vae_decoder_shapes = {k: s for k, s in _expected(vae).items() if not k.startswith("encoder.")}
+    vae.encoder = None  # only the DC-AE decoder is needed (GRPO checkpoints may lack the encoder)
+    transformer_source = str(diffusion_folder / "transformer" / "config.json")
+    vae_source = str(diffusion_folder / "vae" / "config.json")
+    connector_source = f"hidden_size={config.hidden_size} and SANA caption_channels in {transformer_source}"
     parts = [
         (
             connector,
-            "connector",
-            Part(
-                "diffusion connector",
-                CONNECTOR_PREFIX,
-                _expected(connector),
-                f"hidden_size={config.hidden_size} and SANA caption_channels",
-            ),
+            keys["connector"],
+            Part("diffusion connector", CONNECTOR_PREFIX, _expected(connector), connector_source),
         ),
         (
             transformer,
-            "sana",
-            Part(
-                "SANA transformer",
-                SANA_PREFIX,
-                _expected(transformer),
-                str(diffusion_folder / "transformer" / "config.json"),
-            ),
+            keys["sana"],
+            Part("SANA transformer", SANA_PREFIX, _expected(transformer), transformer_source),
         ),
-        # Only the DC-AE decoder is needed; the encoder is skipped (GRPO checkpoints may lack it).
         (
             vae,
-            "vae",
-            Part(
-                "DC-AE decoder",
-                VAE_PREFIX,
-                vae_decoder_shapes,
-                str(diffusion_folder / "vae" / "config.json"),
-                ignored=("encoder.",),
-            ),
+            keys["vae"],
+            Part("DC-AE decoder", VAE_PREFIX, vae_decoder_shapes, vae_source, ignored=("encoder.",)),
         ),
     ]
-    for module, group, part in parts:
-        names = match_part(files, part, keys[group])
-        if module is vae:
-            vae.encoder = None
-        _assign(module, files.load(names, dtype, device))
+    for module, owned, part in parts:
+        _assign(module, files.load(match_part(files, part, owned), dtype, device))
         _check_loaded(module, part.name)
     decoder = Blip3oNextDecoder(connector, transformer, vae, scheduler, settings)
     return decoder.to(device=device, dtype=dtype)  # diffusers casts buffers too when loading in a dtype
@@ -276,9 +260,8 @@ def load_blip3o_next(
     diffusion_folder = resolve_diffusion_folder(config, diffusion_path)
     files = WeightFiles(folder)
     model = ar_skeleton(config)
-    ar_roots = {
-        k.split(".")[1] for k in model.state_dict() if k.startswith("model.")
-    }  # embed_tokens, layers, norm
+    # Qwen3Model's children that hold weights: embed_tokens, layers, norm.
+    ar_roots = {k.split(".")[1] for k in model.state_dict() if k.startswith("model.")}
     keys, skipped = _group_keys(files, ar_roots)
     for name, count in sorted(skipped.items()):
         logger.info(
