@@ -24,15 +24,6 @@ from blip3o_rl.scripts.make_tiny_blip3o_next import main as make_tiny
 CAPTIONS = ["a red cube", "two dogs playing on a sunny beach, photo"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Toy-sized ops gain nothing from threads, and on a shared 2-core box OpenMP waits make them ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("blip3o_next") / "tiny"

@@ -4,18 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
-
 from blip3o_rl.scripts.bench_blip3o_next import main
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # toy sizes; OpenMP waits on a shared 2-core box cost ~100x
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_tiny_benchmark_reports_both_halves(capsys):

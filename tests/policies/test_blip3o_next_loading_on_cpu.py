@@ -21,15 +21,6 @@ from blip3o_rl.scripts.make_tiny_blip3o_next import main as make_tiny
 TOKEN_ID_KEYS = ["image_start_tag_id", "image_end_tag_id", "scale_start_token_id", "image_start_token_id"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Toy-sized ops gain nothing from threads, and on a shared 2-core box OpenMP waits make them ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("blip3o_next")
