@@ -41,6 +41,7 @@ class ModelConfig:
     policy: str = "tiny"  # "tiny", "blip3o_next", or "package.module:PolicyClass"
     name_or_path: str | None = _path_field()  # model folder; tiny + null: a random tiny world is made
     dtype: str = "float32"  # float32 | bfloat16 | float16
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the policy's from_pretrained
     finetune: str = "lora"  # lora | full
     lora_r: int = 16
     lora_alpha: int = 32

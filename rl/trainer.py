@@ -66,7 +66,7 @@ class GRPOTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed + self.rank)
 
-        self.policy = load_policy(cfg.model.policy, self._model_path(), cfg.model.dtype)
+        self.policy = load_policy(cfg.model.policy, self._model_path(), cfg.model.dtype, **cfg.model.policy_kwargs)
         self.policy.model.to(self.acc.device)
         self.finetune = FinetuneSetup(self.policy, cfg.model, need_reference=cfg.grpo.beta > 0)
         self.params = self.finetune.trainable_parameters()
