@@ -48,7 +48,9 @@ class ModelConfig:
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     gradient_checkpointing: bool = False
-    init_seed: int = 0  # seed of the random tiny world made when name_or_path is null
+    # policy "tiny" with name_or_path null: the tiny world to make (keys of policies/tiny/warm_start.py:
+    # seed, grid, hidden_size, num_layers, ..., sft_steps, sft_accuracy, sft_targets)
+    tiny_world: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
