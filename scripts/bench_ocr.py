@@ -9,8 +9,9 @@ Rows, per image size:
   onnxruntime using all cores inside each run: the baseline for the thread pool.
 - ``batched``: `OCRReward` as used in training: the batch spread over ``--num-workers`` threads,
   one onnxruntime thread each.
-Times are the median of ``--repeats`` passes after a warm-up; the mean reward shows that every
-row reads the same text.
+Times are the median of ``--repeats`` interleaved passes after a warm-up. CPU s/image is the
+process's CPU time (all threads) per image, a cost that load from other processes barely changes.
+The mean reward shows that every row reads the same text.
 """
 
 from __future__ import annotations
@@ -50,15 +51,30 @@ def one_at_a_time(engine: RapidOCREngine) -> Callable[[Sequence[Image.Image]], l
     return lambda images: [engine.read(image) for image in images]
 
 
-def timed(read_all: Callable[[Sequence[Image.Image]], list], images: Sequence[Image.Image], repeats: int):
-    """Median seconds of ``repeats`` passes over ``images`` (after a warm-up pass), and the last output."""
-    read_all(images)  # warm-up: first runs allocate onnxruntime buffers
-    times, out = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = read_all(images)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+def timed(
+    runs: Sequence[Callable], images: Sequence[Image.Image], repeats: int
+) -> list[tuple[float, float, list]]:
+    """Per run: median wall seconds and median CPU seconds (all threads) of ``repeats`` passes over
+    ``images``, and the last output.
+
+    Passes are interleaved (in rotating order) so that load from other processes hits every run alike;
+    CPU time is the cost that load barely changes.
+    """
+    for run in runs:
+        run(images)  # warm-up: first runs allocate onnxruntime buffers
+    wall: list[list[float]] = [[] for _ in runs]
+    cpu: list[list[float]] = [[] for _ in runs]
+    outs: list[list] = [[] for _ in runs]
+    for rep in range(repeats):
+        for k in range(len(runs)):
+            j = (k + rep) % len(runs)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            outs[j] = runs[j](images)
+            wall[j].append(time.perf_counter() - start)
+            cpu[j].append(time.process_time() - start_cpu)
+    return [
+        (statistics.median(w), statistics.median(c), out) for w, c, out in zip(wall, cpu, outs, strict=True)
+    ]
 
 
 def mean_reward(texts: Sequence[str], results: Sequence) -> float:
@@ -98,15 +114,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("sequential, one at a time", one_at_a_time(sequential)),
         (f"batched, {batched.num_workers} threads x 1", batched.read_batch),
     ]
-    print(f"{'size':>5} {'engine run':<40} {'images/s':>9} {'vs sequential':>14} {'mean reward':>12}")
+    print(
+        f"{'size':>5} {'engine run':<36} {'images/s':>9} {'vs sequential':>14} {'CPU s/image':>12} "
+        f"{'mean reward':>12}"
+    )
     for size in args.sizes:
         images = [render_text(t, size) for t in texts]
-        measured = [(name, *timed(fn, images, args.repeats)) for name, fn in runs]
-        base = measured[1][1]
-        for name, seconds, out in measured:
+        timings = timed([fn for _, fn in runs], images, args.repeats)
+        base = timings[1][0]
+        for (name, _), (seconds, cpu_seconds, out) in zip(runs, timings, strict=True):
             print(
-                f"{size:>5} {name:<40} {len(images) / seconds:>9.2f} {base / seconds:>13.2f}x "
-                f"{mean_reward(texts, out):>12.3f}"
+                f"{size:>5} {name:<36} {len(images) / seconds:>9.2f} {base / seconds:>13.2f}x "
+                f"{cpu_seconds / len(images):>12.3f} {mean_reward(texts, out):>12.3f}"
             )
     return 0
 

@@ -36,7 +36,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-workers",
         type=int,
         default=None,
-        help="rapidocr: images read at once (default: available CPU cores)",
+        help="rapidocr: images read at once (default: this rank's share of the CPU cores)",
     )
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from blip3o_rl.rewards import load_reward
 from blip3o_rl.rewards.ocr import OCRReward, get_ocr_engine, load_ocr_prompts
-from blip3o_rl.rewards.ocr.engines import PaddleOCREngine
+from blip3o_rl.rewards.ocr.engines import PaddleOCREngine, available_cpus, default_num_workers
 from blip3o_rl.rewards.ocr.evaluate import (
     OCREvalWriter,
     evaluate_image_dir,
@@ -170,6 +170,15 @@ def test_image_folder_names_are_checked(reward, tmp_path):
     prompts.write_text('ok "one"\nbad line\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"p\.txt:2: "):
         evaluate_image_dir(reward, tmp_path, prompts)
+
+
+def test_worker_default_is_this_ranks_share_of_the_cores(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_num_workers() == available_cpus()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert default_num_workers() == max(1, available_cpus() // 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(10 * available_cpus()))
+    assert default_num_workers() == 1
 
 
 def test_paddleocr_missing_gives_install_hint(monkeypatch):

@@ -57,6 +57,16 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def default_num_workers() -> int:
+    """This process's share of the CPU cores: the cores it may use, split among the ranks on this node.
+
+    torchrun and accelerate set ``LOCAL_WORLD_SIZE``; each rank building its own OCR engine with every
+    core would oversubscribe the node by that factor.
+    """
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, available_cpus() // ranks)
+
+
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -72,7 +82,8 @@ class RapidOCREngine:
     time on all cores (see docs/benchmarks.md, "OCR reward").
 
     Args:
-        num_workers: images read concurrently; default: the CPU cores available to the process.
+        num_workers: images read concurrently; default: `default_num_workers` (this rank's share of
+            the cores).
         intra_op_threads: onnxruntime threads per session run.
         det_limit_side_len, det_limit_type: the detector's resize rule. ``"max"`` shrinks images whose
             longer side exceeds the limit (the reference); ``"min"`` enlarges images whose shorter side
@@ -103,7 +114,7 @@ class RapidOCREngine:
             ) from exc
         if det_limit_type not in ("max", "min"):
             raise ValueError(f"det_limit_type must be 'max' or 'min', got {det_limit_type!r}")
-        self.num_workers = num_workers or available_cpus()
+        self.num_workers = num_workers or default_num_workers()
         self.settings = {
             "Global.use_cls": False,  # the reference runs without the angle classifier
             "Global.text_score": float(text_score),
@@ -201,7 +212,7 @@ class PaddleOCREngine:
             "use_angle_cls": False,
             "lang": "en",
             "use_gpu": use_gpu,
-            "cpu_threads": cpu_threads or available_cpus(),
+            "cpu_threads": cpu_threads or default_num_workers(),
             "det_limit_side_len": det_limit_side_len,
             "det_limit_type": det_limit_type,
             "drop_score": text_score,

@@ -79,6 +79,7 @@ def summarize_ocr(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "ocr_reward_mean": sum(r["score"] for r in scored) / len(scored) if scored else None,
         "exact_match_rate": sum(r["exact"] for r in scored) / len(scored) if scored else None,
         "engine": first.get("engine"),
+        "engine_version": first.get("engine_version"),
         "models": first.get("models"),
     }
 

@@ -20,14 +20,19 @@ class OCRReward:
     (e.g. ``num_workers``, ``det_limit_side_len``).
 
     A sample gets ``None`` (never 0) when its prompt has no quoted text or the engine fails on its
-    image; ``details[i]["error"]`` says why. Every details dict records the target, the engine and
-    its model names; scored samples add the recognised text and the raw ``(text, confidence)`` lines.
+    image; ``details[i]["error"]`` says why. Every details dict records the target, the engine, its
+    version and its model names; scored samples add the recognised text and the raw
+    ``(text, confidence)`` lines.
     """
 
     def __init__(self, engine: str = "rapidocr", **engine_kwargs: Any):
         self.engine = get_ocr_engine(engine, **engine_kwargs)
         info = self.engine.describe()
-        self._identity = {"engine": info["engine"], "models": info["models"]}
+        self._identity = {
+            "engine": info["engine"],
+            "engine_version": info["version"],
+            "models": info["models"],
+        }
 
     def __call__(
         self,
@@ -38,7 +43,9 @@ class OCRReward:
         if len(images) != len(prompts):
             raise ValueError(f"OCR reward got {len(images)} images but {len(prompts)} prompts")
         scores: list[float | None] = [None] * len(images)
-        details: list[dict[str, Any]] = [dict(self._identity) for _ in images]
+        details: list[dict[str, Any]] = [
+            {**self._identity, "models": dict(self._identity["models"])} for _ in images
+        ]
         targets: dict[int, str] = {}
         for i, prompt in enumerate(prompts):
             try:
