@@ -39,7 +39,9 @@ def find_checkpoint(run_dir: Path, name: str | None = None) -> Path:
     if name is None:
         path = latest_checkpoint(root)
         if path is None:
-            raise FileNotFoundError(f"no checkpoint in {root} (the run saves one at its end unless save_final: false)")
+            raise FileNotFoundError(
+                f"no checkpoint in {root} (the run saves one at its end unless save_final: false)"
+            )
         return path
     if Path(name).is_dir():
         return Path(name)
@@ -63,6 +65,8 @@ def export_run(
     to another working directory); ``dtype`` ("float32", "bfloat16", "float16") the saved dtype.
     """
     run_dir, out = Path(run_dir), Path(out_dir)
+    if out.exists() and any(out.iterdir()):  # checked before the (slow) model load
+        raise FileExistsError(f"export folder {out} is not empty: choose a new folder or remove it")
     cfg = read_run_config(run_dir)
     m = cfg.model
     base = Path(base_model) if base_model is not None else _base_model(cfg, run_dir)
@@ -75,18 +79,28 @@ def export_run(
 
     policy = load_policy(m.policy, base, "float32", **m.policy_kwargs)
     if not hasattr(policy, "save_pretrained"):
-        raise TypeError(f"policy {m.policy!r} ({type(policy).__name__}) has no save_pretrained: cannot export it")
+        raise TypeError(
+            f"policy {m.policy!r} ({type(policy).__name__}) has no save_pretrained: cannot export it"
+        )
     weights = load_file(weights_file)
     if m.finetune == "lora":
-        setup = FinetuneSetup(policy, dataclasses.replace(m, gradient_checkpointing=False), need_reference=False)
+        setup = FinetuneSetup(
+            policy, dataclasses.replace(m, gradient_checkpointing=False), need_reference=False
+        )
         setup.load_trainable_state_dict(weights)
         policy.model = setup.peft_model.merge_and_unload()
     else:
         policy.model.load_state_dict(weights, strict=True)
     policy.model.to(DTYPES[dtype or m.dtype])
     policy.save_pretrained(out)
-    info = {"run": str(run_dir.resolve()), "checkpoint": ckpt.name, "base_model": str(base),
-            "finetune": m.finetune, "policy": m.policy, "dtype": dtype or m.dtype}
+    info = {
+        "run": str(run_dir.resolve()),
+        "checkpoint": ckpt.name,
+        "base_model": str(base),
+        "finetune": m.finetune,
+        "policy": m.policy,
+        "dtype": dtype or m.dtype,
+    }
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return out
 

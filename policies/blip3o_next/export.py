@@ -38,7 +38,9 @@ def save_blip3o_next(model: Qwen3ForCausalLM, config: Blip3oNextConfig, out_dir:
         raise FileExistsError(f"export folder {out} is not empty: choose a new folder or remove it")
     adapter = [k for k in model.state_dict() if "lora_" in k or ".base_layer." in k]
     if adapter:
-        raise ValueError(f"the model still holds a LoRA adapter ({adapter[0]}): merge it into the weights first")
+        raise ValueError(
+            f"the model still holds a LoRA adapter ({adapter[0]}): merge it into the weights first"
+        )
 
     files = WeightFiles(source)
     groups, _ = group_keys(files, model)
@@ -58,8 +60,10 @@ def save_blip3o_next(model: Qwen3ForCausalLM, config: Blip3oNextConfig, out_dir:
     save_file(tensors, out / SINGLE_FILE, metadata={"format": "pt"})
     (out / CONFIG_FILE).write_text(json.dumps(_export_config(config, ar_dtype), indent=2) + "\n")
     for path in sorted(source.iterdir()):
-        if path.is_file() and path.name not in (CONFIG_FILE, INDEX_FILE) and not path.name.endswith(
-            _NOT_COPIED_SUFFIXES
+        if (
+            path.is_file()
+            and path.name not in (CONFIG_FILE, INDEX_FILE)
+            and not path.name.endswith(_NOT_COPIED_SUFFIXES)
         ):
             shutil.copy2(path, out / path.name)
     return out

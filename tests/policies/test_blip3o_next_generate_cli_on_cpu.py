@@ -25,8 +25,18 @@ def test_writes_one_png_per_image_and_an_index(tiny_blip3o_next, tmp_path):
     prompts_file = tmp_path / "prompts.jsonl"
     prompts_file.write_text(json.dumps({"prompt": "two cats", "tag": "counting"}) + "\n")
     out = tmp_path / "out"
-    rc = run(tiny_blip3o_next, out, "--prompt", "a red cube", "--prompts-file", str(prompts_file),
-             "--num-images", "3", "--batch-size", "4")
+    rc = run(
+        tiny_blip3o_next,
+        out,
+        "--prompt",
+        "a red cube",
+        "--prompts-file",
+        str(prompts_file),
+        "--num-images",
+        "3",
+        "--batch-size",
+        "4",
+    )
     assert rc == 0
     rows = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["a red cube"] * 3 + ["two cats"] * 3
