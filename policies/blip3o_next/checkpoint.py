@@ -63,11 +63,11 @@ class WeightFiles:
         return self._shapes[key]
 
     def load(
-        self, names: Mapping[str, str], dtype: torch.dtype, device: torch.device | str
+        self, names: Mapping[str, str], dtype: torch.dtype | None, device: torch.device | str
     ) -> dict[str, torch.Tensor]:
         """Read the tensors ``{checkpoint key: module name}``; returns ``{module name: tensor}``.
 
-        Floating tensors are cast to ``dtype``; integer buffers keep their type.
+        Floating tensors are cast to ``dtype`` (``None``: kept as stored); integer buffers keep their type.
         """
         by_file: dict[Path, list[str]] = {}
         for key in names:
@@ -77,7 +77,7 @@ class WeightFiles:
             with safe_open(path, framework="pt") as f:
                 for key in keys:
                     tensor = f.get_tensor(key)
-                    if tensor.is_floating_point():
+                    if dtype is not None and tensor.is_floating_point():
                         tensor = tensor.to(dtype)
                     out[names[key]] = tensor.to(device)
         return out

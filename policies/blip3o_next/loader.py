@@ -107,8 +107,11 @@ def _check_loaded(module: nn.Module, what: str) -> None:
         raise CheckpointError(f"{what}: parameters left unloaded: {left[:5]}")
 
 
-def _group_keys(files: WeightFiles, ar_roots: set[str]) -> tuple[dict[str, list[str]], Counter]:
-    """Split the checkpoint keys by module; the rest are counted by top-level name."""
+def group_keys(files: WeightFiles, model: Qwen3ForCausalLM) -> tuple[dict[str, list[str]], Counter]:
+    """Split the checkpoint keys by module ("ar" for ``model``, "connector", "sana", "vae"); the rest
+    are counted by top-level name."""
+    # Qwen3Model's children that hold weights: embed_tokens, layers, norm.
+    ar_roots = {k.split(".")[1] for k in model.state_dict() if k.startswith("model.")}
     groups: dict[str, list[str]] = {"ar": [], "connector": [], "sana": [], "vae": []}
     skipped: Counter = Counter()
     for key in files.tensor_keys():
@@ -247,11 +250,14 @@ def load_blip3o_next(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     decode_settings: DecodeSettings | None = None,
+    decoder_dtype: torch.dtype | None = None,
 ) -> Blip3oNextComponents:
     """Load an official BLIP3o-NEXT folder (e.g. ``BLIP3o-NEXT-SFT-3B``) fully offline.
 
     ``diffusion_path`` overrides the config's ``diffusion_name_or_path`` with a local diffusers folder.
     ``dtype``/``device`` default to bf16 on CUDA when available, else float32 on the CPU.
+    ``decoder_dtype`` (default: ``dtype``) sets the frozen refiner's dtype apart from the trained AR
+    model's, e.g. float32 AR weights for full fine-tuning with a bf16 refiner.
     """
     folder = Path(path)
     config = Blip3oNextConfig.from_folder(folder)
@@ -260,14 +266,14 @@ def load_blip3o_next(
     diffusion_folder = resolve_diffusion_folder(config, diffusion_path)
     files = WeightFiles(folder)
     model = ar_skeleton(config)
-    # Qwen3Model's children that hold weights: embed_tokens, layers, norm.
-    ar_roots = {k.split(".")[1] for k in model.state_dict() if k.startswith("model.")}
-    keys, skipped = _group_keys(files, ar_roots)
+    keys, skipped = group_keys(files, model)
     for name, count in sorted(skipped.items()):
         logger.info(
             "%s: not loading %d tensors under %s (not needed to generate images)", folder, count, name
         )
     tokenizer = load_tokenizer(folder, config)
     model = load_ar_model(files, keys["ar"], model, config, dtype, device)
-    decoder = load_decoder(files, keys, config, diffusion_folder, dtype, device, decode_settings)
+    decoder = load_decoder(
+        files, keys, config, diffusion_folder, decoder_dtype or dtype, device, decode_settings
+    )
     return Blip3oNextComponents(config=config, model=model, tokenizer=tokenizer, decoder=decoder)

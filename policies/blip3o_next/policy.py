@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -13,6 +15,7 @@ from transformers import PreTrainedTokenizerBase, Qwen3ForCausalLM
 from blip3o_rl.policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBatch
 from blip3o_rl.policies.blip3o_next.config import Blip3oNextConfig
 from blip3o_rl.policies.blip3o_next.decoder import Blip3oNextDecoder, DecodeSettings, Generators, to_pil
+from blip3o_rl.policies.blip3o_next.export import save_blip3o_next
 from blip3o_rl.policies.blip3o_next.loader import load_blip3o_next
 from blip3o_rl.policies.blip3o_next.prompt import chat_text, encode_prompts
 
@@ -20,6 +23,25 @@ from blip3o_rl.policies.blip3o_next.prompt import chat_text, encode_prompts
 INFERENCE_TEMPERATURE = 1.0
 INFERENCE_TOP_K = 1200
 INFERENCE_TOP_P = 0.95
+
+
+def _decode_settings(value: DecodeSettings | Mapping[str, Any] | None) -> DecodeSettings | None:
+    if value is None or isinstance(value, DecodeSettings):
+        return value
+    known = {f.name for f in fields(DecodeSettings)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"decode_settings: unknown keys {unknown} (known: {sorted(known)})")
+    return DecodeSettings(**value)
+
+
+def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    dtype = getattr(torch, str(value), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"decoder_dtype: {value!r} is not a floating-point torch dtype (e.g. 'bfloat16')")
+    return dtype
 
 
 class Blip3oNextPolicy(ImageTokenPolicy):
@@ -56,13 +78,28 @@ class Blip3oNextPolicy(ImageTokenPolicy):
         diffusion_path: str | Path | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
-        decode_settings: DecodeSettings | None = None,
+        decode_settings: DecodeSettings | Mapping[str, Any] | None = None,
+        decoder_dtype: torch.dtype | str | None = None,
     ) -> Blip3oNextPolicy:
-        """Load an official checkpoint folder offline (see `load_blip3o_next`)."""
+        """Load an official checkpoint folder offline (see `load_blip3o_next`).
+
+        ``decode_settings`` and ``decoder_dtype`` may also be given as in a recipe's
+        ``model.policy_kwargs``: a mapping of `DecodeSettings` fields and a dtype name ("bfloat16").
+        """
         parts = load_blip3o_next(
-            path, diffusion_path, dtype=dtype, device=device, decode_settings=decode_settings
+            path,
+            diffusion_path,
+            dtype=dtype,
+            device=device,
+            decode_settings=_decode_settings(decode_settings),
+            decoder_dtype=_dtype(decoder_dtype),
         )
         return cls(parts.model, parts.tokenizer, parts.config, parts.decoder)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the AR model (in its current dtype) with the source checkpoint's refiner, tokenizer and
+        config as a new official-layout folder (see `save_blip3o_next`); merge LoRA adapters first."""
+        return save_blip3o_next(self.model, self.config, path)
 
     # -- prompts -------------------------------------------------------------------------------------
 

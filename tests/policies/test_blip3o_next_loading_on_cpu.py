@@ -15,6 +15,7 @@ from blip3o_rl.policies.blip3o_next import (
     Blip3oConfigError,
     Blip3oNextPolicy,
     CheckpointError,
+    DecodeSettings,
 )
 from blip3o_rl.scripts.make_tiny_blip3o_next import main as make_tiny
 
@@ -191,6 +192,34 @@ def test_relative_diffusion_path_resolves_against_the_folder(folders, tmp_path):
     shutil.copytree(folders["tied"], folder)
     edit_config(folder, lambda c: c.__setitem__("diffusion_name_or_path", "sana_tiny"))
     Blip3oNextPolicy.from_pretrained(folder, device="cpu")
+
+
+def test_decode_settings_and_decoder_dtype_as_recipe_policy_kwargs(folders):
+    policy = Blip3oNextPolicy.from_pretrained(
+        folders["tied"],
+        dtype=torch.float32,
+        device="cpu",
+        decode_settings={"num_inference_steps": 3, "chunk_size": 2},
+        decoder_dtype="bfloat16",
+    )
+    assert policy.decoder.settings == DecodeSettings(num_inference_steps=3, guidance_scale=2.0, chunk_size=2)
+    assert policy.model.dtype == torch.float32 and policy.decoder.dtype == torch.bfloat16
+    codes = torch.randint(0, policy.layout.num_codes, (2, policy.layout.tokens_per_image))
+    hidden = policy.image_hidden_states(policy.prompt_batch(["a", "b"]), codes)  # float32
+    assert [image.size for image in policy.decode(codes, hidden)] == [(32, 32)] * 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"decode_settings": {"steps": 3}}, r"decode_settings: unknown keys \['steps'\]"),
+        ({"decoder_dtype": "bf16"}, r"decoder_dtype: 'bf16' is not a floating-point torch dtype"),
+        ({"decoder_dtype": "int8"}, r"decoder_dtype: 'int8'"),
+    ],
+)
+def test_bad_policy_kwargs_are_named(folders, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Blip3oNextPolicy.from_pretrained(folders["tied"], device="cpu", **kwargs)
 
 
 # -- loading errors name the file and the key --------------------------------------------------------------
