@@ -14,7 +14,7 @@ from blip3o_rl.rewards.ocr import (
     text_reward,
 )
 
-OCR_TEST_FILE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ocr" / "test.txt"
+OCR_TEST_FILE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ocr" / "test.txt"
 
 PROMPT = 'A shop window with a sign that says "Hello World" in neon'
 

@@ -25,7 +25,7 @@ from blip3o_rl.scripts import eval_ocr
 
 pytest.importorskip("rapidocr", reason="the rapidocr engine is not installed")
 
-OCR_TEST_FILE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ocr" / "test.txt"
+OCR_TEST_FILE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ocr" / "test.txt"
 
 # Our own phrases: mixed case, digits, punctuation, one and several words.
 OWN_PHRASES = [
