@@ -61,6 +61,8 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ setup
     def setup(self, resume: str | bool | None = None) -> None:
         cfg = self.cfg
+        if cfg.torch_num_threads is not None:
+            torch.set_num_threads(cfg.torch_num_threads)
         self.acc = Accelerator()
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.out.mkdir(parents=True, exist_ok=True)

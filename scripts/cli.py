@@ -59,9 +59,13 @@ def _usage_error(message: str) -> int:
     return 2
 
 
+class UsageError(ValueError):
+    """A bad combination of command-line options: ``main`` prints it and exits with status 2."""
+
+
 def _generation_policy(args: argparse.Namespace, command: str):
-    """The policy and sampling settings that ``generate`` and ``eval`` take from their shared options
-    (`_add_generation_arguments`); an `int` exit status after a usage error."""
+    """The policy and `SamplingParams` that ``generate`` and ``eval`` build from their shared options
+    (`_add_generation_arguments`); raises `UsageError` for bad options or a folder that is no checkpoint."""
     import torch
 
     from blip3o_rl.policies import load_policy
@@ -69,7 +73,7 @@ def _generation_policy(args: argparse.Namespace, command: str):
     from blip3o_rl.rl.rollout import SamplingParams
 
     if min(args.batch_size, 1 if args.steps is None else args.steps) < 1:
-        return _usage_error(f"{command}: --batch-size and --steps must be >= 1")
+        raise UsageError(f"{command}: --batch-size and --steps must be >= 1")
     kwargs: dict = {}
     if args.policy == "blip3o_next":
         from blip3o_rl.policies.blip3o_next import (
@@ -86,8 +90,8 @@ def _generation_policy(args: argparse.Namespace, command: str):
             kwargs["diffusion_path"] = args.diffusion_path
     else:
         if args.steps is not None or args.guidance is not None or args.diffusion_path is not None:
-            return _usage_error(f"{command}: --steps, --guidance and --diffusion-path apply to blip3o_next, "
-                                f"not to {args.policy!r}")
+            raise UsageError(f"{command}: --steps, --guidance and --diffusion-path apply to blip3o_next, "
+                             f"not to {args.policy!r}")
         defaults = (1.0, 0, 1.0)
     temperature, top_k, top_p = (d if v is None else v for v, d in
                                  zip((args.temperature, args.top_k, args.top_p), defaults, strict=True))
@@ -95,7 +99,7 @@ def _generation_policy(args: argparse.Namespace, command: str):
     try:
         policy = load_policy(args.policy, args.model, dtype, **kwargs)
     except (Blip3oConfigError, CheckpointError) as exc:  # a folder that is not a usable checkpoint
-        return _usage_error(str(exc))
+        raise UsageError(str(exc)) from None
     if torch.cuda.is_available():
         policy.model.to("cuda")
     return policy, SamplingParams(temperature, top_k, top_p)
@@ -112,10 +116,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         return _usage_error("generate: give at least one --prompt or a --prompts-file")
     if args.num_images < 1:
         return _usage_error("generate: --num-images must be >= 1")
-    loaded = _generation_policy(args, "generate")
-    if isinstance(loaded, int):
-        return loaded
-    policy, sampling = loaded
+    policy, sampling = _generation_policy(args, "generate")
     images = generate_images(policy, prompts, args.num_images, sampling, seed=args.seed, batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,21 +167,19 @@ def _cmd_eval_ocr(args: argparse.Namespace) -> int:
     from blip3o_rl.scripts.eval_ocr import engine_kwargs, evaluate_policy
 
     if min(args.images_per_prompt, 1 if args.max_prompts is None else args.max_prompts) < 1:
-        return _usage_error("eval ocr: --images-per-prompt and --max-prompts must be >= 1")
+        raise UsageError("eval ocr: --images-per-prompt and --max-prompts must be >= 1")
     try:
         rows = load_ocr_prompts(args.prompts)[: args.max_prompts]
         kwargs = engine_kwargs(args)
     except ValueError as exc:  # a bad prompt line (OCRPromptError) or --engine-param
-        return _usage_error(f"eval ocr: {exc}")
-    loaded = _generation_policy(args, "eval ocr")
-    if isinstance(loaded, int):
-        return loaded
-    policy, sampling = loaded
+        raise UsageError(f"eval ocr: {exc}") from None
+    policy, sampling = _generation_policy(args, "eval ocr")
     reward = OCRReward(args.engine, **kwargs)
     summary = evaluate_policy(
         policy, reward, rows, args.out, images_per_prompt=args.images_per_prompt, sampling=sampling,
         seed=args.seed, batch_size=args.batch_size,
-        extra={"model": str(args.model), "policy": args.policy, "prompts": str(args.prompts)},
+        extra={"model": str(args.model), "policy": args.policy, "prompts": str(args.prompts),
+               "engine_settings": reward.engine.describe()["settings"]},
     )
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     if summary["ocr_reward_mean"] is not None:
@@ -266,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (ConfigError, PromptFileError, FileNotFoundError) as exc:
+    except (ConfigError, PromptFileError, FileNotFoundError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

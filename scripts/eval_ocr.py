@@ -16,18 +16,19 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from tqdm.auto import tqdm
 
-from blip3o_rl.policies.base import ImageTokenPolicy
 from blip3o_rl.rewards.base import Reward
 from blip3o_rl.rewards.ocr.engines import REFERENCE_DET_LIMIT_SIDE_LEN, REFERENCE_DET_LIMIT_TYPE
 from blip3o_rl.rewards.ocr.evaluate import OCREvalWriter, evaluate_image_dir, score_ocr_batch
 from blip3o_rl.rewards.ocr.reward import OCRReward
-from blip3o_rl.rl.generate import generate_images
-from blip3o_rl.rl.rollout import SamplingParams
+
+if TYPE_CHECKING:  # torch-heavy; the CLI builds its parser from this module without them
+    from blip3o_rl.policies.base import ImageTokenPolicy
+    from blip3o_rl.rl.rollout import SamplingParams
 
 
 def evaluate_policy(
@@ -50,6 +51,9 @@ def evaluate_policy(
     most one batch is held in memory); the batch starting at prompt ``i`` is sampled with seed
     ``seed + i``, so a run repeats exactly for the same seed and batch size.
     """
+    from blip3o_rl.rl.generate import generate_images
+    from blip3o_rl.rl.rollout import SamplingParams
+
     sampling = sampling or SamplingParams()
     per_call = max(1, batch_size // images_per_prompt)
     settings = {"images_per_prompt": images_per_prompt, "seed": seed, "batch_size": batch_size,

@@ -233,3 +233,13 @@ def test_benchmark_script_runs(capsys):
     assert bench_ocr.main(["--sizes", "128", "--num-images", "2", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n  128 ") == 3 and "batched" in out and "PP-OCR" in out
+
+
+def test_glyph_strip_benchmark_script_runs(capsys):
+    from blip3o_rl.scripts import bench_ocr_glyphs
+
+    assert bench_ocr_glyphs.main(["--num-images", "2", "--repeats", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("words ", "random "))]
+    assert len(rows) == 2 * len(bench_ocr_glyphs.SETTINGS)
+    # Every setting reads the correctly rendered words back.
+    assert all(float(r.split()[-1]) == 1.0 for r in rows if r.startswith("words ") and "no det" not in r)

@@ -53,6 +53,7 @@ BASE = "rewards: [{reward: tiny_layout}]\ndata: {train_file: x.jsonl}\n"
         (BASE, ["grpo.beta=abc"], r"override 'grpo\.beta=abc': grpo\.beta must be a number"),
         (BASE, ["nonsense"], r"expected key=value"),
         (BASE, ["model.lora_target_modules=[lm_head]"], r"lm_head cannot be a LoRA target"),
+        (BASE, ["torch_num_threads=0"], r"torch_num_threads: must be >= 1"),
         ("data: {train_file: x.jsonl}\n", [], r"rewards: at least one reward"),
         (BASE + "rewards: [{weight: 1}]\n", [], r"rewards"),
         ("- 1\n- 2\n", [], r"must be a mapping"),
