@@ -57,6 +57,10 @@ def add_scorer_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--detector-backend", default="transformers", choices=("transformers", "mmdet"))
     group.add_argument("--mmdet-config", help="mmdet config file (--detector-backend mmdet)")
     group.add_argument("--mmdet-checkpoint", help="mmdet .pth checkpoint (--detector-backend mmdet)")
+    group.add_argument(
+        "--mmdet-reference-channel-order", action="store_true",
+        help="feed mmdet RGB arrays as the reference reward server does (default: BGR, as GenEval's benchmark)",
+    )  # fmt: skip
     group.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default float32)")
     group.add_argument("--batch-size", type=int, default=16, help="images per scoring batch")
@@ -80,6 +84,7 @@ def build_scorer_from_args(args: argparse.Namespace):
         detector_shortest_edge=args.detector_shortest_edge or None,
         mmdet_config=args.mmdet_config,
         mmdet_checkpoint=args.mmdet_checkpoint,
+        mmdet_reference_channel_order=args.mmdet_reference_channel_order,
     )
 
 

@@ -99,11 +99,13 @@ def build_scorer(
     detector_shortest_edge: int | None = 800,
     mmdet_config: str | None = None,
     mmdet_checkpoint: str | None = None,
+    mmdet_reference_channel_order: bool = False,
 ) -> GenEvalScorer:
     """Load the detector and CLIP (hub ids or local folders) into a `GenEvalScorer`.
 
     ``detector_backend``: "transformers" (Mask2Former, default) or "mmdet" (GenEval's own detector;
-    needs ``mmdet_config`` and ``mmdet_checkpoint`` and an environment with mmdet, see `mmdet_backend`).
+    needs ``mmdet_config`` and ``mmdet_checkpoint`` and an environment with mmdet, see `mmdet_backend`;
+    ``mmdet_reference_channel_order`` reproduces the reference reward server's RGB-as-BGR input).
     """
     if detector_backend == "transformers":
         det: Detector = Mask2FormerDetector(
@@ -119,7 +121,13 @@ def build_scorer(
             raise ValueError("detector_backend='mmdet' needs mmdet_config and mmdet_checkpoint")
         from blip3o_rl.rewards.geneval.mmdet_backend import MMDetDetector
 
-        det = MMDetDetector(mmdet_config, mmdet_checkpoint, device=device or "cuda", score_floor=score_floor)
+        det = MMDetDetector(
+            mmdet_config,
+            mmdet_checkpoint,
+            device=device or "cuda",
+            score_floor=score_floor,
+            reference_channel_order=mmdet_reference_channel_order,
+        )
     else:
         raise ValueError(f"unknown detector_backend {detector_backend!r} (use 'transformers' or 'mmdet')")
     return GenEvalScorer(det, ColourClassifier(clip, device=device, dtype=dtype, batch_size=clip_batch_size))

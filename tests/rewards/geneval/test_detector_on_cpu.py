@@ -153,3 +153,12 @@ def test_mmdet_backend_without_mmdet_says_what_to_do():
 
     with pytest.raises(ImportError, match="separate environment"):
         MMDetDetector("config.py", "weights.pth")
+
+
+def test_build_scorer_rejects_bad_backend_options():
+    from blip3o_rl.rewards.geneval.scorer import build_scorer
+
+    with pytest.raises(ValueError, match="unknown detector_backend"):
+        build_scorer(detector_backend="yolo")
+    with pytest.raises(ValueError, match="needs mmdet_config and mmdet_checkpoint"):
+        build_scorer(detector_backend="mmdet")
