@@ -1,0 +1,30 @@
+"""Image-token policies: `load_policy(kind, path)` builds a registered or user-supplied policy class."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+
+from blip3o_rl.policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBatch
+
+# kind -> "module:Class"; each class has `from_pretrained(path, dtype=...)`. Imported on first use.
+POLICIES: dict[str, str] = {
+    "tiny": "blip3o_rl.policies.tiny.world:TinyWorldPolicy",
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_policy(kind: str, path: str | Path, dtype: str = "float32") -> ImageTokenPolicy:
+    """Load the policy ``kind`` ("tiny", "blip3o_next", or "package.module:Class") from a local folder."""
+    target = POLICIES.get(kind, kind)
+    module_name, sep, attr = target.partition(":")
+    if not sep:
+        raise ValueError(f"unknown policy {kind!r}: use one of {sorted(POLICIES)} or 'package.module:Class'")
+    cls = getattr(importlib.import_module(module_name), attr)
+    return cls.from_pretrained(path, dtype=DTYPES[dtype])
+
+
+__all__ = ["POLICIES", "ImageTokenLayout", "ImageTokenPolicy", "PromptBatch", "load_policy"]

@@ -43,6 +43,9 @@ class PromptBatch:
     def to(self, device: torch.device | str) -> PromptBatch:
         return PromptBatch(self.input_ids.to(device), self.attention_mask.to(device))
 
+    def slice(self, rows: slice) -> PromptBatch:
+        return PromptBatch(self.input_ids[rows], self.attention_mask[rows])
+
     def repeat_interleave(self, n: int) -> PromptBatch:
         return PromptBatch(self.input_ids.repeat_interleave(n, 0), self.attention_mask.repeat_interleave(n, 0))
 

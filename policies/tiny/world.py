@@ -1,0 +1,217 @@
+"""The built-in tiny world: a tiny Qwen3 image-token model that trains on a laptop CPU.
+
+It follows the BLIP3o-NEXT conventions exactly, at toy size:
+
+- tokenizer: a base vocabulary, ChatML specials, then ``<im_start>``, ``<im_end>``, ``<S0>``..``<S2>``,
+  ``<I0>``..``<I{K-1}>`` appended in that order; token ids are read back from the config, never assumed;
+- prompt: the BLIP3o-NEXT chat template and caption instruction, ending with ``<im_start><S0>``;
+- image: ``grid x grid`` codes, each drawn as a ``tile x tile`` square by the world's *renderer*
+  (default "palette": code k is a square of palette colour k; other worlds register their own).
+
+Everything is saved with ``save_pretrained`` (safetensors + tokenizer files + config.json carrying the
+world's settings) and loaded with ``from_pretrained``, the same code path as real checkpoints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import string
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from blip3o_rl.policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBatch
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SYSTEM_PROMPT = "You are a helpful assistant."
+CAPTION_INSTRUCTION = "Please generate image based on the following caption: {caption}"
+
+# 16 well-separated colours; the first 8 have names used in prompts, the rest are distractors.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (230, 25, 75),
+    "green": (60, 180, 75),
+    "blue": (0, 130, 200),
+    "yellow": (255, 225, 25),
+    "orange": (245, 130, 48),
+    "purple": (145, 30, 180),
+    "cyan": (70, 240, 240),
+    "pink": (250, 190, 212),
+    "lime": (210, 245, 60),
+    "teal": (0, 128, 128),
+    "lavender": (220, 190, 255),
+    "brown": (170, 110, 40),
+    "maroon": (128, 0, 0),
+    "navy": (0, 0, 128),
+    "grey": (128, 128, 128),
+    "black": (0, 0, 0),
+}
+BASE_WORDS = ["you", "are", "a", "helpful", "assistant", "please", "generate", "image", "based", "on", "the", "following", "caption", "system", "user", "an", "and", "with", "of", "at", "in", "top", "bottom", "left", "right", "half", "color", "colour"]
+SPECIALS = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+class PaletteRenderer:
+    """Code k → a ``tile x tile`` square of colour ``palette[k]``."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.tile = int(spec["tile"])
+        self.palette = np.asarray(spec.get("palette") or list(PALETTE.values()), dtype=np.uint8)  # [K, 3]
+        self.num_codes = len(self.palette)
+
+    @staticmethod
+    def default_spec() -> dict[str, Any]:
+        return {"palette": [list(c) for c in PALETTE.values()]}
+
+    def render(self, codes: np.ndarray) -> np.ndarray:
+        """``codes [B, g, g]`` → uint8 pixels ``[B, g*tile, g*tile, 3]``."""
+        pix = self.palette[codes]  # [B, g, g, 3]
+        return pix.repeat(self.tile, axis=1).repeat(self.tile, axis=2)
+
+
+# renderer name -> "module:Class"; a class takes the config's `tiny_world` dict and has `num_codes`,
+# `render(codes [B, g, g]) -> uint8 [B, H, W, 3]` and a static `default_spec()`.
+RENDERERS: dict[str, str] = {"palette": "blip3o_rl.policies.tiny.world:PaletteRenderer"}
+
+
+def build_renderer(spec: dict[str, Any]):
+    name = spec.get("renderer", "palette")
+    if name not in RENDERERS:
+        raise ValueError(f"unknown tiny-world renderer {name!r}; known: {sorted(RENDERERS)}")
+    module, _, attr = RENDERERS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)(spec)
+
+
+def build_tokenizer(num_codes: int, extra_words: list[str] = ()) -> PreTrainedTokenizerFast:
+    """A WordPiece tokenizer: whole words where known, characters otherwise, plus the image tokens."""
+    words = list(dict.fromkeys([*BASE_WORDS, *PALETTE, *(w.lower() for w in extra_words)]))
+    chars = list(string.ascii_letters + string.digits + string.punctuation)
+    vocab_list = [*SPECIALS, *words, *chars, *("##" + c for c in chars)]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    core = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>", continuing_subword_prefix="##"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="<unk>", pad_token="<|endoftext|>", eos_token="<|im_end|>"
+    )
+    # The BLIP3o-NEXT convention: these are appended after the base vocabulary, in this order.
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.add_tokens(["<im_start>", "<im_end>", "<S0>", "<S1>", "<S2>"], special_tokens=True)
+    tok.add_tokens([f"<I{k}>" for k in range(num_codes)], special_tokens=True)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"
+    return tok
+
+
+def make_tiny_world(
+    out_dir: str | Path,
+    *,
+    grid: int = 4,
+    tile: int = 8,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    seed: int = 0,
+    extra_words: list[str] = (),
+    renderer: str = "palette",
+    renderer_spec: dict[str, Any] | None = None,
+) -> Path:
+    """Write a random-initialised tiny world model folder (``save_pretrained`` format) to ``out_dir``.
+
+    ``renderer`` names an entry of `RENDERERS`; ``renderer_spec`` (default: the renderer's
+    ``default_spec()``) is stored in ``config.json`` under ``tiny_world`` and fixes the codebook size.
+    """
+    out = Path(out_dir)
+    if renderer not in RENDERERS:
+        raise ValueError(f"unknown tiny-world renderer {renderer!r}; known: {sorted(RENDERERS)}")
+    world = {"renderer": renderer, "grid": grid, "tile": tile}
+    module, _, attr = RENDERERS[renderer].partition(":")
+    world.update(renderer_spec or getattr(importlib.import_module(module), attr).default_spec())
+    num_codes = build_renderer(world).num_codes
+    tok = build_tokenizer(num_codes, extra_words)
+    ids = tok.convert_tokens_to_ids
+    config = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden_size // 4,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=ids("<|im_end|>"),
+        # BLIP3o-NEXT config keys, read back by the policy:
+        image_start_tag_id=ids("<im_start>"),
+        image_end_tag_id=ids("<im_end>"),
+        scale_start_token_id=ids("<S0>"),
+        image_start_token_id=ids("<I0>"),
+        num_image_codes=num_codes,
+        tiny_world=world,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+class TinyWorldPolicy(ImageTokenPolicy):
+    """The tiny world's policy: a `Qwen3ForCausalLM` plus a palette decoder (no hidden states needed)."""
+
+    needs_hidden_states = False
+
+    def __init__(self, model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast):
+        cfg = model.config
+        world = getattr(cfg, "tiny_world", None)
+        if not world:
+            raise ValueError("config.json has no 'tiny_world' section: not a tiny-world model folder")
+        self.model, self.tokenizer = model, tokenizer
+        tokenizer.padding_side = "left"  # prompts must end at the same column (the saved setting may differ)
+        self.grid = int(world["grid"])
+        self.renderer = build_renderer(world)
+        self.layout = ImageTokenLayout(
+            image_token_start=cfg.image_start_token_id,
+            num_codes=cfg.num_image_codes,
+            tokens_per_image=self.grid * self.grid,
+        )
+        self._prompt_suffix = tokenizer.convert_ids_to_tokens([cfg.image_start_tag_id, cfg.scale_start_token_id])
+        if self.renderer.num_codes != self.layout.num_codes:
+            raise ValueError(f"renderer draws {self.renderer.num_codes} codes; config has {self.layout.num_codes}")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> TinyWorldPolicy:
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: not a model folder (make one with make_tiny_world)")
+        model = Qwen3ForCausalLM.from_pretrained(path, dtype=dtype)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        return cls(model, tokenizer)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+
+    def prompt_text(self, caption: str) -> str:
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": CAPTION_INSTRUCTION.format(caption=caption)},
+        ]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text + "".join(self._prompt_suffix)
+
+    def prompt_batch(self, captions: list[str]) -> PromptBatch:
+        enc = self.tokenizer(
+            [self.prompt_text(c) for c in captions], padding=True, return_tensors="pt", add_special_tokens=False
+        )
+        return PromptBatch(enc["input_ids"], enc["attention_mask"]).to(self.device)
+
+    def decode(self, codes: torch.Tensor, hidden_states: torch.Tensor | None = None) -> list[Image.Image]:
+        pix = self.renderer.render(codes.cpu().numpy().reshape(-1, self.grid, self.grid))  # [B, H, W, 3]
+        return [Image.fromarray(p) for p in pix]

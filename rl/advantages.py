@@ -1,0 +1,70 @@
+"""Group-relative advantages (GRPO).
+
+For a group of G samples of one prompt with rewards r_1..r_G::
+
+    A_i = (r_i - mean(r)) / (std(r) + 1e-4)          scale_rewards="group"   (TRL, the official run)
+    A_i = (r_i - mean(r)) / (std(r_batch) + 1e-4)    scale_rewards="batch"
+    A_i =  r_i - mean(r)                             scale_rewards="none"    (Dr. GRPO)
+
+std is Bessel-corrected. A failed sample (NaN reward) takes no part in its group's statistics and
+gets advantage 0; the trainer also masks it out of the loss (a zero advantage alone is not an
+exclusion: the KL term would still act on it). A group with fewer than 2 valid rewards has no
+baseline, so all its advantages are 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+STD_EPS = 1e-4
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def _masked_mean_std(x: torch.Tensor, valid: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and Bessel-corrected std over the valid entries (std is 0 where fewer than 2 are valid)."""
+    v = valid.to(x.dtype)
+    x0 = torch.where(valid, x, torch.zeros_like(x))
+    n = v.sum() if dim is None else v.sum(dim, keepdim=True)
+    mean = (x0.sum() if dim is None else x0.sum(dim, keepdim=True)) / n.clamp(min=1)
+    sq = ((x0 - mean) ** 2) * v
+    var = (sq.sum() if dim is None else sq.sum(dim, keepdim=True)) / (n - 1).clamp(min=1)
+    return mean, var.sqrt()
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str = "group") -> torch.Tensor:
+    """Advantages for ``rewards`` laid out as contiguous groups.
+
+    Args:
+        rewards: ``[num_prompts * group_size]`` float tensor, each group contiguous; NaN marks a failed sample.
+        group_size: samples per prompt (``num_generations``), at least 2.
+        scale_rewards: "group", "batch" or "none" (see module docstring).
+
+    Returns:
+        ``[num_prompts * group_size]`` advantages; 0 for failed samples and for groups with < 2 valid rewards.
+    """
+    if rewards.ndim != 1:
+        raise ValueError(f"rewards must be 1-D, got shape {tuple(rewards.shape)}")
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2, got {group_size}")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
+
+    r = rewards.float().view(-1, group_size)  # [P, G]
+    valid = ~torch.isnan(r)
+    mean, std = _masked_mean_std(r, valid, dim=1)  # [P, 1] each
+    if scale_rewards == "batch":
+        _, std = _masked_mean_std(r, valid, dim=None)
+    adv = r - mean
+    if scale_rewards != "none":
+        adv = adv / (std + STD_EPS)
+    has_baseline = valid.sum(1, keepdim=True) >= 2  # [P, 1]
+    adv = torch.where(valid & has_baseline, adv, torch.zeros_like(adv))
+    return adv.view(-1)
+
+
+def count_groups_without_baseline(rewards: torch.Tensor, group_size: int) -> int:
+    """Number of groups with fewer than 2 valid rewards (their advantages are all 0)."""
+    valid = ~torch.isnan(rewards.float().view(-1, group_size))
+    return int((valid.sum(1) < 2).sum().item())  # host sync: logging only

@@ -1,0 +1,379 @@
+"""Typed, frozen run configuration: YAML recipes plus dotted ``key=value`` overrides.
+
+    cfg = load_config("configs/demo.yaml", ["grpo.beta=0.01", "max_steps=50"])
+
+Every key is checked: an unknown key or a value of the wrong type fails with the file, line and
+dotted key. Names follow TRL's GRPOConfig where the concept exists there (``num_generations``,
+``beta``, ``epsilon``, ``epsilon_high``, ``loss_type``, ``scale_rewards``, ``num_iterations``,
+``temperature``, ``top_k``, ``top_p``, ``learning_rate``, ``max_grad_norm``, ...).
+
+Paths written in a YAML file are relative to that file (so packaged recipes find their data);
+paths given as command-line overrides are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from blip3o_rl.rl.advantages import SCALE_REWARDS
+from blip3o_rl.rl.loss import loss_types
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names where it came from and the dotted key."""
+
+
+def _path_field(default: Any = None) -> Any:
+    return field(default=default, metadata={"path": True})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    policy: str = "tiny"  # "tiny", "blip3o_next", or "package.module:PolicyClass"
+    name_or_path: str | None = _path_field()  # model folder; tiny + null: a random tiny world is made
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    finetune: str = "lora"  # lora | full
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    gradient_checkpointing: bool = False
+    init_seed: int = 0  # seed of the random tiny world made when name_or_path is null
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    engine: str = "kv_cache"
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = untruncated (the RL default); the trainer applies the same truncation
+    top_p: float = 1.0
+    logprob_chunk_size: int = 128  # positions per chunk of image-head logits in the trainer's forward
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    num_generations: int = 8  # group size G
+    batch_size: int = 64  # samples per step on each process (prompts per step = batch_size / G)
+    micro_batch_size: int = 16  # samples per forward/backward; gradients accumulate over the batch
+    beta: float = 0.0  # KL coefficient (k3 against the reference policy)
+    epsilon: float = 0.2
+    epsilon_high: float | None = None  # None: same as epsilon
+    loss_type: str = "bnpo"
+    scale_rewards: str = "group"  # group | batch | none
+    num_iterations: int = 1  # μ: optimizer passes over each rollout batch
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    lr_scheduler_type: str = "constant"  # constant | cosine | linear
+    warmup_steps: int = 0
+    max_grad_norm: float | None = 1.0  # None: no clipping
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    reward: str  # registered name, "package.module:attr" or "path/to/file.py:attr"
+    name: str | None = None  # name in the logs (default: `reward`)
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log_name(self) -> str:
+        return self.name or self.reward
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_file: str | None = _path_field()  # JSONL rows {"prompt": ..., <metadata>} or one prompt per line
+    shuffle: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    eval_every: int = 0  # steps between evaluations; 0 disables
+    prompts_file: str | None = _path_field()
+    num_prompts: int | None = None  # None: all
+    num_generations: int = 1
+    rewards: tuple[RewardSpec, ...] = ()  # empty: the training rewards
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    log_every: int = 1
+    progress_bar: bool = True
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "blip3o-rl"
+    image_every: int = 0  # steps between sample grids; 0 disables
+    num_images: int = 16
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    save_every: int = 0  # steps between checkpoints; 0: only the final one
+    keep_last: int = 2
+    save_final: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = "runs/default"
+    seed: int = 0
+    max_steps: int = 100
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    rewards: tuple[RewardSpec, ...] = ()
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.grpo.batch_size // self.grpo.num_generations
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _Where:
+    """Names the origin of a value: file and line for YAML keys, the argument for overrides."""
+
+    def __init__(self, source: str, lines: dict[str, int], overrides: dict[str, str] | None = None):
+        self.source, self.lines, self.overrides = source, lines, overrides or {}
+
+    def __call__(self, key: str) -> str:
+        if key in self.overrides:
+            return f"override {self.overrides[key]!r}"
+        line = self.lines.get(key)
+        return f"{self.source}, line {line}" if line else self.source
+
+
+def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = f"{prefix}{k.value}"
+            out[key] = k.start_mark.line + 1
+            out.update(_key_lines(v, key + "."))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out[f"{prefix}{i}"] = v.start_mark.line + 1
+            out.update(_key_lines(v, f"{prefix}{i}."))
+    return out
+
+
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str, where: _Where, base_dir: Path | None, is_path: bool) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where(key)}: {key} must not be null")
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key, where, base_dir, is_path)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where(key)}: {key} must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, where, base_dir, key + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where(key)}: {key} must be a list, got {type(value).__name__} {value!r}")
+        return tuple(_convert(v, args[0], f"{key}.{i}", where, base_dir, False) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where(key)}: {key} must be a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where(key)}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.match(value):  # YAML 1.1 reads "1e-2" as a string
+            return float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where(key)}: {key} must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where(key)}: {key} must be an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where(key)}: {key} must be a string, got {type(value).__name__} {value!r}")
+        if is_path and base_dir is not None and not Path(value).is_absolute():
+            return str(base_dir / value)
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported config type {_type_name(tp)} for {key}")
+
+
+def _build(cls: type, data: dict, where: _Where, base_dir: Path | None, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{where(key)}: unknown key {key!r} (known keys here: {known})")
+        kwargs[k] = _convert(v, hints[k], key, where, base_dir, fields[k].metadata.get("path", False))
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f"{where(prefix.rstrip('.'))}: {prefix.rstrip('.') or 'config'}: {exc}") from None
+
+
+def _to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_dict(v) for v in obj]
+    return obj
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """Plain nested dict of a config (for saving next to a run, and for `config_from_dict`)."""
+    return _to_dict(cfg)
+
+
+def _set_dotted(data: dict, key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])} is not an index of a {len(node)}-item list")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])} is not a mapping")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"{where}: {key} is not an index of a {len(node)}-item list")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def packaged_recipe(name: str) -> Path | None:
+    """A recipe shipped with the package, by name ("demo", "demo.yaml" or "configs/demo.yaml")."""
+    stem = Path(name).name
+    if not stem.endswith((".yaml", ".yml")):
+        stem += ".yaml"
+    candidate = resources.files("blip3o_rl.configs") / stem
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
+def resolve_recipe(path_or_name: str) -> Path:
+    """A YAML path that exists, else the packaged recipe of that name."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    packaged = packaged_recipe(path_or_name)
+    if packaged is None:
+        raise FileNotFoundError(f"no recipe {path_or_name!r}: not a file, and not a packaged recipe")
+    return packaged
+
+
+def config_from_dict(data: dict, source: str = "<dict>", base_dir: Path | None = None) -> TrainConfig:
+    cfg = _build(TrainConfig, data, _Where(source, {}), base_dir)
+    validate(cfg, source)
+    return cfg
+
+
+def load_config(path_or_name: str, overrides: list[str] = ()) -> TrainConfig:
+    """Load a recipe (a YAML path or a packaged recipe name) and apply ``key=value`` overrides."""
+    path = resolve_recipe(path_or_name)
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    where = _Where(str(path), _key_lines(node) if node is not None else {})
+    # Resolve YAML-relative paths now, before overrides (whose paths are relative to the cwd).
+    data = config_to_dict(_build(TrainConfig, data, where, path.parent.resolve()))
+    given: dict[str, str] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. grpo.beta=0.01")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: cannot parse value: {exc}") from None
+        _set_dotted(data, key.strip(), value, f"override {item!r}")
+        given[key.strip()] = item
+    cfg = _build(TrainConfig, data, _Where(str(path), where.lines, given), None)
+    validate(cfg, str(path))
+    return cfg
+
+
+def validate(cfg: TrainConfig, source: str) -> None:
+    """Cross-field checks; each message names the key."""
+
+    def check(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{source}: {key}: {msg}")
+
+    g, r, o, m = cfg.grpo, cfg.rollout, cfg.optim, cfg.model
+    check(g.num_generations >= 2, "grpo.num_generations", f"group size must be >= 2, got {g.num_generations}")
+    check(
+        g.batch_size > 0 and g.batch_size % g.num_generations == 0,
+        "grpo.batch_size",
+        f"{g.batch_size} samples do not split into groups of num_generations={g.num_generations}",
+    )
+    check(g.micro_batch_size >= 1, "grpo.micro_batch_size", "must be >= 1")
+    check(g.loss_type in loss_types(), "grpo.loss_type", f"must be one of {loss_types()}, got {g.loss_type!r}")
+    check(g.scale_rewards in SCALE_REWARDS, "grpo.scale_rewards", f"must be one of {SCALE_REWARDS}")
+    check(g.num_iterations >= 1, "grpo.num_iterations", "must be >= 1")
+    check(g.beta >= 0, "grpo.beta", "must be >= 0")
+    check(g.epsilon >= 0 and (g.epsilon_high is None or g.epsilon_high >= 0), "grpo.epsilon", "must be >= 0")
+    check(r.temperature > 0, "rollout.temperature", "must be > 0 for RL sampling")
+    check(r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
+    check(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+    check(r.logprob_chunk_size >= 1, "rollout.logprob_chunk_size", "must be >= 1")
+    check(m.finetune in ("lora", "full"), "model.finetune", f"must be 'lora' or 'full', got {m.finetune!r}")
+    check(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unsupported dtype {m.dtype!r}")
+    check("lm_head" not in m.lora_target_modules, "model.lora_target_modules",
+          "lm_head cannot be a LoRA target (image log-probs read its weight rows directly)")
+    check(o.lr_scheduler_type in ("constant", "cosine", "linear"), "optim.lr_scheduler_type",
+          "must be constant, cosine or linear")
+    check(o.learning_rate > 0, "optim.learning_rate", "must be > 0")
+    check(cfg.max_steps >= 1, "max_steps", "must be >= 1")
+    check(len(cfg.rewards) > 0, "rewards", "at least one reward is needed")
+    check(cfg.data.train_file is not None, "data.train_file", "a prompt file is needed")
+    names = [s.log_name for s in cfg.rewards]
+    check(len(set(names)) == len(names), "rewards", f"reward names must be unique, got {names}")
+    check(cfg.eval.eval_every == 0 or cfg.eval.prompts_file is not None, "eval.prompts_file",
+          "needed when eval.eval_every > 0")
+    check(cfg.eval.num_generations >= 1, "eval.num_generations", "must be >= 1")

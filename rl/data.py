@@ -1,0 +1,100 @@
+"""Prompt data: loading and a resumable, shuffled, rank-aware sampler.
+
+Two formats:
+
+- ``.jsonl``: one JSON object per line with a string ``prompt``; every other field is metadata handed
+  to the rewards (GenEval metadata rows are such files);
+- anything else: one prompt per line (blank lines skipped), metadata ``{}``.
+
+A bad line fails with the file, the line number and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class PromptFileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    prompt: str
+    metadata: dict[str, Any]
+
+
+def load_prompts(path: str | Path) -> list[PromptRow]:
+    """Read a prompt file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    rows: list[PromptRow] = []
+    jsonl = path.suffix == ".jsonl"
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if not jsonl:
+                rows.append(PromptRow(line.rstrip("\n"), {}))
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PromptFileError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise PromptFileError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            prompt = obj.get("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise PromptFileError(f"{path}:{lineno}: field 'prompt' must be a non-empty string, got {prompt!r}")
+            rows.append(PromptRow(prompt, {k: v for k, v in obj.items() if k != "prompt"}))
+    if not rows:
+        raise PromptFileError(f"{path}: no prompts")
+    return rows
+
+
+class PromptSampler:
+    """Yields ``prompts_per_step`` rows per step for this rank, epoch after epoch.
+
+    Every rank draws the same global permutation from ``seed`` and the epoch, and takes its own
+    disjoint slice, so ranks never duplicate prompts within a step. State is ``(epoch, position)``.
+    """
+
+    def __init__(self, rows: list[PromptRow], prompts_per_step: int, seed: int, shuffle: bool = True,
+                 rank: int = 0, world_size: int = 1):
+        self.rows, self.per_step, self.seed, self.shuffle = rows, prompts_per_step, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(len(self.rows)))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(len(self.rows), generator=g).tolist()
+
+    def next_batch(self) -> list[PromptRow]:
+        """The next step's rows for this rank (wrapping into a new epoch when the data runs out)."""
+        global_n = self.per_step * self.world_size
+        picked: list[int] = []
+        while len(picked) < global_n:
+            if self.position >= len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation()
+            take = min(global_n - len(picked), len(self._order) - self.position)
+            picked += self._order[self.position : self.position + take]
+            self.position += take
+        mine = picked[self.rank * self.per_step : (self.rank + 1) * self.per_step]
+        return [self.rows[i] for i in mine]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._permutation()

@@ -1,0 +1,79 @@
+"""Fine-tuning modes (LoRA via peft, or full) and the frozen reference policy for the KL term.
+
+With LoRA the reference is the same model with its adapter disabled (no second copy of the
+weights); with full fine-tuning it is a frozen copy taken before training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from blip3o_rl.policies.base import ImageTokenPolicy
+from blip3o_rl.rl.config import ModelConfig
+
+
+class FinetuneSetup:
+    """Prepares ``policy.model`` for training and answers which parameters train and what the reference is."""
+
+    def __init__(self, policy: ImageTokenPolicy, cfg: ModelConfig, need_reference: bool):
+        self.policy, self.cfg = policy, cfg
+        self.peft_model = None
+        self._reference: ImageTokenPolicy | None = None
+        if cfg.finetune == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=list(cfg.lora_target_modules),
+                bias="none",
+            )
+            # Injects the adapter into policy.model in place and freezes its base weights.
+            self.peft_model = get_peft_model(policy.model, lora)
+        else:
+            if need_reference:
+                self._reference = copy.copy(policy)
+                self._reference.model = copy.deepcopy(policy.model).requires_grad_(False).eval()
+            policy.model.requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.peft_model is not None:
+                policy.model.enable_input_require_grads()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.policy.model.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold to restore training: the adapter, or all policy weights."""
+        if self.peft_model is not None:
+            from peft import get_peft_model_state_dict
+
+            return get_peft_model_state_dict(self.peft_model)
+        return self.policy.model.state_dict()
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.peft_model is not None:
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(self.peft_model, state)
+            if getattr(result, "unexpected_keys", None):
+                raise ValueError(f"adapter checkpoint has unexpected keys: {result.unexpected_keys[:5]}")
+        else:
+            self.policy.model.load_state_dict(state, strict=True)
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[ImageTokenPolicy]:
+        """The reference policy, for use under ``torch.no_grad()``."""
+        if self.peft_model is not None:
+            with self.peft_model.disable_adapter():
+                yield self.policy
+        elif self._reference is not None:
+            yield self._reference
+        else:
+            raise RuntimeError("no reference policy was kept (full fine-tuning with beta = 0)")

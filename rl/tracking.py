@@ -1,0 +1,130 @@
+"""Run artefacts: ``metrics.jsonl``, TensorBoard / W&B, sample grids, the reward curve, phase timers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from blip3o_rl.rl.config import LoggingConfig
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@contextlib.contextmanager
+def timed(name: str, timings: dict[str, float]) -> Iterator[None]:
+    """Add the wall time of the block to ``timings["time/<name>"]`` (seconds)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        key = f"time/{name}"
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop lines logged after ``last_step`` (a resumed run rewrites them)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def image_grid(images: list[Image.Image], columns: int, labels: list[str] | None = None) -> Image.Image:
+    """Tile images into a grid; ``labels`` (one per row) are written above each row."""
+    w, h = images[0].size
+    rows = math.ceil(len(images) / columns)
+    label_h = 12 if labels else 0
+    grid = Image.new("RGB", (columns * w, rows * (h + label_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i, img in enumerate(images):
+        r, c = divmod(i, columns)
+        grid.paste(img.convert("RGB").resize((w, h)), (c * w, r * (h + label_h) + label_h))
+    for r, text in enumerate((labels or [])[:rows]):
+        draw.text((2, r * (h + label_h)), text[: columns * w // 6], fill=(0, 0, 0))
+    return grid
+
+
+def plot_reward_curve(metrics: list[dict[str, Any]], out: Path, keys: tuple[str, ...] = ()) -> None:
+    """Reward (and any eval reward) against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = keys or tuple(
+        sorted({k for m in metrics for k in m if k == "reward/mean" or (k.startswith("eval/") and k.endswith("/mean"))})
+    )
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in keys:
+        pts = [(m["step"], m[key]) for m in metrics if key in m and m[key] is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), label=key, marker="." if key.startswith("eval/") else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+class RunLogger:
+    """Writes one JSON object per step to ``metrics.jsonl`` and mirrors it to TensorBoard / W&B."""
+
+    def __init__(self, output_dir: Path, cfg: LoggingConfig, config: dict, resume_step: int = 0):
+        self.dir, self.cfg = output_dir, cfg
+        self.metrics_path = output_dir / METRICS_FILE
+        if resume_step:
+            truncate_metrics(self.metrics_path, resume_step)
+        else:
+            self.metrics_path.write_text("")
+        self.tb = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(output_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        self.wandb = None
+        if cfg.wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise ImportError("logging.wandb=true needs wandb: pip install 'blip3o-rl[wandb]'") from None
+            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(output_dir), config=config, resume="allow")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, **metrics}
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def log_images(self, step: int, grid: Image.Image, tag: str = "samples") -> Path:
+        out = self.dir / tag / f"step_{step:06d}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(out)
+        if self.tb is not None:
+            import numpy as np
+
+            self.tb.add_image(tag, np.asarray(grid), step, dataformats="HWC")
+        return out
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
