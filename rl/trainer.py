@@ -111,7 +111,7 @@ class GRPOTrainer:
         if self.acc.is_main_process and not (path / "config.json").is_file():
             from blip3o_rl.policies.tiny import make_tiny_world
 
-            make_tiny_world(path, seed=m.init_seed)
+            make_tiny_world(path, seed=m.init_seed, **m.tiny_world)
         self.acc.wait_for_everyone()
         return path
 

@@ -1,16 +1,39 @@
-"""GenEval subcommands: ``blip3o-rl data geneval`` (training prompts) and scoring an image folder.
+"""GenEval subcommands: ``blip3o-rl data geneval`` (training prompts) and ``blip3o-rl eval geneval``.
 
 Each subcommand is a pair ``configure_*(parser)`` / ``run_*(args) -> int`` for the main CLI to mount.
+
+``eval geneval`` generates ``--images-per-prompt`` images per metadata row with any policy
+(``--model PATH --policy KIND``, or a training run's ``--checkpoint``) into GenEval's folder layout,
+then scores the folder; ``--images DIR`` scores an existing folder instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
-from blip3o_rl.rewards.geneval.metadata import TAGS, load_metadata
+from blip3o_rl.rewards.geneval.metadata import COLORS, GENEVAL_OBJECTS, TAGS, MetadataError, load_metadata
+
+
+class UsageError(ValueError):
+    """Bad command-line arguments (printed as ``error: ...``, exit status 2)."""
+
+
+def _report_errors(fn):
+    """Run a subcommand; user errors (bad arguments or metadata, an existing --out) print and return 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (UsageError, MetadataError, FileExistsError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    run.__doc__, run.__name__ = fn.__doc__, fn.__name__
+    return run
 
 
 def configure_data(parser: argparse.ArgumentParser) -> None:
@@ -27,13 +50,22 @@ def configure_data(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--tags", nargs="+", default=list(TAGS), choices=TAGS, help="tasks to generate (default all)")
     parser.add_argument("--max-count", type=int, default=4, help="largest count in counting prompts (default 4)")
+    parser.add_argument("--objects", nargs="+", default=list(GENEVAL_OBJECTS), metavar="NAME",
+                        help="object names to use (GenEval names; default all 80)")
+    parser.add_argument("--colors", nargs="+", default=list(COLORS), choices=COLORS, metavar="COLOR",
+                        help="colours to use (default GenEval's 10)")
 
 
+@_report_errors
 def run_data(args: argparse.Namespace) -> int:
     from blip3o_rl.rewards.geneval.prompts import generate_prompts
 
     excluded = [row for path in args.exclude for row in load_metadata(path)]
-    rows = generate_prompts(args.n, seed=args.seed, exclude=excluded, tags=args.tags, max_count=args.max_count)
+    unknown = [o for o in args.objects if o not in GENEVAL_OBJECTS]
+    if unknown:
+        raise UsageError(f"--objects: {unknown} are not GenEval object names")
+    rows = generate_prompts(args.n, seed=args.seed, exclude=excluded, tags=args.tags, max_count=args.max_count,
+                            objects=args.objects, colours=args.colors)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as fh:
         for row in rows:
@@ -54,7 +86,10 @@ def add_scorer_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("GenEval scorer")
     group.add_argument("--detector", default=DEFAULT_DETECTOR, help="Mask2Former hub id or local folder")
     group.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP hub id or local folder (colour)")
-    group.add_argument("--detector-backend", default="transformers", choices=("transformers", "mmdet"))
+    group.add_argument("--detector-backend", default="transformers", choices=("transformers", "mmdet", "tiny_world"),
+                       help="tiny_world: the built-in tiny objects world, read from pixels (no models)")
+    group.add_argument("--tile", type=int,
+                       help="tiny_world cell size in pixels (default: the tiny policy's tile, else 8)")
     group.add_argument("--mmdet-config", help="mmdet config file (--detector-backend mmdet)")
     group.add_argument("--mmdet-checkpoint", help="mmdet .pth checkpoint (--detector-backend mmdet)")
     group.add_argument(
@@ -85,22 +120,96 @@ def build_scorer_from_args(args: argparse.Namespace):
         mmdet_config=args.mmdet_config,
         mmdet_checkpoint=args.mmdet_checkpoint,
         mmdet_reference_channel_order=args.mmdet_reference_channel_order,
+        tile=args.tile or 8,
     )
 
 
-def configure_eval_images(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Score a folder of images in GenEval's layout (<dir>/00000/metadata.jsonl, samples/0000.png)."
-    parser.add_argument("--images", required=True, type=Path, help="folder in GenEval's layout")
-    parser.add_argument("--results", type=Path, help="per-image results JSONL (default <images>/results.jsonl)")
+def configure_eval(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "GenEval: generate images for a metadata file with a policy into GenEval's folder layout "
+        "(<out>/00000/metadata.jsonl, samples/0000.png) and score them; or score an existing folder (--images)."
+    )
+    source = parser.add_argument_group("what to score (one of)")
+    source.add_argument("--model", type=Path, help="policy model folder to generate with")
+    source.add_argument("--checkpoint", type=Path,
+                        help="a training checkpoint (runs/x/checkpoints/step_N) or a run folder (its latest one)")
+    source.add_argument("--images", type=Path, help="score this existing folder in GenEval's layout; no generation")
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--policy", help="policy kind for --model: tiny, blip3o_next or package.module:Class "
+                                      "(default tiny; with --checkpoint: the run's)")
+    gen.add_argument("--metadata", type=Path, help="GenEval metadata JSONL (e.g. evaluation_metadata.jsonl)")
+    gen.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt (GenEval: 4)")
+    gen.add_argument("--out", type=Path, default=Path("geneval_images"),
+                     help="folder for the images and results (default ./geneval_images); must be empty or new")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0, help="0 = no top-k truncation")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--gen-batch-size", type=int, default=16, help="images per generation call")
+    gen.add_argument("--model-dtype", choices=("float32", "bfloat16", "float16"),
+                     help="policy dtype (default float32; with --checkpoint: the run's)")
+    parser.add_argument("--results", type=Path, help="per-image results JSONL (default <folder>/results.jsonl)")
     add_scorer_options(parser)
 
 
-def run_eval_images(args: argparse.Namespace) -> int:
+def _check_eval_args(args: argparse.Namespace) -> None:
+    given = [name for name in ("model", "checkpoint", "images") if getattr(args, name) is not None]
+    if len(given) != 1:
+        raise UsageError("eval geneval: give exactly one of --model, --checkpoint or --images"
+                         + (f" (got {', '.join('--' + g for g in given)})" if given else ""))
+    if args.images is None:
+        if args.metadata is None:
+            raise UsageError("eval geneval: --metadata FILE is needed to generate images")
+        if args.images_per_prompt < 1:
+            raise UsageError(f"--images-per-prompt must be >= 1, got {args.images_per_prompt}")
+        if args.out.exists() and any(args.out.iterdir()):
+            raise FileExistsError(f"--out {args.out} is not empty: choose a new folder, or rescore it with --images")
+
+
+def generate_folder(policy, rows: list[dict], out: Path, args: argparse.Namespace) -> None:
+    """Generate ``args.images_per_prompt`` images per metadata row into GenEval's layout under ``out``."""
+    from blip3o_rl.rewards.geneval.benchmark import write_prompt_folder
+    from blip3o_rl.rl.generate import generate_images
+    from blip3o_rl.rl.rollout import SamplingParams
+
+    sampling = SamplingParams(args.temperature, args.top_k, args.top_p)
+    images = generate_images(policy, [r["prompt"] for r in rows], args.images_per_prompt, sampling,
+                             seed=args.seed, batch_size=args.gen_batch_size)
+    for index, (row, imgs) in enumerate(zip(rows, images, strict=True)):
+        write_prompt_folder(out, index, row, imgs)
+
+
+def _load_policy(args: argparse.Namespace):
+    import torch
+
+    from blip3o_rl.policies import load_policy
+    from blip3o_rl.rl.restore import restore_policy
+
+    if args.checkpoint is not None:
+        policy = restore_policy(args.checkpoint, policy=args.policy, dtype=args.model_dtype)
+    else:
+        policy = load_policy(args.policy or "tiny", args.model, args.model_dtype or "float32")
+    policy.model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return policy
+
+
+@_report_errors
+def run_eval(args: argparse.Namespace) -> int:
     from blip3o_rl.rewards.geneval.benchmark import format_summary, score_folder
 
+    _check_eval_args(args)
+    folder = args.images
+    if folder is None:
+        rows = load_metadata(args.metadata)
+        policy = _load_policy(args)
+        if args.tile is None:  # the tiny world knows its own cell size
+            args.tile = getattr(getattr(policy, "renderer", None), "tile", None)
+        generate_folder(policy, rows, args.out, args)
+        folder = args.out
+        print(f"wrote {len(rows)} prompts x {args.images_per_prompt} images to {folder}")
     scorer = build_scorer_from_args(args)
-    results = args.results or args.images / "results.jsonl"
-    summary = score_folder(args.images, scorer, results_path=results, batch_size=args.batch_size)
+    results = args.results or folder / "results.jsonl"
+    summary = score_folder(folder, scorer, results_path=results, batch_size=args.batch_size)
     print(format_summary(summary, scorer.detector.backend))
     print(f"per-image results: {results}")
     return 0

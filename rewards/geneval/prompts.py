@@ -1,11 +1,12 @@
 """Training prompts in GenEval's metadata format, for all six tasks, deduplicated against an evaluation set.
 
-Each task has a finite space of distinct requirements over the 80 object names:
+Each task has a finite space of distinct requirements over the object names (GenEval's 80 by
+default; any subset of them with any subset of the colours, e.g. the tiny world's):
 
 - ``single_object``: one object (80; all of them are in the official evaluation set);
 - ``two_object``: an unordered pair of different objects;
 - ``counting``: ``k`` objects of one class (``k`` in 2..``max_count``), with ``k + 1`` excluded;
-- ``colors``: one object of one of the 10 colours (no coloured "person");
+- ``colors``: one object of one of the colours (no coloured "person");
 - ``position``: object A in a relation to object B, where "A left of B" and "B right of A" (and
   "above"/"below") are the same requirement;
 - ``color_attr``: two different objects with two different colours, as an unordered pair.
@@ -36,8 +37,6 @@ _IRREGULAR = {
     "scissors": "scissors",
     "computer mouse": "computer mice",
 }
-# Colour prompts leave out "person", as GenEval does (skin colour is not a colour attribute).
-_COLOURABLE = tuple(name for name in GENEVAL_OBJECTS if name != "person")
 
 
 def with_article(words: str) -> str:
@@ -97,34 +96,39 @@ def _color_attr(first: tuple[str, str], second: tuple[str, str], rng: random.Ran
     }
 
 
-class _TaskSpace:
+class TaskSpace:
     """The distinct requirements of one task, addressable by index so huge spaces are never listed."""
 
-    def __init__(self, tag: str, max_count: int):
+    def __init__(
+        self, tag: str, max_count: int, objects: Sequence[str] = GENEVAL_OBJECTS, colours: Sequence[str] = COLORS
+    ):
         self.tag = tag
+        self.objects, self.colours = tuple(objects), tuple(colours)
         self.counts = list(range(2, max_count + 1))
-        self.pairs = list(combinations(GENEVAL_OBJECTS, 2))
-        self.colour_pairs = list(combinations(_COLOURABLE, 2))
-        self.ordered_colours = [(x, y) for x in COLORS for y in COLORS if x != y]
+        self.pairs = list(combinations(self.objects, 2))
+        # Colour prompts leave out "person", as GenEval does (skin colour is not a colour attribute).
+        self.colourable = tuple(name for name in self.objects if name != "person")
+        self.colour_pairs = list(combinations(self.colourable, 2))
+        self.ordered_colours = [(x, y) for x in self.colours for y in self.colours if x != y]
 
     def __len__(self) -> int:
         return {
-            "single_object": len(GENEVAL_OBJECTS),
+            "single_object": len(self.objects),
             "two_object": len(self.pairs),
-            "counting": len(GENEVAL_OBJECTS) * len(self.counts),
-            "colors": len(_COLOURABLE) * len(COLORS),
+            "counting": len(self.objects) * len(self.counts),
+            "colors": len(self.colourable) * len(self.colours),
             "position": len(self.pairs) * len(RELATIONS),
             "color_attr": len(self.colour_pairs) * len(self.ordered_colours),
         }[self.tag]
 
     def row(self, i: int, rng: random.Random) -> dict[str, Any]:
         if self.tag == "single_object":
-            name = GENEVAL_OBJECTS[i]
+            name = self.objects[i]
             return {"tag": self.tag, "include": [{"class": name, "count": 1}], "prompt": f"a photo of {with_article(name)}"}
         if self.tag == "two_object":
             return _two_object(self.pairs[i], rng)
         if self.tag == "counting":
-            name, k = GENEVAL_OBJECTS[i // len(self.counts)], self.counts[i % len(self.counts)]
+            name, k = self.objects[i // len(self.counts)], self.counts[i % len(self.counts)]
             return {
                 "tag": self.tag,
                 "include": [{"class": name, "count": k}],
@@ -132,7 +136,7 @@ class _TaskSpace:
                 "prompt": f"a photo of {_NUMBERS[k]} {plural(name)}",
             }
         if self.tag == "colors":
-            name, colour = _COLOURABLE[i // len(COLORS)], COLORS[i % len(COLORS)]
+            name, colour = self.colourable[i // len(self.colours)], self.colours[i % len(self.colours)]
             return {
                 "tag": self.tag,
                 "include": [{"class": name, "count": 1, "color": colour}],
@@ -152,10 +156,13 @@ def generate_prompts(
     exclude: Iterable[dict[str, Any]] = (),
     tags: Sequence[str] = TAGS,
     max_count: int = 4,
+    objects: Sequence[str] = GENEVAL_OBJECTS,
+    colours: Sequence[str] = COLORS,
 ) -> list[dict[str, Any]]:
     """Up to ``n_per_task`` distinct GenEval rows per task in ``tags``, none sharing a `canonical_key` with ``exclude``.
 
-    Deterministic for a given seed. Rows come grouped by task, in the order of ``tags``.
+    ``objects`` and ``colours`` restrict the vocabulary (GenEval names only). Deterministic for a
+    given seed. Rows come grouped by task, in the order of ``tags``.
     """
     if n_per_task < 0:
         raise ValueError(f"n_per_task must be >= 0, got {n_per_task}")
@@ -164,11 +171,16 @@ def generate_prompts(
     unknown = [t for t in tags if t not in TAGS]
     if unknown:
         raise ValueError(f"unknown tags {unknown} (known: {', '.join(TAGS)})")
+    bad = [o for o in objects if o not in GENEVAL_OBJECTS] + [c for c in colours if c not in COLORS]
+    if bad:
+        raise ValueError(f"{bad}: not GenEval object or colour names")
+    if len(set(objects)) != len(objects) or len(set(colours)) != len(colours):
+        raise ValueError(f"objects and colours must not repeat, got {list(objects)} and {list(colours)}")
     excluded = {canonical_key(row) for row in exclude}
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     for tag in tags:
-        space = _TaskSpace(tag, max_count)
+        space = TaskSpace(tag, max_count, objects, colours)
         n_excluded = sum(key[0] == tag for key in excluded)
         # Sampling n + (number of excluded keys of this task) indices leaves at least n after dropping them.
         picked = rng.sample(range(len(space)), min(len(space), n_per_task + n_excluded))
@@ -181,3 +193,34 @@ def generate_prompts(
                 rows.append(row)
                 taken += 1
     return rows
+
+
+def split_prompts(
+    eval_fraction: float,
+    *,
+    seed: int = 0,
+    tags: Sequence[str] = TAGS,
+    max_count: int = 4,
+    objects: Sequence[str] = GENEVAL_OBJECTS,
+    colours: Sequence[str] = COLORS,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every distinct requirement of a small vocabulary, split into (train, held-out eval) rows.
+
+    Per task, ``eval_fraction`` of its requirements (rounded, at least one) go to the eval rows and
+    all the others to the train rows; no train row shares a `canonical_key` with an eval row. Meant
+    for small vocabularies (the tiny world): every requirement of every task is written out.
+    """
+    if not 0 < eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    train: list[dict[str, Any]] = []
+    held_out: list[dict[str, Any]] = []
+    for k, tag in enumerate(tags):
+        size = len(TaskSpace(tag, max_count, objects, colours))
+        if size < 2:
+            raise ValueError(f"task {tag} has {size} requirement(s) over this vocabulary: too few to split")
+        n_eval = min(size - 1, max(1, round(eval_fraction * size)))
+        kwargs = {"tags": [tag], "max_count": max_count, "objects": objects, "colours": colours}
+        rows = generate_prompts(n_eval, seed=seed * 1000 + k, **kwargs)
+        held_out += rows
+        train += generate_prompts(size, seed=seed * 1000 + k, exclude=rows, **kwargs)
+    return train, held_out

@@ -1,8 +1,9 @@
 """The GenEval training reward, registered as ``"geneval"``.
 
 ``load_reward("geneval", score="partial", detector=..., clip=...)``. Each sample's metadata dict is
-its GenEval metadata row (``tag``, ``include``, optional ``exclude``, ``prompt``); the prompt text the
-trainer passes is not parsed. ``score`` picks the number trained on:
+its GenEval metadata row (``tag``, ``include``, optional ``exclude``); the trainer's prompt files keep
+``prompt`` apart from the metadata, so the prompt text passed in fills a missing ``prompt`` field. The
+prompt text is never parsed: the requirements come from the metadata alone. ``score`` picks the number trained on:
 
 - ``"partial"`` (default): the reference reward server's partial credit used by Flow-GRPO and
   BLIP3o-NEXT, quirks included (range [-14, 1]; see `blip3o_rl.rewards.geneval.rules`);
@@ -44,7 +45,8 @@ class GenEvalReward:
     ) -> RewardOutput:
         if not len(images) == len(prompts) == len(metadata):
             raise ValueError(f"GenEval reward got {len(images)} images, {len(prompts)} prompts, {len(metadata)} metadata")
-        results = self.scorer.score(images, metadata)
+        rows = [m if "prompt" in m else {**m, "prompt": p} for m, p in zip(metadata, prompts, strict=True)]
+        results = self.scorer.score(images, rows)
         scores: list[float | None] = []
         for result in results:
             if "error" in result:

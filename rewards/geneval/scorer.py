@@ -29,9 +29,13 @@ class Detector(Protocol):
 
 
 class GenEvalScorer:
-    """Scores images against GenEval metadata rows with a detector and a colour classifier."""
+    """Scores images against GenEval metadata rows with a detector and a colour classifier.
 
-    def __init__(self, detector: Detector, colours: ColourClassifier):
+    ``colours=None`` keeps the colours the detector itself gives (the tiny-world detector reads them
+    from the pixels); otherwise the classifier colours the objects the rules look at.
+    """
+
+    def __init__(self, detector: Detector, colours: ColourClassifier | None):
         self.detector = detector
         self.colours = colours
 
@@ -66,14 +70,7 @@ class GenEvalScorer:
 
     def _score(self, images, rows) -> list[dict[str, Any]]:
         detections = self.detector.detect(images)
-        # Colour only the objects the rules look at, all images in one classifier batch.
-        crops, names, owners = [], [], []
-        for image, row, dets in zip(images, rows, detections, strict=True):
-            for det in colour_targets(row, keep_detections(row, dets)):
-                crops.append(masked_crop(image, det))
-                names.append(det["class"])
-                owners.append(det)
-        colour_of = {id(det): c for det, c in zip(owners, self.colours.classify(crops, names), strict=True)}
+        colour_of = {} if self.colours is None else self._classify_colours(images, rows, detections)
         results = []
         for row, dets in zip(rows, detections, strict=True):
             coloured = [{**d, "color": colour_of.get(id(d), d.get("color"))} for d in dets]
@@ -84,6 +81,16 @@ class GenEvalScorer:
             }
             results.append({"tag": row["tag"], **result})
         return results
+
+    def _classify_colours(self, images, rows, detections) -> dict[int, str]:
+        """Colour only the objects the rules look at, all images in one classifier batch."""
+        crops, names, owners = [], [], []
+        for image, row, dets in zip(images, rows, detections, strict=True):
+            for det in colour_targets(row, keep_detections(row, dets)):
+                crops.append(masked_crop(image, det))
+                names.append(det["class"])
+                owners.append(det)
+        return {id(det): c for det, c in zip(owners, self.colours.classify(crops, names), strict=True)}
 
 
 def build_scorer(
@@ -100,13 +107,20 @@ def build_scorer(
     mmdet_config: str | None = None,
     mmdet_checkpoint: str | None = None,
     mmdet_reference_channel_order: bool = False,
+    tile: int = 8,
 ) -> GenEvalScorer:
     """Load the detector and CLIP (hub ids or local folders) into a `GenEvalScorer`.
 
     ``detector_backend``: "transformers" (Mask2Former, default) or "mmdet" (GenEval's own detector;
     needs ``mmdet_config`` and ``mmdet_checkpoint`` and an environment with mmdet, see `mmdet_backend`;
-    ``mmdet_reference_channel_order`` reproduces the reference reward server's RGB-as-BGR input).
+    ``mmdet_reference_channel_order`` reproduces the reference reward server's RGB-as-BGR input), or
+    "tiny_world" (the built-in tiny objects world, read from pixels in ``tile``-pixel cells; no model
+    is loaded and colours come from the pixels, so ``detector`` and ``clip`` are not used).
     """
+    if detector_backend == "tiny_world":
+        from blip3o_rl.rewards.geneval.tiny_world import TinyWorldDetector
+
+        return GenEvalScorer(TinyWorldDetector(tile=tile), colours=None)
     if detector_backend == "transformers":
         det: Detector = Mask2FormerDetector(
             detector,
@@ -129,5 +143,5 @@ def build_scorer(
             reference_channel_order=mmdet_reference_channel_order,
         )
     else:
-        raise ValueError(f"unknown detector_backend {detector_backend!r} (use 'transformers' or 'mmdet')")
+        raise ValueError(f"unknown detector_backend {detector_backend!r} (use 'transformers', 'mmdet' or 'tiny_world')")
     return GenEvalScorer(det, ColourClassifier(clip, device=device, dtype=dtype, batch_size=clip_batch_size))

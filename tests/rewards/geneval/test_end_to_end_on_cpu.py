@@ -138,12 +138,12 @@ def test_benchmark_folder_results_and_table(scorer, tmp_path):
 def test_eval_images_command(tiny_detector_dir, tiny_clip_dir, tmp_path, capsys):
     write_prompt_folder(tmp_path / "imgs", 0, DOG, [picture("red")])
     parser = argparse.ArgumentParser()
-    cmd_geneval.configure_eval_images(parser)
+    cmd_geneval.configure_eval(parser)
     args = parser.parse_args(
         ["--images", str(tmp_path / "imgs"), "--detector", str(tiny_detector_dir), "--clip", str(tiny_clip_dir),
          "--device", "cpu", "--detector-shortest-edge", "64", "--results", str(tmp_path / "out" / "r.jsonl")]
     )  # fmt: skip
-    assert cmd_geneval.run_eval_images(args) == 0
+    assert cmd_geneval.run_eval(args) == 0
     printed = capsys.readouterr().out
     assert "single_object" in printed and "overall" in printed
     assert json.loads((tmp_path / "out" / "r.jsonl").read_text())["correct"] is True
