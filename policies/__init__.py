@@ -12,19 +12,23 @@ from blip3o_rl.policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBa
 # kind -> "module:Class"; each class has `from_pretrained(path, dtype=...)`. Imported on first use.
 POLICIES: dict[str, str] = {
     "tiny": "blip3o_rl.policies.tiny.world:TinyWorldPolicy",
+    "blip3o_next": "blip3o_rl.policies.blip3o_next:Blip3oNextPolicy",
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_policy(kind: str, path: str | Path, dtype: str = "float32") -> ImageTokenPolicy:
-    """Load the policy ``kind`` ("tiny", "blip3o_next", or "package.module:Class") from a local folder."""
+def load_policy(kind: str, path: str | Path, dtype: str = "float32", **kwargs) -> ImageTokenPolicy:
+    """Load the policy ``kind`` ("tiny", "blip3o_next", or "package.module:Class") from a local folder.
+
+    ``kwargs`` go to the class's ``from_pretrained`` (e.g. ``diffusion_path`` for BLIP3o-NEXT).
+    """
     target = POLICIES.get(kind, kind)
     module_name, sep, attr = target.partition(":")
     if not sep:
         raise ValueError(f"unknown policy {kind!r}: use one of {sorted(POLICIES)} or 'package.module:Class'")
     cls = getattr(importlib.import_module(module_name), attr)
-    return cls.from_pretrained(path, dtype=DTYPES[dtype])
+    return cls.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
 
 
 __all__ = ["POLICIES", "ImageTokenLayout", "ImageTokenPolicy", "PromptBatch", "load_policy"]

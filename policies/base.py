@@ -47,7 +47,9 @@ class PromptBatch:
         return PromptBatch(self.input_ids[rows], self.attention_mask[rows])
 
     def repeat_interleave(self, n: int) -> PromptBatch:
-        return PromptBatch(self.input_ids.repeat_interleave(n, 0), self.attention_mask.repeat_interleave(n, 0))
+        return PromptBatch(
+            self.input_ids.repeat_interleave(n, 0), self.attention_mask.repeat_interleave(n, 0)
+        )
 
 
 class ImageTokenPolicy(ABC):

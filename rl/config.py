@@ -27,11 +27,6 @@ import yaml
 from blip3o_rl.rl.advantages import SCALE_REWARDS
 from blip3o_rl.rl.loss import loss_types
 
-# The make_tiny_world arguments a recipe may set under model.tiny_world (seed is model.init_seed).
-TINY_WORLD_KEYS = frozenset(
-    {"grid", "tile", "hidden_size", "num_layers", "extra_words", "renderer", "renderer_spec", "initializer_range"}
-)
-
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names where it came from and the dotted key."""
@@ -46,15 +41,15 @@ class ModelConfig:
     policy: str = "tiny"  # "tiny", "blip3o_next", or "package.module:PolicyClass"
     name_or_path: str | None = _path_field()  # model folder; tiny + null: a random tiny world is made
     dtype: str = "float32"  # float32 | bfloat16 | float16
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the policy's from_pretrained
     finetune: str = "lora"  # lora | full
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     gradient_checkpointing: bool = False
-    init_seed: int = 0  # seed of the random tiny world made when name_or_path is null
-    # make_tiny_world arguments for that world (grid, tile, hidden_size, num_layers, extra_words,
-    # renderer, renderer_spec, initializer_range); only with policy tiny and name_or_path null.
+    # policy "tiny" with name_or_path null: the tiny world to make (keys of policies/tiny/warm_start.py:
+    # seed, grid, hidden_size, num_layers, ..., sft_steps, sft_accuracy, sft_targets)
     tiny_world: dict[str, Any] = field(default_factory=dict)
 
 
@@ -374,11 +369,6 @@ def validate(cfg: TrainConfig, source: str) -> None:
     check(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unsupported dtype {m.dtype!r}")
     check("lm_head" not in m.lora_target_modules, "model.lora_target_modules",
           "lm_head cannot be a LoRA target (image log-probs read its weight rows directly)")
-    if m.tiny_world:
-        check(m.policy == "tiny" and m.name_or_path is None, "model.tiny_world",
-              "only used to make a tiny world: needs model.policy tiny and model.name_or_path null")
-        unknown = sorted(set(m.tiny_world) - TINY_WORLD_KEYS)
-        check(not unknown, "model.tiny_world", f"unknown keys {unknown} (known: {sorted(TINY_WORLD_KEYS)})")
     check(o.lr_scheduler_type in ("constant", "cosine", "linear"), "optim.lr_scheduler_type",
           "must be constant, cosine or linear")
     check(o.learning_rate > 0, "optim.learning_rate", "must be > 0")

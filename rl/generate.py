@@ -30,10 +30,14 @@ def generate_images(
     policy.model.eval()
     per_call = max(1, batch_size // images_per_prompt)
     out: list[list[Image.Image]] = []
-    for s in tqdm(range(0, len(prompts), per_call), desc="generate", disable=not progress, unit="batch"):
-        chunk = prompts[s : s + per_call]
-        ro = engine.generate(policy, policy.prompt_batch(chunk), images_per_prompt, sampling, gen,
-                             return_hidden=policy.needs_hidden_states)
-        images = policy.decode(ro.codes, ro.hidden_states)
-        out += [images[i * images_per_prompt : (i + 1) * images_per_prompt] for i in range(len(chunk))]
+    # Decoders that draw noise from the global RNG (BLIP3o-NEXT's diffusion refiner) repeat for a fixed
+    # seed too; the caller's RNG state is restored afterwards.
+    with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for s in tqdm(range(0, len(prompts), per_call), desc="generate", disable=not progress, unit="batch"):
+            chunk = prompts[s : s + per_call]
+            ro = engine.generate(policy, policy.prompt_batch(chunk), images_per_prompt, sampling, gen,
+                                 return_hidden=policy.needs_hidden_states)
+            images = policy.decode(ro.codes, ro.hidden_states)
+            out += [images[i * images_per_prompt : (i + 1) * images_per_prompt] for i in range(len(chunk))]
     return out

@@ -66,7 +66,7 @@ class GRPOTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed + self.rank)
 
-        self.policy = load_policy(cfg.model.policy, self._model_path(), cfg.model.dtype)
+        self.policy = load_policy(cfg.model.policy, self._model_path(), cfg.model.dtype, **cfg.model.policy_kwargs)
         self.policy.model.to(self.acc.device)
         self.finetune = FinetuneSetup(self.policy, cfg.model, need_reference=cfg.grpo.beta > 0)
         self.params = self.finetune.trainable_parameters()
@@ -109,9 +109,10 @@ class GRPOTrainer:
             raise ValueError("model.name_or_path is required (only the tiny world can be made on the fly)")
         path = self.out / "base_model"
         if self.acc.is_main_process and not (path / "config.json").is_file():
-            from blip3o_rl.policies.tiny import make_tiny_world
+            from blip3o_rl.policies.tiny.warm_start import build_tiny_world
 
-            make_tiny_world(path, seed=m.init_seed, **m.tiny_world)
+            build_tiny_world(path, load_prompts(self.cfg.data.train_file), m.tiny_world,
+                             progress=self.cfg.logging.progress_bar)
         self.acc.wait_for_everyone()
         return path
 
@@ -235,7 +236,7 @@ class GRPOTrainer:
                     self.acc.backward(loss)
                 w = st.valid_tokens
                 m = mask[sl]
-                vals = {"loss": float(loss) * len(slices), "kl": st.kl, "clip/low": st.clip_low,
+                vals = {"loss": float(loss.detach()) * len(slices), "kl": st.kl, "clip/low": st.clip_low,
                         "clip/high": st.clip_high, "ratio/mean": st.ratio_mean}
                 if it == 0 and m.any():
                     vals["entropy"] = float(fwd.entropy[m].mean())

@@ -5,6 +5,8 @@
     blip3o-rl train configs/my_run.yaml --resume           # continue from the latest checkpoint
     blip3o-rl config demo max_steps=10                     # print the resolved configuration
     blip3o-rl make-tiny-world OUT_DIR                      # write a random tiny-world model folder
+    blip3o-rl generate --model PATH --prompt "a red cube"  # text-to-image (BLIP3o-NEXT by default)
+    blip3o-rl export --run runs/my_run --out exported/     # a run's checkpoint as a standalone model
     blip3o-rl eval geneval --model PATH --metadata FILE    # generate and score GenEval (or --images DIR)
     blip3o-rl data geneval --out FILE --n 100              # write GenEval-format training prompts
 """
@@ -12,8 +14,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -51,6 +55,81 @@ def _cmd_make_tiny_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage_error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from blip3o_rl.policies import load_policy
+    from blip3o_rl.policies.blip3o_next import Blip3oConfigError, CheckpointError
+    from blip3o_rl.rl.data import load_prompts
+    from blip3o_rl.rl.generate import generate_images
+    from blip3o_rl.rl.rollout import SamplingParams
+
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        prompts += [r.prompt for r in load_prompts(args.prompts_file)]
+    if not prompts:
+        return _usage_error("generate: give at least one --prompt or a --prompts-file")
+    if min(args.num_images, args.batch_size, 1 if args.steps is None else args.steps) < 1:
+        return _usage_error("generate: --num-images, --batch-size and --steps must be >= 1")
+    kwargs: dict = {}
+    if args.policy == "blip3o_next":
+        from blip3o_rl.policies.blip3o_next import (
+            INFERENCE_TEMPERATURE,
+            INFERENCE_TOP_K,
+            INFERENCE_TOP_P,
+            DecodeSettings,
+        )
+
+        defaults = (INFERENCE_TEMPERATURE, INFERENCE_TOP_K, INFERENCE_TOP_P)
+        settings = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+        kwargs["decode_settings"] = DecodeSettings(**{k: v for k, v in settings.items() if v is not None})
+        if args.diffusion_path is not None:
+            kwargs["diffusion_path"] = args.diffusion_path
+    else:
+        if args.steps is not None or args.guidance is not None or args.diffusion_path is not None:
+            return _usage_error(f"generate: --steps, --guidance and --diffusion-path apply to blip3o_next, "
+                                f"not to {args.policy!r}")
+        defaults = (1.0, 0, 1.0)
+    temperature, top_k, top_p = (d if v is None else v for v, d in
+                                 zip((args.temperature, args.top_k, args.top_p), defaults, strict=True))
+    dtype = args.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
+    try:
+        policy = load_policy(args.policy, args.model, dtype, **kwargs)
+    except (Blip3oConfigError, CheckpointError) as exc:  # a folder that is not a usable checkpoint
+        return _usage_error(str(exc))
+    if torch.cuda.is_available():
+        policy.model.to("cuda")
+    images = generate_images(policy, prompts, args.num_images, SamplingParams(temperature, top_k, top_p),
+                             seed=args.seed, batch_size=args.batch_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "images.jsonl").open("w", encoding="utf-8") as index:
+        for i, (prompt, group) in enumerate(zip(prompts, images, strict=True)):
+            for j, image in enumerate(group):
+                name = f"{i:05d}_{j:02d}.png"
+                image.save(out / name)
+                index.write(json.dumps({"file": name, "prompt": prompt, "seed": args.seed}) + "\n")
+    print(f"wrote {sum(len(g) for g in images)} images for {len(prompts)} prompts to {out} (index: images.jsonl)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from blip3o_rl.rl.export import export_run
+
+    try:
+        out = export_run(args.run, args.out, checkpoint=args.checkpoint, base_model=args.base_model,
+                         dtype=args.dtype)
+    except FileExistsError as exc:
+        return _usage_error(str(exc))
+    print(f"exported {args.run} to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blip3o-rl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,6 +155,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--num-layers", type=int, default=2)
     p.set_defaults(fn=_cmd_make_tiny_world)
+
+    p = sub.add_parser("generate", help="text-to-image with a model folder; writes PNGs")
+    p.add_argument("--model", required=True, help="model folder (e.g. BLIP3o-NEXT-SFT-3B or an export)")
+    p.add_argument("--policy", default="blip3o_next", help="policy kind (default: blip3o_next)")
+    p.add_argument("--prompt", action="append", help="a caption (repeat for several)")
+    p.add_argument("--prompts-file", help="prompt file: .jsonl rows with 'prompt', or one prompt per line")
+    p.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="generated", help="output folder")
+    p.add_argument("--batch-size", type=int, default=16, help="images per sampling call")
+    p.add_argument("--temperature", type=float, help="AR sampling temperature (BLIP3o-NEXT default 1.0)")
+    p.add_argument("--top-k", type=int, help="0 disables (BLIP3o-NEXT default 1200, the official inference value)")
+    p.add_argument("--top-p", type=float, help="1 disables (BLIP3o-NEXT default 0.95)")
+    p.add_argument("--steps", type=int, help="diffusion decode steps (BLIP3o-NEXT default 30)")
+    p.add_argument("--guidance", type=float, help="decode CFG scale (BLIP3o-NEXT default 2.0)")
+    p.add_argument("--diffusion-path", help="local SANA diffusers folder (default: the config's)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on GPU, float32 on CPU")
+    p.set_defaults(fn=_cmd_generate)
+
+    p = sub.add_parser("export", help="merge a run's checkpoint into its base model and save a model folder")
+    p.add_argument("--run", required=True, help="the run's output_dir (holds config.yaml and checkpoints/)")
+    p.add_argument("--out", required=True, help="new folder for the exported model")
+    p.add_argument("--checkpoint", help="step_N, N or a checkpoint path (default: the latest)")
+    p.add_argument("--base-model", help="base model folder (default: the run's model.name_or_path)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the saved language-model weights (default: the run's model.dtype)")
+    p.set_defaults(fn=_cmd_export)
 
     _add_benchmark_commands(sub)
     return parser

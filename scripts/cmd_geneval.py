@@ -3,8 +3,8 @@
 Each subcommand is a pair ``configure_*(parser)`` / ``run_*(args) -> int`` for the main CLI to mount.
 
 ``eval geneval`` generates ``--images-per-prompt`` images per metadata row with any policy
-(``--model PATH --policy KIND``, or a training run's ``--checkpoint``) into GenEval's folder layout,
-then scores the folder; ``--images DIR`` scores an existing folder instead.
+(``--model PATH --policy KIND``, or a training ``--run`` with its checkpoint applied) into GenEval's
+folder layout, then scores the folder; ``--images DIR`` scores an existing folder instead.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from blip3o_rl.rewards.geneval.metadata import COLORS, GENEVAL_OBJECTS, TAGS, MetadataError, load_metadata
+from blip3o_rl.scripts.policy_args import PolicyArgsError
 
 
 class UsageError(ValueError):
@@ -28,7 +29,7 @@ def _report_errors(fn):
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except (UsageError, MetadataError, FileExistsError) as exc:
+        except (UsageError, PolicyArgsError, MetadataError, FileExistsError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
@@ -126,85 +127,61 @@ def build_scorer_from_args(args: argparse.Namespace):
 
 def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "GenEval: generate images for a metadata file with a policy into GenEval's folder layout "
-        "(<out>/00000/metadata.jsonl, samples/0000.png) and score them; or score an existing folder (--images)."
+        "GenEval: generate images for a metadata file with a policy (--model or --run) into GenEval's "
+        "folder layout (<out>/00000/metadata.jsonl, samples/0000.png) and score them; or score an "
+        "existing folder (--images)."
     )
-    source = parser.add_argument_group("what to score (one of)")
-    source.add_argument("--model", type=Path, help="policy model folder to generate with")
-    source.add_argument("--checkpoint", type=Path,
-                        help="a training checkpoint (runs/x/checkpoints/step_N) or a run folder (its latest one)")
-    source.add_argument("--images", type=Path, help="score this existing folder in GenEval's layout; no generation")
-    gen = parser.add_argument_group("generation")
-    gen.add_argument("--policy", help="policy kind for --model: tiny, blip3o_next or package.module:Class "
-                                      "(default tiny; with --checkpoint: the run's)")
-    gen.add_argument("--metadata", type=Path, help="GenEval metadata JSONL (e.g. evaluation_metadata.jsonl)")
-    gen.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt (GenEval: 4)")
-    gen.add_argument("--out", type=Path, default=Path("geneval_images"),
-                     help="folder for the images and results (default ./geneval_images); must be empty or new")
-    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0, help="0 = no top-k truncation")
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--gen-batch-size", type=int, default=16, help="images per generation call")
-    gen.add_argument("--model-dtype", choices=("float32", "bfloat16", "float16"),
-                     help="policy dtype (default float32; with --checkpoint: the run's)")
+    from blip3o_rl.scripts.policy_args import add_policy_arguments
+
+    parser.add_argument("--images", type=Path, help="score this existing folder in GenEval's layout; no generation")
+    parser.add_argument("--metadata", type=Path, help="GenEval metadata JSONL to generate for")
+    parser.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt (GenEval: 4)")
+    parser.add_argument("--out", type=Path, default=Path("geneval_images"),
+                        help="new (or empty) folder for the images and results (default ./geneval_images)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--gen-batch-size", type=int, default=16, help="images per generation call")
     parser.add_argument("--results", type=Path, help="per-image results JSONL (default <folder>/results.jsonl)")
+    add_policy_arguments(parser)
     add_scorer_options(parser)
 
 
 def _check_eval_args(args: argparse.Namespace) -> None:
-    given = [name for name in ("model", "checkpoint", "images") if getattr(args, name) is not None]
-    if len(given) != 1:
-        raise UsageError("eval geneval: give exactly one of --model, --checkpoint or --images"
-                         + (f" (got {', '.join('--' + g for g in given)})" if given else ""))
-    if args.images is None:
+    generating = args.model is not None or args.run is not None
+    if generating == (args.images is not None):
+        raise UsageError("eval geneval: give --images DIR (score a folder) or --model/--run (generate and score)")
+    if generating:
         if args.metadata is None:
             raise UsageError("eval geneval: --metadata FILE is needed to generate images")
-        if args.images_per_prompt < 1:
-            raise UsageError(f"--images-per-prompt must be >= 1, got {args.images_per_prompt}")
+        if args.images_per_prompt < 1 or args.gen_batch_size < 1:
+            raise UsageError("--images-per-prompt and --gen-batch-size must be >= 1")
         if args.out.exists() and any(args.out.iterdir()):
             raise FileExistsError(f"--out {args.out} is not empty: choose a new folder, or rescore it with --images")
 
 
-def generate_folder(policy, rows: list[dict], out: Path, args: argparse.Namespace) -> None:
+def generate_folder(policy, sampling, rows: list[dict], out: Path, args: argparse.Namespace) -> None:
     """Generate ``args.images_per_prompt`` images per metadata row into GenEval's layout under ``out``."""
     from blip3o_rl.rewards.geneval.benchmark import write_prompt_folder
     from blip3o_rl.rl.generate import generate_images
-    from blip3o_rl.rl.rollout import SamplingParams
 
-    sampling = SamplingParams(args.temperature, args.top_k, args.top_p)
     images = generate_images(policy, [r["prompt"] for r in rows], args.images_per_prompt, sampling,
                              seed=args.seed, batch_size=args.gen_batch_size)
     for index, (row, imgs) in enumerate(zip(rows, images, strict=True)):
         write_prompt_folder(out, index, row, imgs)
 
 
-def _load_policy(args: argparse.Namespace):
-    import torch
-
-    from blip3o_rl.policies import load_policy
-    from blip3o_rl.rl.restore import restore_policy
-
-    if args.checkpoint is not None:
-        policy = restore_policy(args.checkpoint, policy=args.policy, dtype=args.model_dtype)
-    else:
-        policy = load_policy(args.policy or "tiny", args.model, args.model_dtype or "float32")
-    policy.model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return policy
-
-
 @_report_errors
 def run_eval(args: argparse.Namespace) -> int:
     from blip3o_rl.rewards.geneval.benchmark import format_summary, score_folder
+    from blip3o_rl.scripts.policy_args import load_policy_from_args
 
     _check_eval_args(args)
     folder = args.images
     if folder is None:
         rows = load_metadata(args.metadata)
-        policy = _load_policy(args)
+        policy, sampling = load_policy_from_args(args)
         if args.tile is None:  # the tiny world knows its own cell size
             args.tile = getattr(getattr(policy, "renderer", None), "tile", None)
-        generate_folder(policy, rows, args.out, args)
+        generate_folder(policy, sampling, rows, args.out, args)
         folder = args.out
         print(f"wrote {len(rows)} prompts x {args.images_per_prompt} images to {folder}")
     scorer = build_scorer_from_args(args)

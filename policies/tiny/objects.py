@@ -81,6 +81,13 @@ DEFAULT_CLASSES = {"apple": "disc", "donut": "ring", "book": "square", "kite": "
 DEFAULT_COLOURS = ("red", "yellow", "green", "blue")
 
 
+def object_code(classes: list[str], colours: list[str], name: str, colour: str) -> int:
+    """The code that draws a ``colour`` ``name`` (ValueError when the world has no such object)."""
+    if name not in classes or colour not in colours:
+        raise ValueError(f"this tiny world has no {colour} {name} (classes {list(classes)}, colours {list(colours)})")
+    return 1 + classes.index(name) * len(colours) + colours.index(colour)
+
+
 def shape_masks(tile: int, classes: dict[str, str]) -> dict[str, np.ndarray]:
     """Class name -> its ``[tile, tile]`` boolean sprite mask."""
     masks = {}
@@ -117,9 +124,7 @@ class ObjectsRenderer:
 
     def code(self, name: str, colour: str) -> int:
         """The code that draws a ``colour`` ``name`` (ValueError when the world has no such object)."""
-        if name not in self.classes or colour not in self.colours:
-            raise ValueError(f"this world has no {colour} {name} (classes {list(self.classes)}, colours {self.colours})")
-        return 1 + list(self.classes).index(name) * len(self.colours) + self.colours.index(colour)
+        return object_code(list(self.classes), self.colours, name, colour)
 
     def render(self, codes: np.ndarray) -> np.ndarray:
         """``codes [B, g, g]`` → uint8 pixels ``[B, g*tile, g*tile, 3]``."""

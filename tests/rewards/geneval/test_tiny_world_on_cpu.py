@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from blip3o_rl.policies.tiny.geneval import geneval_prompts, prompt_words, write_geneval_prompts
 from blip3o_rl.policies.tiny.objects import GENEVAL_RGB, ObjectsRenderer
-from blip3o_rl.policies.tiny.prompts import geneval_prompts, prompt_words, write_geneval_prompts
 from blip3o_rl.policies.tiny.world import PaletteRenderer, build_tokenizer
 from blip3o_rl.rewards.base import load_reward
 from blip3o_rl.rewards.geneval import TAGS, validate_metadata

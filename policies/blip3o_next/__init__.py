@@ -1,0 +1,32 @@
+"""BLIP3o-NEXT: load the official checkpoint folder offline, prompt, condition and decode.
+
+Public entry points: `Blip3oNextPolicy.from_pretrained(path)` and `load_blip3o_next(path)`; the
+reverse, an official-layout folder from a trained model: `Blip3oNextPolicy.save_pretrained(path)`.
+"""
+
+from blip3o_rl.policies.blip3o_next.checkpoint import CheckpointError
+from blip3o_rl.policies.blip3o_next.config import Blip3oConfigError, Blip3oNextConfig
+from blip3o_rl.policies.blip3o_next.decoder import Blip3oNextDecoder, DecodeSettings
+from blip3o_rl.policies.blip3o_next.export import save_blip3o_next
+from blip3o_rl.policies.blip3o_next.loader import Blip3oNextComponents, load_blip3o_next
+from blip3o_rl.policies.blip3o_next.policy import (
+    INFERENCE_TEMPERATURE,
+    INFERENCE_TOP_K,
+    INFERENCE_TOP_P,
+    Blip3oNextPolicy,
+)
+
+__all__ = [
+    "INFERENCE_TEMPERATURE",
+    "INFERENCE_TOP_K",
+    "INFERENCE_TOP_P",
+    "Blip3oConfigError",
+    "Blip3oNextComponents",
+    "Blip3oNextConfig",
+    "Blip3oNextDecoder",
+    "Blip3oNextPolicy",
+    "CheckpointError",
+    "DecodeSettings",
+    "load_blip3o_next",
+    "save_blip3o_next",
+]

@@ -1,0 +1,189 @@
+"""The frozen BLIP3o-NEXT refiner: AR hidden states → connector → SANA flow matching → DC-AE → pixels.
+
+For a batch of ``B`` images with ``T = N + 1`` conditioning positions (``<S0>`` and the N image
+tokens) of hidden size ``H``:
+
+1. the connector maps the hidden states ``[B, T, H]`` to SANA's caption width ``[B, T, C]`` once per
+   batch (it does not depend on the diffusion step); the unconditional branch is the connector applied
+   to an all-zeros hidden state, computed once;
+2. Euler flow matching over ``FlowMatchEulerDiscreteScheduler`` with
+   ``sigmas = linspace(1, 1/steps, steps)`` (the scheduler applies its configured shift), both CFG
+   branches in one SANA batch: ``v = v_uncond + g * (v_cond - v_uncond)``;
+3. DC-AE decode of ``latents / scaling_factor (+ shift_factor)``, mapped from [-1, 1] to 8-bit RGB.
+
+Nothing here is trained: the module is built with ``requires_grad=False`` and runs under ``no_grad``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
+from diffusers.models.normalization import RMSNorm
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from torch import nn
+
+#: RMSNorm epsilon of the official connector.
+CONNECTOR_NORM_EPS = 1e-5
+
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def build_connector(hidden_size: int, width: int) -> nn.Sequential:
+    """``Linear(H → W) → GELU(tanh) → Linear(W → W) → RMSNorm(W)``; state-dict keys 0.*, 2.*, 3.weight
+    as in the official ``model.diffusion_connector``. ``W`` is SANA's ``caption_channels`` (2304)."""
+    return nn.Sequential(
+        nn.Linear(hidden_size, width),
+        nn.GELU(approximate="tanh"),
+        nn.Linear(width, width),
+        RMSNorm(width, eps=CONNECTOR_NORM_EPS, elementwise_affine=True),
+    )
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """Refiner sampling settings; the defaults are the official inference ones."""
+
+    num_inference_steps: int = 30
+    guidance_scale: float = 2.0
+    chunk_size: int = 16  # images per SANA batch (x2 with CFG): bounds activation memory
+
+    def __post_init__(self) -> None:
+        if self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+
+class Blip3oNextDecoder(nn.Module):
+    """Connector + SANA transformer + DC-AE decoder + flow-matching scheduler, all frozen."""
+
+    def __init__(
+        self,
+        connector: nn.Sequential,
+        transformer: SanaTransformer2DModel,
+        vae: AutoencoderDC,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        settings: DecodeSettings | None = None,
+    ):
+        super().__init__()
+        self.connector = connector
+        self.transformer = transformer
+        self.vae = vae
+        self.scheduler = scheduler
+        self.settings = settings or DecodeSettings()
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.connector[0].weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.connector[0].weight.device
+
+    @property
+    def latent_size(self) -> int:
+        return int(self.transformer.config.sample_size)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the decoded square image in pixels (1024 for SANA 1.5 at 32 x 32 latents)."""
+        blocks = len(self.vae.config.decoder_block_out_channels)
+        return self.latent_size * 2 ** (blocks - 1)
+
+    def train(self, mode: bool = True) -> Blip3oNextDecoder:
+        return super().train(False)  # frozen: dropout and norms stay in inference mode
+
+    @torch.no_grad()
+    def condition(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Connector output for hidden states ``[B, T, H]`` → ``[B, T, C]``."""
+        return self.connector(hidden_states.to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def unconditional(self, num_positions: int) -> torch.Tensor:
+        """The CFG unconditional branch: the connector applied to all-zeros hidden states, ``[1, T, C]``."""
+        hidden = self.connector[0].in_features
+        return self.condition(torch.zeros(1, num_positions, hidden, device=self.device, dtype=self.dtype))
+
+    def sigmas(self, num_inference_steps: int) -> np.ndarray:
+        """The official sigma schedule before the scheduler's shift: ``linspace(1, 1/steps, steps)``."""
+        return np.linspace(1.0, 1.0 / num_inference_steps, num_inference_steps)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        generator: Generators = None,
+        settings: DecodeSettings | None = None,
+    ) -> torch.Tensor:
+        """Euler flow matching from noise to latents ``[b, C_lat, S, S]`` for connector outputs ``cond
+        [b, T, C]`` and ``uncond [1, T, C]``; both CFG branches run as one SANA batch."""
+        settings = settings or self.settings
+        b = cond.shape[0]
+        channels = self.transformer.config.in_channels
+        latents = randn_tensor(
+            (b, channels, self.latent_size, self.latent_size),
+            generator=generator,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        guided = settings.guidance_scale != 1.0  # g = 1 is exactly the conditional branch
+        context = torch.cat([uncond.expand(b, -1, -1), cond]) if guided else cond  # [2b or b, T, C]
+        self.scheduler.set_timesteps(sigmas=self.sigmas(settings.num_inference_steps), device=self.device)
+        for t in self.scheduler.timesteps:
+            model_in = torch.cat([latents, latents]) if guided else latents
+            velocity = self.transformer(
+                hidden_states=model_in,
+                encoder_hidden_states=context,
+                timestep=t.expand(model_in.shape[0]),
+                encoder_attention_mask=None,
+            ).sample
+            if guided:
+                v_uncond, v_cond = velocity.chunk(2)
+                velocity = v_uncond + settings.guidance_scale * (v_cond - v_uncond)
+            latents = self.scheduler.step(velocity, t, latents).prev_sample
+        return latents
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """DC-AE decode: latents → RGB in [0, 1], ``[b, 3, H, W]`` float32 on the CPU."""
+        config = self.vae.config
+        latents = latents.to(self.vae.dtype) / config.scaling_factor
+        if getattr(config, "shift_factor", None) is not None:
+            latents = latents + config.shift_factor
+        pixels = self.vae.decode(latents).sample
+        return (pixels / 2 + 0.5).clamp(0, 1).float().cpu()
+
+    @torch.no_grad()
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        generator: Generators = None,
+        settings: DecodeSettings | None = None,
+    ) -> torch.Tensor:
+        """Hidden states ``[B, T, H]`` → RGB ``[B, 3, H_img, W_img]`` in [0, 1] (CPU), in chunks of
+        ``settings.chunk_size``. ``generator`` may be one generator or one per image (reproducible
+        per image whatever the chunking)."""
+        settings = settings or self.settings
+        if isinstance(generator, list) and len(generator) != hidden_states.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for {hidden_states.shape[0]} images")
+        uncond = self.unconditional(hidden_states.shape[1])
+        images = []
+        for start in range(0, hidden_states.shape[0], settings.chunk_size):
+            chunk = slice(start, start + settings.chunk_size)
+            cond = self.condition(hidden_states[chunk])  # once per batch, not once per step
+            gen = generator[chunk] if isinstance(generator, list) else generator
+            images.append(self.decode_latents(self.denoise(cond, uncond, gen, settings)))
+        return torch.cat(images)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """RGB ``[B, 3, H, W]`` in [0, 1] → 8-bit PIL images (rounded, as the official code does)."""
+    array = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    return [Image.fromarray(a) for a in array]

@@ -1,0 +1,214 @@
+"""Throughput of BLIP3o-NEXT's two halves, measured separately: AR image-token sampling and refiner decode.
+
+    python -m blip3o_rl.scripts.bench_blip3o_next                # full-size shapes, random weights (GPU)
+    python -m blip3o_rl.scripts.bench_blip3o_next --tiny         # tiny checkpoint through the real loader (CPU ok)
+
+Full size is Qwen3-1.7B with the 217,210-token vocabulary + SANA 1.5 1.6B + DC-AE f32c32 (1024 px),
+random weights in bf16 (the speed does not depend on the values). The AR part is a plain KV-cached
+loop through the policy's ``hidden_states``/``image_logits`` (eager, dynamic cache): the same work the
+rollout engine does, without its optimisations, so it is a floor for that engine. It collects the
+N + 1 conditioning states as it goes (one extra step for the last token) and checks them against one
+full forward (`Blip3oNextPolicy.image_hidden_states`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
+from transformers import Qwen3ForCausalLM
+
+from blip3o_rl.policies.base import PromptBatch
+from blip3o_rl.policies.blip3o_next import (
+    Blip3oNextConfig,
+    Blip3oNextDecoder,
+    Blip3oNextPolicy,
+    DecodeSettings,
+)
+from blip3o_rl.policies.blip3o_next.decoder import build_connector
+
+# Public Qwen3-1.7B config with the BLIP3o-NEXT vocabulary and ids (REFERENCE §1).
+QWEN3_1_7B_BLIP3O = {
+    "model_type": "blip3o_qwen",
+    "hidden_size": 2048,
+    "intermediate_size": 6144,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 40960,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "rope_scaling": None,
+    "tie_word_embeddings": True,
+    "vocab_size": 217210,
+    "image_start_tag_id": 151669,
+    "image_end_tag_id": 151670,
+    "scale_start_token_id": 151671,
+    "image_start_token_id": 151674,
+    "num_image_tokens": 65536,
+    "diffusion_name_or_path": "Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers",
+}
+# SANA 1.5 1.6B at 1024 px (32 x 32 latents); qk_norm as in SANA 1.5 (assumed: configs unreachable here).
+SANA_1_6B = {
+    "in_channels": 32,
+    "out_channels": 32,
+    "num_attention_heads": 70,
+    "attention_head_dim": 32,
+    "num_layers": 20,
+    "num_cross_attention_heads": 20,
+    "cross_attention_head_dim": 112,
+    "cross_attention_dim": 2240,
+    "caption_channels": 2304,
+    "mlp_ratio": 2.5,
+    "sample_size": 32,
+    "patch_size": 1,
+    "qk_norm": "rms_norm_across_heads",
+}
+DC_AE_F32C32 = {
+    "in_channels": 3,
+    "latent_channels": 32,
+    "attention_head_dim": 32,
+    "encoder_block_types": ["ResBlock"] * 3 + ["EfficientViTBlock"] * 3,
+    "decoder_block_types": ["ResBlock"] * 3 + ["EfficientViTBlock"] * 3,
+    "encoder_block_out_channels": [128, 256, 512, 512, 1024, 1024],
+    "decoder_block_out_channels": [128, 256, 512, 512, 1024, 1024],
+    "encoder_layers_per_block": [2, 2, 2, 3, 3, 3],
+    "decoder_layers_per_block": [3, 3, 3, 3, 3, 3],
+    "encoder_qkv_multiscales": [[], [], [], [5], [5], [5]],
+    "decoder_qkv_multiscales": [[], [], [], [5], [5], [5]],
+    "downsample_block_type": "Conv",
+    "upsample_block_type": "interpolate",
+    "decoder_norm_types": "rms_norm",
+    "decoder_act_fns": "silu",
+    "scaling_factor": 0.41407,
+}
+PROMPT_LENGTH = 48  # a GenEval prompt in the chat template is ~40-60 tokens
+
+
+def full_size_policy(device: torch.device, dtype: torch.dtype) -> Blip3oNextPolicy:
+    """Random-weight full-size policy (no tokenizer: prompts are fed as ids)."""
+    config = Blip3oNextConfig.from_dict(
+        QWEN3_1_7B_BLIP3O, Path("<bench: Qwen3-1.7B + BLIP3o-NEXT vocabulary>")
+    )
+    with torch.device(device):
+        model = Qwen3ForCausalLM(config.qwen3_config()).to(dtype).eval()
+        vae = AutoencoderDC(**DC_AE_F32C32)
+        vae.encoder = None  # decode only
+        decoder = Blip3oNextDecoder(
+            build_connector(config.hidden_size, SANA_1_6B["caption_channels"]),
+            SanaTransformer2DModel(**SANA_1_6B),
+            vae,
+            FlowMatchEulerDiscreteScheduler(shift=3.0),
+        ).to(device=device, dtype=dtype)
+    return Blip3oNextPolicy(model, None, config, decoder)
+
+
+def synthetic_prompts(policy: Blip3oNextPolicy, batch: int, device: torch.device) -> PromptBatch:
+    """Random text ids ending with ``<im_start><S0>`` (the prompt content does not change the cost)."""
+    text = torch.randint(0, 151643, (batch, PROMPT_LENGTH - 2), device=device)
+    suffix = torch.tensor(policy.prompt_suffix_ids, device=device).expand(batch, -1)
+    ids = torch.cat([text, suffix], 1)
+    return PromptBatch(ids, torch.ones_like(ids))
+
+
+@torch.no_grad()
+def sample_images_tokens(policy: Blip3oNextPolicy, prompt: PromptBatch, generator: torch.Generator):
+    """KV-cached sampling of N codes over the image rows only; returns codes [B, N] and hidden [B, N + 1, H]."""
+    n, start = policy.layout.tokens_per_image, policy.layout.image_token_start
+    out = policy.hidden_states(prompt.input_ids, prompt.attention_mask, use_cache=True)
+    cache, h = out.past_key_values, out.last_hidden_state[:, -1]
+    mask, pos = prompt.attention_mask, prompt.attention_mask.sum(1) - 1  # [B, P], [B]
+    hidden, codes = [h], []
+    for _ in range(n):
+        probs = torch.softmax(policy.image_logits(h).float(), -1)  # [B, K]
+        code = torch.multinomial(probs, 1, generator=generator)  # [B, 1]
+        codes.append(code)
+        mask, pos = torch.cat([mask, torch.ones_like(code)], 1), pos + 1
+        # The step for the last code exists only to produce its conditioning state.
+        out = policy.hidden_states(code + start, mask, cache, position_ids=pos[:, None], use_cache=True)
+        h = out.last_hidden_state[:, -1]
+        hidden.append(h)
+    return torch.cat(codes, 1), torch.stack(hidden, 1)
+
+
+def timed(device: torch.device, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` and its wall time, synchronising the GPU around it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    result = fn(*args, **kwargs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny random checkpoint through the real loader")
+    parser.add_argument("--batch", type=int, default=16, help="images per measured batch")
+    parser.add_argument("--steps", type=int, default=30, help="diffusion steps")
+    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--chunk", type=int, default=16, help="images per SANA batch")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    settings = DecodeSettings(args.steps, args.guidance, args.chunk)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.tiny:
+            from blip3o_rl.scripts.make_tiny_blip3o_next import write_tiny_checkpoint
+
+            policy = Blip3oNextPolicy.from_pretrained(
+                write_tiny_checkpoint(Path(tmp) / "tiny"),
+                device=device,
+                dtype=dtype,
+                decode_settings=settings,
+            )
+            prompt = policy.prompt_batch(["a photo of a red cube"] * args.batch).to(device)
+        else:
+            policy = full_size_policy(device, dtype)
+            policy.decoder.settings = settings
+            prompt = synthetic_prompts(policy, args.batch, device)
+    generator = torch.Generator(device).manual_seed(0)
+
+    ar_times, decode_times = [], []
+    for i in range(args.repeats + 1):  # run 0 is the warm-up
+        (codes, hidden), t_ar = timed(device, sample_images_tokens, policy, prompt, generator)
+        _, t_dec = timed(device, policy.decoder, hidden, generator=generator)
+        if i:
+            ar_times.append(t_ar)
+            decode_times.append(t_dec)
+    with torch.no_grad():
+        check = policy.image_hidden_states(prompt, codes)
+    drift = (check.float() - hidden.float()).abs().max().item()  # host sync, once, after timing
+
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "model": "tiny" if args.tiny else "Qwen3-1.7B + SANA-1.6B (random weights)",
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch": args.batch,
+        "tokens_per_image": policy.layout.tokens_per_image,
+        "image_size": policy.decoder.image_size,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "ar_images_per_s": args.batch / min(ar_times),
+        "decode_images_per_s": args.batch / min(decode_times),
+        "decode_over_ar_time": min(decode_times) / min(ar_times),
+        "cached_vs_full_forward_hidden_max_abs_diff": drift,
+    }
+    if device.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

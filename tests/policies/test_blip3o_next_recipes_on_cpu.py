@@ -1,0 +1,46 @@
+"""The packaged BLIP3o-NEXT recipes carry the official runs' settings (REFERENCE §2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from blip3o_rl.rl.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize(
+    ("recipe", "finetune", "lr", "steps", "reward"),
+    [
+        ("blip3o_next_geneval", "full", 5e-6, 400, "geneval"),
+        ("blip3o_next_ocr", "full", 1e-6, 900, "ocr"),
+        ("blip3o_next_geneval_lora_1gpu", "lora", None, 400, "geneval"),
+        ("blip3o_next_geneval_lora_8gpu", "lora", None, 400, "geneval"),
+    ],
+)
+def test_recipes_follow_the_official_runs(recipe, finetune, lr, steps, reward):
+    cfg = load_config(str(CONFIGS / f"{recipe}.yaml"))
+    g, o = cfg.grpo, cfg.optim
+    assert cfg.model.policy == "blip3o_next" and cfg.model.finetune == finetune
+    assert cfg.model.name_or_path is None  # the user's local checkpoint, given on the command line
+    assert (g.num_generations, g.beta, g.epsilon, g.loss_type, g.scale_rewards) == (
+        16,
+        0.001,
+        0.2,
+        "bnpo",
+        "group",
+    )
+    assert g.num_iterations == 1 and g.batch_size % 16 == 0
+    assert (o.lr_scheduler_type, o.warmup_steps) == ("cosine", 0)
+    assert cfg.max_steps == steps and [r.reward for r in cfg.rewards] == [reward]
+    assert (cfg.rollout.top_k, cfg.rollout.top_p, cfg.rollout.temperature) == (0, 1.0, 1.0)
+    decode = cfg.model.policy_kwargs["decode_settings"]
+    assert (decode["num_inference_steps"], decode["guidance_scale"]) == (30, 2.0)
+    if finetune == "full":
+        assert o.learning_rate == lr and g.batch_size == 16  # one prompt group per GPU
+        # float32 master weights (bf16 would round lr-sized updates away); the frozen refiner in bf16
+        assert cfg.model.dtype == "float32" and cfg.model.policy_kwargs["decoder_dtype"] == "bfloat16"
+    else:
+        assert cfg.model.dtype == "bfloat16"
