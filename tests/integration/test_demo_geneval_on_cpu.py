@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 
 from blip3o_rl.rewards.geneval import TAGS, load_metadata
-from blip3o_rl.rl.restore import restore_policy
 from blip3o_rl.scripts.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,14 +48,10 @@ def test_reward_pipeline_scores_every_rollout(run):
     assert (world["renderer"], world["grid"], world["tile"]) == ("objects", 3, 12)
 
 
-def test_eval_geneval_on_the_checkpoint_and_the_base_model(run, tmp_path, capsys):
-    restored = restore_policy(run)
-    trained = load_file(run / "checkpoints" / "step_000002" / "weights.safetensors")
-    for name, value in restored.model.state_dict().items():
-        assert torch.equal(value, trained[name]), name
-
+def test_eval_geneval_on_the_run_and_its_base_model(run, tmp_path, capsys):
     rows = load_metadata(EVAL_FILE)
-    for source in (["--checkpoint", str(run)], ["--model", str(run / "base_model"), "--policy", "tiny"]):
+    summaries = {}
+    for source in (["--run", str(run)], ["--model", str(run / "base_model"), "--policy", "tiny"]):
         out = tmp_path / source[0].strip("-")
         argv = ["eval", "geneval", *source, "--metadata", str(EVAL_FILE), "--images-per-prompt", "2",
                 "--out", str(out), "--detector-backend", "tiny_world", "--gen-batch-size", "32"]
@@ -68,36 +63,33 @@ def test_eval_geneval_on_the_checkpoint_and_the_base_model(run, tmp_path, capsys
         first = out / "00000"
         assert json.loads((first / "metadata.jsonl").read_text()) == rows[0]
         assert sorted(p.name for p in (first / "samples").iterdir()) == ["0000.png", "0001.png"]
+        summaries[source[0]] = summary
     assert "overall" in capsys.readouterr().out
+    # The run's checkpoint, not its base model, generated the --run images.
+    trained = load_file(run / "checkpoints" / "step_000002" / "weights.safetensors")
+    base = load_file(run / "base_model" / "model.safetensors")
+    assert any(not torch.equal(trained[k], base[k]) for k in base)
+    images = sorted((tmp_path / "run").glob("*/samples/*.png"))
+    assert any((tmp_path / "model" / p.relative_to(tmp_path / "run")).read_bytes() != p.read_bytes() for p in images)
 
     # Re-scoring the folder gives the same table; a second generation into it is refused.
-    assert main(["eval", "geneval", "--images", str(tmp_path / "checkpoint"), "--detector-backend", "tiny_world",
+    assert main(["eval", "geneval", "--images", str(tmp_path / "run"), "--detector-backend", "tiny_world",
                  "--tile", "12", "--results", str(tmp_path / "again.jsonl")]) == 0
     again = json.loads((tmp_path / "again_summary.json").read_text())
-    assert again["tasks"] == json.loads((tmp_path / "checkpoint" / "results_summary.json").read_text())["tasks"]
-    assert main(["eval", "geneval", "--checkpoint", str(run), "--metadata", str(EVAL_FILE),
-                 "--out", str(tmp_path / "checkpoint"), "--detector-backend", "tiny_world"]) == 2
+    assert again["tasks"] == summaries["--run"]["tasks"]
+    assert main(["eval", "geneval", "--run", str(run), "--metadata", str(EVAL_FILE),
+                 "--out", str(tmp_path / "run"), "--detector-backend", "tiny_world"]) == 2
     assert "is not empty" in capsys.readouterr().err
 
 
 def test_eval_geneval_argument_errors(tmp_path, capsys):
     assert main(["eval", "geneval", "--images", str(tmp_path), "--model", str(tmp_path)]) == 2
-    assert "exactly one of --model, --checkpoint or --images" in capsys.readouterr().err
+    assert "give --images DIR (score a folder) or --model/--run" in capsys.readouterr().err
     assert main(["eval", "geneval", "--model", str(tmp_path)]) == 2
     assert "--metadata FILE is needed" in capsys.readouterr().err
-
-
-def test_restore_a_lora_checkpoint(tmp_path):
-    out = tmp_path / "lora"
-    assert main(["train", str(RECIPE), f"output_dir={out}", *SHORT, "max_steps=1", "eval.eval_every=0",
-                 "model.finetune=lora", "model.lora_r=4"]) == 0
-    adapter = load_file(out / "checkpoints" / "step_000001" / "weights.safetensors")
-    restored = restore_policy(out / "checkpoints" / "step_000001").model.state_dict()
-    lora = {k: v for k, v in restored.items() if "lora_" in k}
-    assert len(lora) == len(adapter) > 0
-    for name, value in adapter.items():
-        match = [k for k in lora if k.replace(".default", "").endswith(name.removeprefix("base_model.model."))]
-        assert len(match) == 1 and torch.equal(lora[match[0]], value), name
+    assert main(["eval", "geneval", "--model", str(tmp_path), "--metadata", str(EVAL_FILE),
+                 "--out", str(tmp_path / "o"), "--policy", "tiny", "--steps", "4"]) == 2
+    assert "--steps: only for --model with --policy blip3o_next" in capsys.readouterr().err
 
 
 def test_data_geneval_command(tmp_path, capsys):
