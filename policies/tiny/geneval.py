@@ -25,7 +25,7 @@ def geneval_prompts(seed: int = 0, eval_fraction: float = 0.25) -> tuple[list[di
     """
     from blip3o_rl.rewards.geneval.prompts import split_prompts
 
-    return split_prompts(eval_fraction, seed=seed, objects=list(DEFAULT_CLASSES), colours=DEFAULT_COLOURS)
+    return split_prompts(eval_fraction, seed=seed, objects=[n for n, _ in DEFAULT_CLASSES], colours=DEFAULT_COLOURS)
 
 
 def prompt_words(rows: list[dict]) -> list[str]:
@@ -47,33 +47,58 @@ def _box(tile: int, grid: int) -> list[int]:
     return [col, row, col + 1, row + 1]
 
 
+def _place(clauses: list[dict], grid: int, taken: dict[int, int], placed: list[list[int]]) -> bool:
+    """Depth-first: give each remaining clause ``count`` free tiles, earliest (row-major) first."""
+    if len(placed) == len(clauses):
+        return True
+    clause = clauses[len(placed)]
+
+    def fits(tile: int) -> bool:
+        if tile in taken:
+            return False
+        if "position" not in clause:
+            return True
+        relation, target = clause["position"]
+        return all(relation in relative_position(_box(tile, grid), _box(t, grid)) for t in placed[target])
+
+    def fill(start: int, tiles: list[int]) -> bool:
+        if len(tiles) == clause["count"]:
+            placed.append(tiles)
+            if _place(clauses, grid, taken, placed):
+                return True
+            placed.pop()
+            return False
+        for tile in range(start, grid * grid):
+            if fits(tile):
+                taken[tile] = len(placed)
+                if fill(tile + 1, [*tiles, tile]):
+                    return True
+                del taken[tile]
+        return False
+
+    return fill(0, [])
+
+
 def geneval_target_codes(metadata: dict, grid: int) -> torch.Tensor:
     """Codes ``[grid * grid]`` (row-major) of an objects-world image that GenEval scores correct.
 
-    Include clauses are drawn in order, exactly ``count`` objects each, in the clause's colour (a
-    class's own default colour when none is asked): unpositioned objects take free tiles from the
-    centre outwards; a positioned object takes the first free tile (row-major) in the relation to
-    every object of its target clause. Uses the default objects world (`DEFAULT_CLASSES`,
-    `DEFAULT_COLOURS`); ValueError when the row needs anything else or cannot fit.
+    Exactly ``count`` objects per include clause, in the clause's colour (a class's own default
+    colour when none is asked), packed as early as possible in row-major order (the order the
+    policy writes tiles) subject to every position relation; the other tiles are empty. Uses the
+    default objects world (`DEFAULT_CLASSES`, `DEFAULT_COLOURS`); ValueError when the row needs
+    anything else or cannot fit on the grid.
     """
-    centre = (grid // 2) * grid + grid // 2
-    order = [centre, *(t for t in range(grid * grid) if t != centre)]
-    codes = [0] * (grid * grid)
-    placed: list[list[int]] = []
+    classes, colours = [n for n, _ in DEFAULT_CLASSES], list(DEFAULT_COLOURS)
+    codes = []
     for clause in metadata["include"]:
-        name, classes = clause["class"], list(DEFAULT_CLASSES)
-        own_colour = DEFAULT_COLOURS[classes.index(name) % len(DEFAULT_COLOURS)] if name in classes else ""
-        code = object_code(classes, list(DEFAULT_COLOURS), name, clause.get("color") or own_colour)
-        tiles: list[int] = []
-        for _ in range(clause["count"]):
-            free = [t for t in order if codes[t] == 0]
-            if "position" in clause:
-                relation, target = clause["position"]
-                free = [t for t in sorted(free)
-                        if all(relation in relative_position(_box(t, grid), _box(u, grid)) for u in placed[target])]
-            if not free:
-                raise ValueError(f"no room on a {grid}x{grid} grid for {metadata.get('prompt', metadata)!r}")
-            codes[free[0]] = code
-            tiles.append(free[0])
-        placed.append(tiles)
-    return torch.tensor(codes, dtype=torch.long)
+        name = clause["class"]
+        own_colour = colours[classes.index(name) % len(colours)] if name in classes else ""
+        codes.append(object_code(classes, colours, name, clause.get("color") or own_colour))
+    placed: list[list[int]] = []
+    if not _place(metadata["include"], grid, {}, placed):
+        raise ValueError(f"no room on a {grid}x{grid} grid for {metadata.get('prompt', metadata)!r}")
+    image = [0] * (grid * grid)
+    for code, tiles in zip(codes, placed, strict=True):
+        for tile in tiles:
+            image[tile] = code
+    return torch.tensor(image, dtype=torch.long)

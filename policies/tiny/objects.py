@@ -8,14 +8,17 @@ objects back from the pixels.
 
 Renderer spec (stored in the model's ``config.json`` under ``tiny_world``)::
 
-    {"classes": {"apple": "disc", "donut": "ring", "book": "square", "kite": "diamond"},
+    {"classes": [["apple", "disc"], ["donut", "ring"], ["book", "square"], ["kite", "diamond"]],
      "colours": ["red", "yellow", "green", "blue"],
      "background": [153, 153, 153]}
+
+``classes`` is a list of ``[name, shape]`` pairs, not a mapping: the order fixes the codes, and
+``config.json`` is written with sorted keys, which would reorder a mapping.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -77,7 +80,7 @@ SHAPES: dict[str, Callable[[int], np.ndarray]] = {
     "diamond": _diamond,
     "triangle": _triangle,
 }
-DEFAULT_CLASSES = {"apple": "disc", "donut": "ring", "book": "square", "kite": "diamond"}
+DEFAULT_CLASSES = (("apple", "disc"), ("donut", "ring"), ("book", "square"), ("kite", "diamond"))
 DEFAULT_COLOURS = ("red", "yellow", "green", "blue")
 
 
@@ -88,10 +91,10 @@ def object_code(classes: list[str], colours: list[str], name: str, colour: str) 
     return 1 + classes.index(name) * len(colours) + colours.index(colour)
 
 
-def shape_masks(tile: int, classes: dict[str, str]) -> dict[str, np.ndarray]:
-    """Class name -> its ``[tile, tile]`` boolean sprite mask."""
+def shape_masks(tile: int, classes: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+    """Class name -> its ``[tile, tile]`` boolean sprite mask, from ``[name, shape]`` pairs."""
     masks = {}
-    for name, shape in classes.items():
+    for name, shape in classes:
         if shape not in SHAPES:
             raise ValueError(f"class {name!r}: unknown shape {shape!r} (known: {sorted(SHAPES)})")
         masks[name] = SHAPES[shape](tile)
@@ -103,13 +106,16 @@ class ObjectsRenderer:
 
     def __init__(self, spec: dict[str, Any]):
         self.tile = int(spec["tile"])
-        self.classes: dict[str, str] = dict(spec.get("classes") or DEFAULT_CLASSES)
+        classes = spec.get("classes") or DEFAULT_CLASSES
+        if isinstance(classes, dict) or not all(len(pair) == 2 for pair in classes):
+            raise ValueError(f"tiny-world classes must be a list of [name, shape] pairs, got {classes!r}")
+        self.classes: list[str] = [name for name, _ in classes]
         self.colours: list[str] = list(spec.get("colours") or DEFAULT_COLOURS)
         unknown = [c for c in self.colours if c not in GENEVAL_RGB]
         if unknown:
             raise ValueError(f"tiny-world colours {unknown} are not GenEval colours ({', '.join(GENEVAL_RGB)})")
         background = np.asarray(spec.get("background") or BACKGROUND, dtype=np.uint8)
-        masks = shape_masks(self.tile, self.classes)
+        masks = shape_masks(self.tile, classes)
         self.num_codes = 1 + len(self.classes) * len(self.colours)
         # Pre-drawn tiles, one per code: [num_codes, tile, tile, 3].
         tiles = np.broadcast_to(background, (self.num_codes, self.tile, self.tile, 3)).copy()
@@ -120,11 +126,12 @@ class ObjectsRenderer:
 
     @staticmethod
     def default_spec() -> dict[str, Any]:
-        return {"classes": dict(DEFAULT_CLASSES), "colours": list(DEFAULT_COLOURS), "background": list(BACKGROUND)}
+        return {"classes": [list(pair) for pair in DEFAULT_CLASSES], "colours": list(DEFAULT_COLOURS),
+                "background": list(BACKGROUND)}
 
     def code(self, name: str, colour: str) -> int:
         """The code that draws a ``colour`` ``name`` (ValueError when the world has no such object)."""
-        return object_code(list(self.classes), self.colours, name, colour)
+        return object_code(self.classes, self.colours, name, colour)
 
     def render(self, codes: np.ndarray) -> np.ndarray:
         """``codes [B, g, g]`` → uint8 pixels ``[B, g*tile, g*tile, 3]``."""

@@ -34,17 +34,17 @@ class TinyWorldDetector:
     def __init__(
         self,
         tile: int = 8,
-        classes: dict[str, str] | None = None,
+        classes: list[list[str]] | None = None,
         background: Sequence[int] = BACKGROUND,
         tolerance: int = 24,
     ):
         self.tile = int(tile)
-        self.classes = dict(classes or DEFAULT_CLASSES)
-        unknown = [n for n in self.classes if n not in GENEVAL_OBJECTS]
+        classes = classes or DEFAULT_CLASSES
+        self.names = [name for name, _ in classes]
+        unknown = [n for n in self.names if n not in GENEVAL_OBJECTS]
         if unknown:
             raise ValueError(f"tiny-world classes {unknown} are not GenEval object names")
-        self.names = list(self.classes)
-        masks = shape_masks(self.tile, self.classes)
+        masks = shape_masks(self.tile, classes)
         self.templates = np.stack([masks[n] for n in self.names]).reshape(len(self.names), -1)  # [C, t*t]
         self.background = np.asarray(background, dtype=np.int16)
         self.tolerance = tolerance

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from blip3o_rl.policies.tiny.geneval import geneval_prompts, prompt_words, write_geneval_prompts
@@ -51,7 +52,7 @@ def test_detector_reads_every_sprite_back_from_pixels():
 
 def test_colour_is_read_from_pixels_not_assumed():
     # A purple kite is not in the default world's palette, but the detector still names its colour.
-    purple = ObjectsRenderer({"tile": TILE, "colours": ["purple"], "classes": {"kite": "diamond"}})
+    purple = ObjectsRenderer({"tile": TILE, "colours": ["purple"], "classes": [["kite", "diamond"]]})
     image = Image.fromarray(purple.render(np.array([[[0, 1], [0, 0]]]))[0])
     [[det]] = TinyWorldDetector(tile=TILE).detect([image])
     assert (det["class"], det["color"], det["box"]) == ("kite", "purple", [TILE, 0, 2 * TILE, TILE])
@@ -148,3 +149,17 @@ def test_recipe_world_knows_every_prompt_word():
     rows = [json.loads(line) for line in (REPO / "configs" / "data" / "tiny_geneval_eval.jsonl").read_text().splitlines()]
     assert {r["tag"] for r in rows} == set(TAGS)
     assert set(GENEVAL_RGB) >= {c["color"] for r in rows for c in r["include"] if "color" in c}
+
+
+def test_warm_start_targets_are_correct_in_a_saved_world(tmp_path):
+    # Codes are read back from config.json (written with sorted keys): the target images drawn by the
+    # reloaded world must be what GenEval accepts, for every shipped prompt.
+    from blip3o_rl.policies.tiny.geneval import geneval_target_codes
+    from blip3o_rl.policies.tiny.world import TinyWorldPolicy, make_tiny_world
+
+    policy = TinyWorldPolicy.from_pretrained(make_tiny_world(tmp_path, renderer="objects", grid=3, tile=TILE))
+    train, held_out = geneval_prompts()
+    rows = train + held_out
+    codes = torch.stack([geneval_target_codes(r, 3) for r in rows])
+    results = build_scorer(detector_backend="tiny_world", tile=TILE).score(policy.decode(codes), rows)
+    assert all(r["correct"] and r["partial"] == 1.0 for r in results)
