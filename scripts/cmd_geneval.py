@@ -10,6 +10,7 @@ folder layout, then scores the folder; ``--images DIR`` scores an existing folde
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections import Counter
@@ -26,6 +27,7 @@ class UsageError(ValueError):
 def _report_errors(fn):
     """Run a subcommand; user errors (bad arguments or metadata, an existing --out) print and return 2."""
 
+    @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
@@ -33,7 +35,6 @@ def _report_errors(fn):
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
-    run.__doc__, run.__name__ = fn.__doc__, fn.__name__
     return run
 
 
@@ -81,12 +82,11 @@ def run_data(args: argparse.Namespace) -> int:
 
 def add_scorer_options(parser: argparse.ArgumentParser) -> None:
     """Detector/CLIP options shared by every command that scores GenEval images."""
-    from blip3o_rl.rewards.geneval.color import DEFAULT_CLIP
-    from blip3o_rl.rewards.geneval.detector import DEFAULT_DETECTOR
-
     group = parser.add_argument_group("GenEval scorer")
-    group.add_argument("--detector", default=DEFAULT_DETECTOR, help="Mask2Former hub id or local folder")
-    group.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP hub id or local folder (colour)")
+    # Defaults (None) resolve in build_scorer, so building the parser does not import torch.
+    group.add_argument("--detector", help="Mask2Former hub id or local folder "
+                                          "(default: facebook/mask2former-swin-small-coco-instance)")
+    group.add_argument("--clip", help="CLIP hub id or local folder, for colours (default: openai/clip-vit-large-patch14)")
     group.add_argument("--detector-backend", default="transformers", choices=("transformers", "mmdet", "tiny_world"),
                        help="tiny_world: the built-in tiny objects world, read from pixels (no models)")
     group.add_argument("--tile", type=int,
@@ -98,7 +98,7 @@ def add_scorer_options(parser: argparse.ArgumentParser) -> None:
         help="feed mmdet RGB arrays as the reference reward server does (default: BGR, as GenEval's benchmark)",
     )  # fmt: skip
     group.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default float32)")
+    group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="detector and CLIP dtype (default float32)")
     group.add_argument("--batch-size", type=int, default=16, help="images per scoring batch")
     group.add_argument(
         "--detector-shortest-edge", type=int, default=800,
@@ -109,9 +109,9 @@ def add_scorer_options(parser: argparse.ArgumentParser) -> None:
 def build_scorer_from_args(args: argparse.Namespace):
     from blip3o_rl.rewards.geneval.scorer import build_scorer
 
+    models = {k: v for k, v in (("detector", args.detector), ("clip", args.clip)) if v is not None}
     return build_scorer(
-        detector=args.detector,
-        clip=args.clip,
+        **models,
         detector_backend=args.detector_backend,
         device=args.device,
         dtype=args.dtype,

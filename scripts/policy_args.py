@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from blip3o_rl.rl.rollout import SamplingParams
-
 DEFAULT_POLICY = "blip3o_next"
 
 
@@ -52,7 +50,9 @@ def _decode_kwargs(args: argparse.Namespace, kind: str) -> dict:
     return kwargs
 
 
-def _sampling(args: argparse.Namespace, kind: str) -> SamplingParams:
+def _sampling(args: argparse.Namespace, kind: str):
+    from blip3o_rl.rl.rollout import SamplingParams
+
     if kind == "blip3o_next":
         from blip3o_rl.policies.blip3o_next import INFERENCE_TEMPERATURE, INFERENCE_TOP_K, INFERENCE_TOP_P
 
