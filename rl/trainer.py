@@ -63,6 +63,13 @@ class GRPOTrainer:
         cfg = self.cfg
         self.acc = Accelerator()
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        if self.world > 1:
+            # Rewards, advantages and data are already rank-aware, but gradients are not yet all-reduced:
+            # refuse rather than train N diverging copies.
+            raise NotImplementedError(
+                f"multi-process training ({self.world} processes) is not supported yet: gradients are not "
+                "synchronised across processes. Run a single process (see README, 'What runs where')."
+            )
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed + self.rank)
 
