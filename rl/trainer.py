@@ -199,7 +199,7 @@ class GRPOTrainer:
         metrics = {**t, **upd, **self._reward_metrics(scored, rewards, all_rewards, adv, mask)}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         if self.acc.is_main_process and cfg.logging.image_every and step % cfg.logging.image_every == 0:
-            self._log_samples(step, images, texts, rewards)
+            self._log_samples(step, images, texts, rewards, scored)
         return metrics
 
     def _micro_batches(self, n: int) -> list[slice]:
@@ -282,7 +282,7 @@ class GRPOTrainer:
         m["advantage/abs_max"] = float(a.abs().max()) if a.numel() else 0.0
         return m
 
-    def _log_samples(self, step, images, texts, rewards) -> None:
+    def _log_samples(self, step, images, texts, rewards, scored) -> None:
         g, k = self.cfg.grpo.num_generations, self.cfg.logging.num_images
         rows = max(1, k // g)
         shown = images[: rows * g]
@@ -290,8 +290,9 @@ class GRPOTrainer:
         self.log.log_images(step, image_grid(shown, g, labels))
         with (self.out / "samples" / f"step_{step:06d}.jsonl").open("w") as f:
             for i in range(len(shown)):
-                f.write(json.dumps({"prompt": texts[i], "reward": None if math.isnan(rewards[i]) else float(rewards[i])})
-                        + "\n")
+                row = {"prompt": texts[i], "reward": None if math.isnan(rewards[i]) else float(rewards[i]),
+                       "rewards": {n: {"score": o.scores[i], **o.details[i]} for n, o in scored.outputs.items()}}
+                f.write(json.dumps(row, default=str) + "\n")
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
