@@ -143,7 +143,7 @@ def make_tiny_world(
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=hidden_size // 4,
-        max_position_embeddings=512,
+        max_position_embeddings=max(512, grid * grid + 256),
         tie_word_embeddings=True,
         pad_token_id=tok.pad_token_id,
         eos_token_id=ids("<|im_end|>"),
