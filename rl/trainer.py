@@ -284,7 +284,7 @@ class GRPOTrainer:
 
     def _log_samples(self, step, images, texts, rewards, scored) -> None:
         g, k = self.cfg.grpo.num_generations, self.cfg.logging.num_images
-        rows = max(1, k // g)
+        rows = max(1, min(k // g, len(images) // g))
         shown = images[: rows * g]
         labels = [texts[r * g] for r in range(rows)]
         self.log.log_images(step, image_grid(shown, g, labels))
