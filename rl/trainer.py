@@ -71,6 +71,8 @@ class GRPOTrainer:
                 "synchronised across processes. Run a single process (see README, 'What runs where')."
             )
         self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed + self.rank)
 
         self.policy = load_policy(cfg.model.policy, self._model_path(), cfg.model.dtype, **cfg.model.policy_kwargs)
