@@ -177,6 +177,11 @@ class GRPOTrainer:
                 model.eval()
                 ro = self.engine.generate(self.policy, prompts, g.num_generations, self.sampling, self.generator,
                                           return_hidden=self.policy.needs_hidden_states)
+            old = None
+            if self.policy.needs_hidden_states and ro.hidden_states is None:
+                # An engine without hidden states (e.g. vLLM): one no-grad forward gives them and π_old.
+                with timed("hidden_states", t):
+                    old, ro.hidden_states = self._no_grad_pass(self.policy, ro, return_hidden=True)
             # 3. Decode to images.
             with timed("decode", t):
                 images = self.policy.decode(ro.codes, ro.hidden_states)
@@ -191,9 +196,15 @@ class GRPOTrainer:
             adv = adv[self.rank * b : (self.rank + 1) * b].to(self.acc.device)  # [B]
             mask = (~torch.isnan(rewards)).to(self.acc.device)  # [B]
             global_valid = int(self.acc.gather(mask.sum()[None]).sum()) * ro.codes.shape[1]
-            # 6. π_old (μ > 1) and π_ref (β > 0), without grad.
+            # 6. π_old (μ > 1; the trainer's forward, never the engine's log-probs) and π_ref (β > 0).
             with timed("reference", t):
-                old, ref = self._fixed_logprobs(ro)
+                if g.num_iterations > 1 and old is None:
+                    old, _ = self._no_grad_pass(self.policy, ro)
+                ref = None
+                if g.beta > 0:
+                    with self.finetune.reference() as ref_policy:
+                        ref, _ = self._no_grad_pass(ref_policy, ro)
+            old = old if g.num_iterations > 1 else None  # at μ = 1, π_old is the current forward, detached
             # 7. μ optimizer passes over the batch, accumulating over micro-batches.
             with timed("update", t):
                 upd = self._update(ro, adv, mask, old, ref, global_valid)
@@ -208,21 +219,17 @@ class GRPOTrainer:
         mb = self.cfg.grpo.micro_batch_size
         return [slice(s, min(s + mb, n)) for s in range(0, n, mb)]
 
-    def _forward(self, policy, ro: Rollout, sl: slice):
+    def _forward(self, policy, ro: Rollout, sl: slice, return_hidden: bool = False):
         r = self.cfg.rollout
         return sequence_logprobs(policy, ro.prompts.slice(sl), ro.codes[sl], r.temperature, r.top_k, r.top_p,
-                                 chunk_size=r.logprob_chunk_size)
+                                 return_hidden=return_hidden, chunk_size=r.logprob_chunk_size)
 
     @torch.no_grad()
-    def _fixed_logprobs(self, ro: Rollout) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        g, n = self.cfg.grpo, ro.codes.shape[0]
-        old = ref = None
-        if g.num_iterations > 1:
-            old = torch.cat([self._forward(self.policy, ro, sl).logprobs for sl in self._micro_batches(n)])
-        if g.beta > 0:
-            with self.finetune.reference() as ref_policy:
-                ref = torch.cat([self._forward(ref_policy, ro, sl).logprobs for sl in self._micro_batches(n)])
-        return old, ref
+    def _no_grad_pass(self, policy, ro: Rollout, return_hidden: bool = False):
+        """Log-probs ``[B, N]`` (and hidden states ``[B, N + 1, H]``) of the rollout under ``policy``."""
+        outs = [self._forward(policy, ro, sl, return_hidden) for sl in self._micro_batches(ro.codes.shape[0])]
+        hidden = torch.cat([o.hidden_states for o in outs]) if return_hidden else None
+        return torch.cat([o.logprobs for o in outs]), hidden
 
     def _update(self, ro: Rollout, adv, mask, old, ref, global_valid: int) -> dict[str, float]:
         g, o = self.cfg.grpo, self.cfg.optim
