@@ -7,6 +7,8 @@
     blip3o-rl make-tiny-world OUT_DIR                      # write a random tiny-world model folder
     blip3o-rl generate --model PATH --prompt "a red cube"  # text-to-image (BLIP3o-NEXT by default)
     blip3o-rl export --run runs/my_run --out exported/     # a run's checkpoint as a standalone model
+    blip3o-rl eval geneval --model PATH --metadata FILE    # generate and score GenEval (or --images DIR)
+    blip3o-rl data geneval --out FILE --n 100              # write GenEval-format training prompts
 """
 
 from __future__ import annotations
@@ -181,7 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the saved language-model weights (default: the run's model.dtype)")
     p.set_defaults(fn=_cmd_export)
+
+    _add_benchmark_commands(sub)
     return parser
+
+
+def _add_benchmark_commands(sub) -> None:
+    """``eval <benchmark>`` and ``data <benchmark>`` groups; each benchmark module mounts its own parsers."""
+    from blip3o_rl.scripts import cmd_geneval
+
+    evals = sub.add_parser("eval", help="generate and score a benchmark").add_subparsers(dest="benchmark", required=True)
+    data = sub.add_parser("data", help="write benchmark-format prompt files").add_subparsers(dest="benchmark", required=True)
+    p = evals.add_parser("geneval", help="GenEval: generate images with a policy and score them")
+    cmd_geneval.configure_eval(p)
+    p.set_defaults(fn=cmd_geneval.run_eval)
+    p = data.add_parser("geneval", help="GenEval-format training prompts for the six tasks")
+    cmd_geneval.configure_data(p)
+    p.set_defaults(fn=cmd_geneval.run_data)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,8 +53,12 @@ def warm_start(
 
 
 # name -> "module:function(metadata, grid) -> codes [grid * grid]": the image a prompt asks for.
-WARM_START_TARGETS: dict[str, str] = {"layout": "blip3o_rl.policies.tiny.layout:layout_target_codes"}
-WORLD_KEYS = ("seed", "grid", "tile", "hidden_size", "num_layers", "extra_words", "renderer", "renderer_spec")
+WARM_START_TARGETS: dict[str, str] = {
+    "layout": "blip3o_rl.policies.tiny.layout:layout_target_codes",
+    "geneval": "blip3o_rl.policies.tiny.geneval:geneval_target_codes",
+}
+WORLD_KEYS = ("seed", "grid", "tile", "hidden_size", "num_layers", "extra_words", "renderer", "renderer_spec",
+              "initializer_range")
 WARM_KEYS = ("sft_steps", "sft_accuracy", "sft_targets", "sft_learning_rate")
 
 

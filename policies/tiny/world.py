@@ -77,7 +77,10 @@ class PaletteRenderer:
 
 # renderer name -> "module:Class"; a class takes the config's `tiny_world` dict and has `num_codes`,
 # `render(codes [B, g, g]) -> uint8 [B, H, W, 3]` and a static `default_spec()`.
-RENDERERS: dict[str, str] = {"palette": "blip3o_rl.policies.tiny.world:PaletteRenderer"}
+RENDERERS: dict[str, str] = {
+    "palette": "blip3o_rl.policies.tiny.world:PaletteRenderer",
+    "objects": "blip3o_rl.policies.tiny.objects:ObjectsRenderer",  # GenEval-style sprites
+}
 
 
 def build_renderer(spec: dict[str, Any]):
@@ -120,11 +123,15 @@ def make_tiny_world(
     extra_words: list[str] = (),
     renderer: str = "palette",
     renderer_spec: dict[str, Any] | None = None,
+    initializer_range: float = 0.02,
 ) -> Path:
     """Write a random-initialised tiny world model folder (``save_pretrained`` format) to ``out_dir``.
 
     ``renderer`` names an entry of `RENDERERS`; ``renderer_spec`` (default: the renderer's
     ``default_spec()``) is stored in ``config.json`` under ``tiny_world`` and fixes the codebook size.
+    ``initializer_range`` is the std of the random weights: at Hugging Face's 0.02 a 64-wide model's
+    attention starts almost uniform, so the prompt barely reaches the image positions; ~0.1 gives the
+    random model prompt-dependent features that training can pick up much sooner.
     """
     out = Path(out_dir)
     if renderer not in RENDERERS:
@@ -144,6 +151,7 @@ def make_tiny_world(
         num_key_value_heads=2,
         head_dim=hidden_size // 4,
         max_position_embeddings=max(512, grid * grid + 256),
+        initializer_range=initializer_range,
         tie_word_embeddings=True,
         pad_token_id=tok.pad_token_id,
         eos_token_id=ids("<|im_end|>"),
