@@ -137,6 +137,7 @@ class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = 0
     max_steps: int = 100
+    num_threads: int | None = None  # torch intra-op CPU threads (None: torch's default)
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -373,6 +374,7 @@ def validate(cfg: TrainConfig, source: str) -> None:
           "must be constant, cosine or linear")
     check(o.learning_rate > 0, "optim.learning_rate", "must be > 0")
     check(cfg.max_steps >= 1, "max_steps", "must be >= 1")
+    check(cfg.num_threads is None or cfg.num_threads >= 1, "num_threads", "must be >= 1 (or null)")
     check(len(cfg.rewards) > 0, "rewards", "at least one reward is needed")
     check(cfg.data.train_file is not None, "data.train_file", "a prompt file is needed")
     names = [s.log_name for s in cfg.rewards]

@@ -9,6 +9,7 @@
     blip3o-rl export --run runs/my_run --out exported/     # a run's checkpoint as a standalone model
     blip3o-rl eval geneval --model PATH --metadata FILE    # generate and score GenEval (or --images DIR)
     blip3o-rl data geneval --out FILE --n 100              # write GenEval-format training prompts
+    blip3o-rl eval ocr --model PATH --prompts test.txt     # OCR accuracy of a model on OCR prompts
 """
 
 from __future__ import annotations
@@ -60,22 +61,17 @@ def _usage_error(message: str) -> int:
     return 2
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
+def _generation_policy(args: argparse.Namespace, command: str):
+    """The policy and sampling settings that ``generate`` and ``eval`` take from their shared options
+    (`_add_generation_arguments`); an `int` exit status after a usage error."""
     import torch
 
     from blip3o_rl.policies import load_policy
     from blip3o_rl.policies.blip3o_next import Blip3oConfigError, CheckpointError
-    from blip3o_rl.rl.data import load_prompts
-    from blip3o_rl.rl.generate import generate_images
     from blip3o_rl.rl.rollout import SamplingParams
 
-    prompts = list(args.prompt or [])
-    if args.prompts_file:
-        prompts += [r.prompt for r in load_prompts(args.prompts_file)]
-    if not prompts:
-        return _usage_error("generate: give at least one --prompt or a --prompts-file")
-    if min(args.num_images, args.batch_size, 1 if args.steps is None else args.steps) < 1:
-        return _usage_error("generate: --num-images, --batch-size and --steps must be >= 1")
+    if min(args.batch_size, 1 if args.steps is None else args.steps) < 1:
+        return _usage_error(f"{command}: --batch-size and --steps must be >= 1")
     kwargs: dict = {}
     if args.policy == "blip3o_next":
         from blip3o_rl.policies.blip3o_next import (
@@ -92,7 +88,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             kwargs["diffusion_path"] = args.diffusion_path
     else:
         if args.steps is not None or args.guidance is not None or args.diffusion_path is not None:
-            return _usage_error(f"generate: --steps, --guidance and --diffusion-path apply to blip3o_next, "
+            return _usage_error(f"{command}: --steps, --guidance and --diffusion-path apply to blip3o_next, "
                                 f"not to {args.policy!r}")
         defaults = (1.0, 0, 1.0)
     temperature, top_k, top_p = (d if v is None else v for v, d in
@@ -104,8 +100,25 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         return _usage_error(str(exc))
     if torch.cuda.is_available():
         policy.model.to("cuda")
-    images = generate_images(policy, prompts, args.num_images, SamplingParams(temperature, top_k, top_p),
-                             seed=args.seed, batch_size=args.batch_size)
+    return policy, SamplingParams(temperature, top_k, top_p)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from blip3o_rl.rl.data import load_prompts
+    from blip3o_rl.rl.generate import generate_images
+
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        prompts += [r.prompt for r in load_prompts(args.prompts_file)]
+    if not prompts:
+        return _usage_error("generate: give at least one --prompt or a --prompts-file")
+    if args.num_images < 1:
+        return _usage_error("generate: --num-images must be >= 1")
+    loaded = _generation_policy(args, "generate")
+    if isinstance(loaded, int):
+        return loaded
+    policy, sampling = loaded
+    images = generate_images(policy, prompts, args.num_images, sampling, seed=args.seed, batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "images.jsonl").open("w", encoding="utf-8") as index:
@@ -128,6 +141,72 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return _usage_error(str(exc))
     print(f"exported {args.run} to {out}")
     return 0
+
+
+def _add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    """Model, sampling and decode options shared by the commands that generate images."""
+    p.add_argument("--model", required=True, help="model folder (e.g. BLIP3o-NEXT-SFT-3B or an export)")
+    p.add_argument("--policy", default="blip3o_next", help="policy kind: blip3o_next (default), tiny, or "
+                   "package.module:Class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16, help="images per sampling call")
+    p.add_argument("--temperature", type=float, help="AR sampling temperature (BLIP3o-NEXT default 1.0)")
+    p.add_argument("--top-k", type=int, help="0 disables (BLIP3o-NEXT default 1200, the official inference value)")
+    p.add_argument("--top-p", type=float, help="1 disables (BLIP3o-NEXT default 0.95)")
+    p.add_argument("--steps", type=int, help="diffusion decode steps (BLIP3o-NEXT default 30)")
+    p.add_argument("--guidance", type=float, help="decode CFG scale (BLIP3o-NEXT default 2.0)")
+    p.add_argument("--diffusion-path", help="local SANA diffusers folder (default: the config's)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on GPU, float32 on CPU")
+
+
+# ---------------------------------------------------------------- blip3o-rl eval <benchmark>
+
+
+def _cmd_eval_ocr(args: argparse.Namespace) -> int:
+    from blip3o_rl.rewards.ocr import OCRReward, load_ocr_prompts
+    from blip3o_rl.scripts.eval_ocr import engine_kwargs, evaluate_policy
+
+    if min(args.images_per_prompt, 1 if args.max_prompts is None else args.max_prompts) < 1:
+        return _usage_error("eval ocr: --images-per-prompt and --max-prompts must be >= 1")
+    try:
+        rows = load_ocr_prompts(args.prompts)[: args.max_prompts]
+        kwargs = engine_kwargs(args)
+    except ValueError as exc:  # a bad prompt line (OCRPromptError) or --engine-param
+        return _usage_error(f"eval ocr: {exc}")
+    loaded = _generation_policy(args, "eval ocr")
+    if isinstance(loaded, int):
+        return loaded
+    policy, sampling = loaded
+    reward = OCRReward(args.engine, **kwargs)
+    summary = evaluate_policy(
+        policy, reward, rows, args.out, images_per_prompt=args.images_per_prompt, sampling=sampling,
+        seed=args.seed, batch_size=args.batch_size,
+        extra={"model": str(args.model), "policy": args.policy, "prompts": str(args.prompts)},
+    )
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    if summary["ocr_reward_mean"] is not None:
+        print(f"OCR accuracy (mean OCR reward): {summary['ocr_reward_mean']:.4f}; exact match: "
+              f"{summary['exact_match_rate']:.4f}; {summary['num_scored']} images scored, "
+              f"{summary['num_failed']} failed; results in {args.out}")
+    return 0 if summary["num_scored"] else 1
+
+
+def _add_eval_ocr(benchmarks) -> None:
+    """``blip3o-rl eval ocr``: generate with a model folder and score with the OCR reward."""
+    from blip3o_rl.scripts.eval_ocr import add_engine_arguments
+
+    p = benchmarks.add_parser("ocr", help="text rendering: mean OCR reward ('OCR accuracy') and exact-match rate",
+                              description="Generates images for OCR prompts (the text to render in double "
+                              "quotes) and writes results.jsonl (one record per image), images/ and "
+                              "summary.json to --out.")
+    p.add_argument("--prompts", required=True, help="OCR prompt file, one prompt per line (e.g. Flow-GRPO's test.txt)")
+    p.add_argument("--images-per-prompt", type=int, default=1)
+    p.add_argument("--max-prompts", type=int, help="only the first K prompts")
+    p.add_argument("--out", default="eval_ocr", help="output folder")
+    _add_generation_arguments(p)
+    add_engine_arguments(p)
+    p.set_defaults(fn=_cmd_eval_ocr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,22 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_make_tiny_world)
 
     p = sub.add_parser("generate", help="text-to-image with a model folder; writes PNGs")
-    p.add_argument("--model", required=True, help="model folder (e.g. BLIP3o-NEXT-SFT-3B or an export)")
-    p.add_argument("--policy", default="blip3o_next", help="policy kind (default: blip3o_next)")
     p.add_argument("--prompt", action="append", help="a caption (repeat for several)")
     p.add_argument("--prompts-file", help="prompt file: .jsonl rows with 'prompt', or one prompt per line")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="generated", help="output folder")
-    p.add_argument("--batch-size", type=int, default=16, help="images per sampling call")
-    p.add_argument("--temperature", type=float, help="AR sampling temperature (BLIP3o-NEXT default 1.0)")
-    p.add_argument("--top-k", type=int, help="0 disables (BLIP3o-NEXT default 1200, the official inference value)")
-    p.add_argument("--top-p", type=float, help="1 disables (BLIP3o-NEXT default 0.95)")
-    p.add_argument("--steps", type=int, help="diffusion decode steps (BLIP3o-NEXT default 30)")
-    p.add_argument("--guidance", type=float, help="decode CFG scale (BLIP3o-NEXT default 2.0)")
-    p.add_argument("--diffusion-path", help="local SANA diffusers folder (default: the config's)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="default: bfloat16 on GPU, float32 on CPU")
+    _add_generation_arguments(p)
     p.set_defaults(fn=_cmd_generate)
 
     p = sub.add_parser("export", help="merge a run's checkpoint into its base model and save a model folder")
@@ -197,6 +265,7 @@ def _add_benchmark_commands(sub) -> None:
     p = evals.add_parser("geneval", help="GenEval: generate images with a policy and score them")
     cmd_geneval.configure_eval(p)
     p.set_defaults(fn=cmd_geneval.run_eval)
+    _add_eval_ocr(evals)
     p = data.add_parser("geneval", help="GenEval-format training prompts for the six tasks")
     cmd_geneval.configure_data(p)
     p.set_defaults(fn=cmd_geneval.run_data)

@@ -1,20 +1,68 @@
-"""OCR benchmark on images already on disk: mean OCR reward ("OCR accuracy"), exact-match rate, jsonl.
+"""OCR benchmark: mean OCR reward ("OCR accuracy"), exact-match rate, per-image jsonl.
 
+Of a model (``blip3o-rl eval ocr``, built on `evaluate_policy`), or of images already on disk::
+
+    blip3o-rl eval ocr --model PATH --prompts test.txt --out results/
     python -m blip3o_rl.scripts.eval_ocr --images DIR --prompts test.txt --out results/
 
-Images are named ``<prompt index>[_<sample>].png`` (0-based index among the prompt file's non-blank
-lines), as the image dump of an OCR evaluation names them.
+Images on disk are named ``<prompt index>[_<sample>].png`` (0-based index among the prompt file's
+non-blank lines), as the image dump of a model evaluation names them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from blip3o_rl.rewards.ocr.engines import REFERENCE_DET_LIMIT_SIDE_LEN
-from blip3o_rl.rewards.ocr.evaluate import evaluate_image_dir
+import yaml
+from tqdm.auto import tqdm
+
+from blip3o_rl.policies.base import ImageTokenPolicy
+from blip3o_rl.rewards.base import Reward
+from blip3o_rl.rewards.ocr.engines import REFERENCE_DET_LIMIT_SIDE_LEN, REFERENCE_DET_LIMIT_TYPE
+from blip3o_rl.rewards.ocr.evaluate import OCREvalWriter, evaluate_image_dir, score_ocr_batch
 from blip3o_rl.rewards.ocr.reward import OCRReward
+from blip3o_rl.rl.generate import generate_images
+from blip3o_rl.rl.rollout import SamplingParams
+
+
+def evaluate_policy(
+    policy: ImageTokenPolicy,
+    reward: Reward,
+    rows: Sequence[dict[str, str]],
+    out_dir: str | Path,
+    *,
+    images_per_prompt: int = 1,
+    sampling: SamplingParams | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    extra: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate ``images_per_prompt`` images for each OCR prompt row, score them with ``reward`` and write
+    ``results.jsonl``, ``images/`` and ``summary.json`` to ``out_dir``; returns the summary.
+
+    ``rows`` come from `load_ocr_prompts`. Images are generated and scored ``batch_size`` at a time (at
+    most one batch is held in memory); the batch starting at prompt ``i`` is sampled with seed
+    ``seed + i``, so a run repeats exactly for the same seed and batch size.
+    """
+    sampling = sampling or SamplingParams()
+    per_call = max(1, batch_size // images_per_prompt)
+    settings = {"images_per_prompt": images_per_prompt, "seed": seed, "batch_size": batch_size,
+                "sampling": dataclasses.asdict(sampling)}
+    with OCREvalWriter(out_dir) as writer:
+        for start in tqdm(range(0, len(rows), per_call), desc="eval ocr", disable=not progress, unit="batch"):
+            chunk = rows[start : start + per_call]
+            groups = generate_images(policy, [r["prompt"] for r in chunk], images_per_prompt, sampling,
+                                     seed=seed + start, batch_size=batch_size, progress=False)
+            images = [image for group in groups for image in group]
+            keys = [(start + i, j) for i in range(len(chunk)) for j in range(images_per_prompt)]
+            writer.add(score_ocr_batch(reward, images, rows, keys), images)
+        return writer.finish({**settings, **(extra or {})})
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,17 +81,44 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="detector resize limit on the longer side (default: the reference's)",
     )
     parser.add_argument(
+        "--det-limit-type",
+        choices=["max", "min"],
+        default=REFERENCE_DET_LIMIT_TYPE,
+        help="max: shrink images whose longer side exceeds the limit (the reference); "
+        "min: enlarge images whose shorter side is below it",
+    )
+    parser.add_argument(
         "--num-workers",
         type=int,
         default=None,
         help="rapidocr: images read at once (default: this rank's share of the CPU cores)",
     )
+    parser.add_argument(
+        "--engine-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a raw engine setting, value in YAML (repeatable), e.g. Rec.rec_img_shape=[3,48,240] "
+        "(rapidocr) or use_gpu=true (paddleocr)",
+    )
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
-    kwargs = {"det_limit_side_len": args.det_limit_side_len}
+    """The OCR engine's keyword arguments from the options of `add_engine_arguments`."""
+    kwargs: dict[str, Any] = {"det_limit_side_len": args.det_limit_side_len, "det_limit_type": args.det_limit_type}
     if args.engine == "rapidocr" and args.num_workers:
         kwargs["num_workers"] = args.num_workers
+    params = {}
+    for item in args.engine_param:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--engine-param {item!r}: expected KEY=VALUE, e.g. Rec.rec_img_shape=[3,48,240]")
+        try:
+            params[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--engine-param {item!r}: cannot parse the value: {exc}") from None
+    if params:
+        kwargs["params"] = params
     return kwargs
 
 

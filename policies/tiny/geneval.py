@@ -79,8 +79,10 @@ def _place(clauses: list[dict], grid: int, taken: dict[int, int], placed: list[l
     return fill(0, [])
 
 
-def geneval_target_codes(metadata: dict, grid: int) -> torch.Tensor:
-    """Codes ``[grid * grid]`` (row-major) of an objects-world image that GenEval scores correct.
+def geneval_target_codes(metadata: dict, shape: tuple[int, int]) -> torch.Tensor:
+    """Codes ``[rows * cols]`` (row-major) of an objects-world image that GenEval scores correct.
+
+    ``metadata`` is the prompt file's GenEval row; ``shape`` the (square) grid ``(rows, cols)``.
 
     Exactly ``count`` objects per include clause, in the clause's colour (a class's own default
     colour when none is asked), packed as early as possible in row-major order (the order the
@@ -88,6 +90,9 @@ def geneval_target_codes(metadata: dict, grid: int) -> torch.Tensor:
     default objects world (`DEFAULT_CLASSES`, `DEFAULT_COLOURS`); ValueError when the row needs
     anything else or cannot fit on the grid.
     """
+    if shape[0] != shape[1]:
+        raise ValueError(f"the objects world is square; got a {shape[0]}x{shape[1]} grid")
+    grid = shape[0]
     classes, colours = [n for n, _ in DEFAULT_CLASSES], list(DEFAULT_COLOURS)
     codes = []
     for clause in metadata["include"]:

@@ -39,14 +39,14 @@ def write_layout_prompts(out_dir: str | Path, seed: int = 0) -> None:
         (out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def layout_target_codes(metadata: dict, grid: int) -> torch.Tensor:
-    """The codes ``[grid * grid]`` (row-major) of the image that scores 1 for this prompt's regions."""
+def layout_target_codes(row: dict, grid: tuple[int, int]) -> torch.Tensor:
+    """The codes ``[rows * cols]`` (row-major) of the image that scores 1 for this prompt's regions."""
     names = list(PALETTE)
-    codes = torch.empty(grid, grid, dtype=torch.long)
-    half = grid // 2
-    for region, colour in metadata["regions"].items():
-        rows, cols = {"top": (slice(0, half), slice(None)), "bottom": (slice(half, None), slice(None)),
-                      "left": (slice(None), slice(0, half)), "right": (slice(None), slice(half, None)),
+    codes = torch.empty(*grid, dtype=torch.long)
+    mid_row, mid_col = grid[0] // 2, grid[1] // 2
+    for region, colour in row["regions"].items():
+        rows, cols = {"top": (slice(0, mid_row), slice(None)), "bottom": (slice(mid_row, None), slice(None)),
+                      "left": (slice(None), slice(0, mid_col)), "right": (slice(None), slice(mid_col, None)),
                       "all": (slice(None), slice(None))}[region]
         codes[rows, cols] = names.index(colour)
     return codes.flatten()

@@ -25,7 +25,7 @@ from blip3o_rl.rl.logprobs import sequence_logprobs
 def warm_start(
     policy: TinyWorldPolicy,
     rows: list[PromptRow],
-    target_codes: Callable[[dict, int], torch.Tensor],
+    target_codes: Callable[[dict, tuple[int, int]], torch.Tensor],
     steps: int = 100,
     accuracy: float = 0.3,
     batch_size: int = 32,
@@ -33,14 +33,18 @@ def warm_start(
     seed: int = 0,
     progress: bool = True,
 ) -> None:
-    """Train ``policy.model`` in place toward noisy targets ``target_codes(metadata, grid)``."""
+    """Train ``policy.model`` in place toward noisy targets ``target_codes(row, policy.grid)``.
+
+    ``row`` is the prompt file's row as a dict: ``{"prompt": ..., **metadata}``.
+    """
     g = torch.Generator().manual_seed(seed)
+    targets = [target_codes({"prompt": r.prompt, **r.metadata}, policy.grid) for r in rows]  # each [N]
     opt = torch.optim.AdamW(policy.model.parameters(), lr=learning_rate)
     k = policy.layout.num_codes
     policy.model.train()
     for _ in tqdm(range(steps), desc="tiny-world warm start", disable=not progress):
         pick = torch.randint(len(rows), (batch_size,), generator=g).tolist()
-        target = torch.stack([target_codes(rows[i].metadata, policy.grid) for i in pick])  # [B, N]
+        target = torch.stack([targets[i] for i in pick])  # [B, N]
         noise = torch.randint(k, target.shape, generator=g)
         keep = torch.rand(target.shape, generator=g) < accuracy
         codes = torch.where(keep, target, noise)
@@ -52,10 +56,12 @@ def warm_start(
     policy.model.eval()
 
 
-# name -> "module:function(metadata, grid) -> codes [grid * grid]": the image a prompt asks for.
+# name -> "module:function(row, (rows, cols)) -> codes [rows * cols]": the image a prompt asks for, where
+# row = {"prompt": ..., **metadata} is the prompt file's row.
 WARM_START_TARGETS: dict[str, str] = {
     "layout": "blip3o_rl.policies.tiny.layout:layout_target_codes",
     "geneval": "blip3o_rl.policies.tiny.geneval:geneval_target_codes",
+    "glyphs": "blip3o_rl.policies.tiny.signs:glyph_target_codes",
 }
 WORLD_KEYS = ("seed", "grid", "tile", "hidden_size", "num_layers", "extra_words", "renderer", "renderer_spec",
               "initializer_range")

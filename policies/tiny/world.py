@@ -5,8 +5,9 @@ It follows the BLIP3o-NEXT conventions exactly, at toy size:
 - tokenizer: a base vocabulary, ChatML specials, then ``<im_start>``, ``<im_end>``, ``<S0>``..``<S2>``,
   ``<I0>``..``<I{K-1}>`` appended in that order; token ids are read back from the config, never assumed;
 - prompt: the BLIP3o-NEXT chat template and caption instruction, ending with ``<im_start><S0>``;
-- image: ``grid x grid`` codes, each drawn as a ``tile x tile`` square by the world's *renderer*
-  (default "palette": code k is a square of palette colour k; other worlds register their own).
+- image: ``rows x cols`` codes (``grid``: an int for a square, or ``[rows, cols]``), each drawn as a
+  ``tile x tile`` square by the world's *renderer* (default "palette": code k is a square of palette
+  colour k; "glyphs" draws letters, `policies/tiny/glyphs.py`; other worlds register their own).
 
 Everything is saved with ``save_pretrained`` (safetensors + tokenizer files + config.json carrying the
 world's settings) and loaded with ``from_pretrained``, the same code path as real checkpoints.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import string
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,17 +72,31 @@ class PaletteRenderer:
         return {"palette": [list(c) for c in PALETTE.values()]}
 
     def render(self, codes: np.ndarray) -> np.ndarray:
-        """``codes [B, g, g]`` → uint8 pixels ``[B, g*tile, g*tile, 3]``."""
-        pix = self.palette[codes]  # [B, g, g, 3]
+        """``codes [B, rows, cols]`` → uint8 pixels ``[B, rows*tile, cols*tile, 3]``."""
+        pix = self.palette[codes]  # [B, rows, cols, 3]
         return pix.repeat(self.tile, axis=1).repeat(self.tile, axis=2)
 
 
 # renderer name -> "module:Class"; a class takes the config's `tiny_world` dict and has `num_codes`,
-# `render(codes [B, g, g]) -> uint8 [B, H, W, 3]` and a static `default_spec()`.
+# `render(codes [B, rows, cols]) -> uint8 [B, H, W, 3]` and a static `default_spec()`.
 RENDERERS: dict[str, str] = {
     "palette": "blip3o_rl.policies.tiny.world:PaletteRenderer",
     "objects": "blip3o_rl.policies.tiny.objects:ObjectsRenderer",  # GenEval-style sprites
+    "glyphs": "blip3o_rl.policies.tiny.glyphs:GlyphRenderer",  # letters, for the OCR task
 }
+
+
+def grid_shape(grid: int | Sequence[int]) -> tuple[int, int]:
+    """``(rows, cols)`` of a tiny-world image: ``grid`` is an int (square) or ``[rows, cols]``."""
+    if isinstance(grid, int) and not isinstance(grid, bool):
+        shape = (grid, grid)
+    elif isinstance(grid, Sequence) and len(grid) == 2 and all(isinstance(n, int) for n in grid):
+        shape = (int(grid[0]), int(grid[1]))
+    else:
+        raise ValueError(f"tiny-world grid must be an int or [rows, cols], got {grid!r}")
+    if min(shape) < 1:
+        raise ValueError(f"tiny-world grid must have at least one row and one column, got {grid!r}")
+    return shape
 
 
 def build_renderer(spec: dict[str, Any]):
@@ -115,7 +131,7 @@ def build_tokenizer(num_codes: int, extra_words: list[str] = ()) -> PreTrainedTo
 def make_tiny_world(
     out_dir: str | Path,
     *,
-    grid: int = 4,
+    grid: int | Sequence[int] = 4,
     tile: int = 8,
     hidden_size: int = 64,
     num_layers: int = 2,
@@ -127,8 +143,9 @@ def make_tiny_world(
 ) -> Path:
     """Write a random-initialised tiny world model folder (``save_pretrained`` format) to ``out_dir``.
 
-    ``renderer`` names an entry of `RENDERERS`; ``renderer_spec`` (default: the renderer's
-    ``default_spec()``) is stored in ``config.json`` under ``tiny_world`` and fixes the codebook size.
+    ``grid`` is an int (a square image) or ``[rows, cols]``; ``renderer`` names an entry of `RENDERERS`;
+    ``renderer_spec`` (default: the renderer's ``default_spec()``) is stored in ``config.json`` under
+    ``tiny_world`` and fixes the codebook size.
     ``initializer_range`` is the std of the random weights: at Hugging Face's 0.02 a 64-wide model's
     attention starts almost uniform, so the prompt barely reaches the image positions; ~0.1 gives the
     random model prompt-dependent features that training can pick up much sooner.
@@ -136,7 +153,8 @@ def make_tiny_world(
     out = Path(out_dir)
     if renderer not in RENDERERS:
         raise ValueError(f"unknown tiny-world renderer {renderer!r}; known: {sorted(RENDERERS)}")
-    world = {"renderer": renderer, "grid": grid, "tile": tile}
+    rows, cols = grid_shape(grid)  # fails early on a malformed grid
+    world = {"renderer": renderer, "grid": grid if isinstance(grid, int) else list(grid), "tile": tile}
     module, _, attr = RENDERERS[renderer].partition(":")
     world.update(renderer_spec or getattr(importlib.import_module(module), attr).default_spec())
     num_codes = build_renderer(world).num_codes
@@ -150,7 +168,7 @@ def make_tiny_world(
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=hidden_size // 4,
-        max_position_embeddings=512,
+        max_position_embeddings=max(512, rows * cols + 256),
         initializer_range=initializer_range,
         tie_word_embeddings=True,
         pad_token_id=tok.pad_token_id,
@@ -188,12 +206,12 @@ class TinyWorldPolicy(ImageTokenPolicy):
             raise ValueError("config.json has no 'tiny_world' section: not a tiny-world model folder")
         self.model, self.tokenizer = model, tokenizer
         tokenizer.padding_side = "left"  # prompts must end at the same column (the saved setting may differ)
-        self.grid = int(world["grid"])
+        self.grid = grid_shape(world["grid"])  # (rows, cols)
         self.renderer = build_renderer(world)
         self.layout = ImageTokenLayout(
             image_token_start=cfg.image_start_token_id,
             num_codes=cfg.num_image_codes,
-            tokens_per_image=self.grid * self.grid,
+            tokens_per_image=self.grid[0] * self.grid[1],
         )
         self._prompt_suffix = tokenizer.convert_ids_to_tokens([cfg.image_start_tag_id, cfg.scale_start_token_id])
         if self.renderer.num_codes != self.layout.num_codes:
@@ -227,5 +245,5 @@ class TinyWorldPolicy(ImageTokenPolicy):
         return PromptBatch(enc["input_ids"], enc["attention_mask"]).to(self.device)
 
     def decode(self, codes: torch.Tensor, hidden_states: torch.Tensor | None = None) -> list[Image.Image]:
-        pix = self.renderer.render(codes.cpu().numpy().reshape(-1, self.grid, self.grid))  # [B, H, W, 3]
+        pix = self.renderer.render(codes.cpu().numpy().reshape(-1, *self.grid))  # [B, H, W, 3]
         return [Image.fromarray(p) for p in pix]

@@ -73,3 +73,21 @@ def test_config_is_frozen():
     cfg = load_config("demo")
     with pytest.raises(AttributeError):
         cfg.grpo.beta = 1.0  # type: ignore[misc]
+
+
+def test_readme_documents_every_config_key():
+    import dataclasses
+    import typing
+
+    readme = (CONFIGS.parent / "README.md").read_text()
+
+    def keys(cls, prefix=""):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                yield from keys(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                yield prefix + f.name
+
+    missing = [k for k in keys(TrainConfig) if f"`{k}`" not in readme]
+    assert not missing, f"README's configuration reference lacks {missing}"

@@ -160,6 +160,6 @@ def test_warm_start_targets_are_correct_in_a_saved_world(tmp_path):
     policy = TinyWorldPolicy.from_pretrained(make_tiny_world(tmp_path, renderer="objects", grid=3, tile=TILE))
     train, held_out = geneval_prompts()
     rows = train + held_out
-    codes = torch.stack([geneval_target_codes(r, 3) for r in rows])
+    codes = torch.stack([geneval_target_codes(r, (3, 3)) for r in rows])
     results = build_scorer(detector_backend="tiny_world", tile=TILE).score(policy.decode(codes), rows)
     assert all(r["correct"] and r["partial"] == 1.0 for r in results)
