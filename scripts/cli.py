@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from blip3o_rl.scripts.policy_args import add_generation_arguments
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from blip3o_rl.rl.config import load_config
@@ -62,45 +64,13 @@ def _usage_error(message: str) -> int:
 
 
 def _generation_policy(args: argparse.Namespace, command: str):
-    """The policy and sampling settings that ``generate`` and ``eval`` take from their shared options
-    (`_add_generation_arguments`); an `int` exit status after a usage error."""
-    import torch
+    """``(policy, sampling)`` from the shared generation options; an `int` exit status after a usage error."""
+    from blip3o_rl.scripts.policy_args import GenerationArgsError, generation_policy
 
-    from blip3o_rl.policies import load_policy
-    from blip3o_rl.policies.blip3o_next import Blip3oConfigError, CheckpointError
-    from blip3o_rl.rl.rollout import SamplingParams
-
-    if min(args.batch_size, 1 if args.steps is None else args.steps) < 1:
-        return _usage_error(f"{command}: --batch-size and --steps must be >= 1")
-    kwargs: dict = {}
-    if args.policy == "blip3o_next":
-        from blip3o_rl.policies.blip3o_next import (
-            INFERENCE_TEMPERATURE,
-            INFERENCE_TOP_K,
-            INFERENCE_TOP_P,
-            DecodeSettings,
-        )
-
-        defaults = (INFERENCE_TEMPERATURE, INFERENCE_TOP_K, INFERENCE_TOP_P)
-        settings = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
-        kwargs["decode_settings"] = DecodeSettings(**{k: v for k, v in settings.items() if v is not None})
-        if args.diffusion_path is not None:
-            kwargs["diffusion_path"] = args.diffusion_path
-    else:
-        if args.steps is not None or args.guidance is not None or args.diffusion_path is not None:
-            return _usage_error(f"{command}: --steps, --guidance and --diffusion-path apply to blip3o_next, "
-                                f"not to {args.policy!r}")
-        defaults = (1.0, 0, 1.0)
-    temperature, top_k, top_p = (d if v is None else v for v, d in
-                                 zip((args.temperature, args.top_k, args.top_p), defaults, strict=True))
-    dtype = args.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
     try:
-        policy = load_policy(args.policy, args.model, dtype, **kwargs)
-    except (Blip3oConfigError, CheckpointError) as exc:  # a folder that is not a usable checkpoint
+        return generation_policy(args, command)
+    except GenerationArgsError as exc:
         return _usage_error(str(exc))
-    if torch.cuda.is_available():
-        policy.model.to("cuda")
-    return policy, SamplingParams(temperature, top_k, top_p)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -141,23 +111,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return _usage_error(str(exc))
     print(f"exported {args.run} to {out}")
     return 0
-
-
-def _add_generation_arguments(p: argparse.ArgumentParser) -> None:
-    """Model, sampling and decode options shared by the commands that generate images."""
-    p.add_argument("--model", required=True, help="model folder (e.g. BLIP3o-NEXT-SFT-3B or an export)")
-    p.add_argument("--policy", default="blip3o_next", help="policy kind: blip3o_next (default), tiny, or "
-                   "package.module:Class")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16, help="images per sampling call")
-    p.add_argument("--temperature", type=float, help="AR sampling temperature (BLIP3o-NEXT default 1.0)")
-    p.add_argument("--top-k", type=int, help="0 disables (BLIP3o-NEXT default 1200, the official inference value)")
-    p.add_argument("--top-p", type=float, help="1 disables (BLIP3o-NEXT default 0.95)")
-    p.add_argument("--steps", type=int, help="diffusion decode steps (BLIP3o-NEXT default 30)")
-    p.add_argument("--guidance", type=float, help="decode CFG scale (BLIP3o-NEXT default 2.0)")
-    p.add_argument("--diffusion-path", help="local SANA diffusers folder (default: the config's)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="default: bfloat16 on GPU, float32 on CPU")
 
 
 # ---------------------------------------------------------------- blip3o-rl eval <benchmark>
@@ -204,7 +157,7 @@ def _add_eval_ocr(benchmarks) -> None:
     p.add_argument("--images-per-prompt", type=int, default=1)
     p.add_argument("--max-prompts", type=int, help="only the first K prompts")
     p.add_argument("--out", default="eval_ocr", help="output folder")
-    _add_generation_arguments(p)
+    add_generation_arguments(p)
     add_engine_arguments(p)
     p.set_defaults(fn=_cmd_eval_ocr)
 
@@ -240,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-file", help="prompt file: .jsonl rows with 'prompt', or one prompt per line")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
     p.add_argument("--out", default="generated", help="output folder")
-    _add_generation_arguments(p)
+    add_generation_arguments(p)
     p.set_defaults(fn=_cmd_generate)
 
     p = sub.add_parser("export", help="merge a run's checkpoint into its base model and save a model folder")

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from blip3o_rl.rewards.geneval.metadata import COLORS, GENEVAL_OBJECTS, TAGS, MetadataError, load_metadata
-from blip3o_rl.scripts.policy_args import PolicyArgsError
+from blip3o_rl.scripts.policy_args import GenerationArgsError, add_generation_arguments
 
 
 class UsageError(ValueError):
@@ -31,7 +31,7 @@ def _report_errors(fn):
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except (UsageError, PolicyArgsError, MetadataError, FileExistsError) as exc:
+        except (UsageError, GenerationArgsError, MetadataError, FileExistsError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
@@ -97,9 +97,10 @@ def add_scorer_options(parser: argparse.ArgumentParser) -> None:
         "--mmdet-reference-channel-order", action="store_true",
         help="feed mmdet RGB arrays as the reference reward server does (default: BGR, as GenEval's benchmark)",
     )  # fmt: skip
-    group.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="detector and CLIP dtype (default float32)")
-    group.add_argument("--batch-size", type=int, default=16, help="images per scoring batch")
+    group.add_argument("--device", help="detector and CLIP device: cuda, cpu, ... (default: cuda when available)")
+    group.add_argument("--scorer-dtype", choices=("float32", "bfloat16", "float16"),
+                       help="detector and CLIP dtype (default float32)")
+    group.add_argument("--scorer-batch-size", type=int, default=16, help="images per scoring batch")
     group.add_argument(
         "--detector-shortest-edge", type=int, default=800,
         help="resize images to this shortest side before detection (800 = GenEval's mmdet test resize); 0 = checkpoint's",
@@ -114,9 +115,9 @@ def build_scorer_from_args(args: argparse.Namespace):
         **models,
         detector_backend=args.detector_backend,
         device=args.device,
-        dtype=args.dtype,
-        detector_batch_size=args.batch_size,
-        clip_batch_size=max(args.batch_size, 16),
+        dtype=args.scorer_dtype,
+        detector_batch_size=args.scorer_batch_size,
+        clip_batch_size=max(args.scorer_batch_size, 16),
         detector_shortest_edge=args.detector_shortest_edge or None,
         mmdet_config=args.mmdet_config,
         mmdet_checkpoint=args.mmdet_checkpoint,
@@ -131,17 +132,13 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
         "folder layout (<out>/00000/metadata.jsonl, samples/0000.png) and score them; or score an "
         "existing folder (--images)."
     )
-    from blip3o_rl.scripts.policy_args import add_policy_arguments
-
     parser.add_argument("--images", type=Path, help="score this existing folder in GenEval's layout; no generation")
     parser.add_argument("--metadata", type=Path, help="GenEval metadata JSONL to generate for")
     parser.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt (GenEval: 4)")
     parser.add_argument("--out", type=Path, default=Path("geneval_images"),
                         help="new (or empty) folder for the images and results (default ./geneval_images)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--gen-batch-size", type=int, default=16, help="images per generation call")
     parser.add_argument("--results", type=Path, help="per-image results JSONL (default <folder>/results.jsonl)")
-    add_policy_arguments(parser)
+    add_generation_arguments(parser, runs=True)
     add_scorer_options(parser)
 
 
@@ -152,8 +149,8 @@ def _check_eval_args(args: argparse.Namespace) -> None:
     if generating:
         if args.metadata is None:
             raise UsageError("eval geneval: --metadata FILE is needed to generate images")
-        if args.images_per_prompt < 1 or args.gen_batch_size < 1:
-            raise UsageError("--images-per-prompt and --gen-batch-size must be >= 1")
+        if args.images_per_prompt < 1:
+            raise UsageError("eval geneval: --images-per-prompt must be >= 1")
         if args.out.exists() and any(args.out.iterdir()):
             raise FileExistsError(f"--out {args.out} is not empty: choose a new folder, or rescore it with --images")
 
@@ -164,7 +161,7 @@ def generate_folder(policy, sampling, rows: list[dict], out: Path, args: argpars
     from blip3o_rl.rl.generate import generate_images
 
     images = generate_images(policy, [r["prompt"] for r in rows], args.images_per_prompt, sampling,
-                             seed=args.seed, batch_size=args.gen_batch_size)
+                             seed=args.seed, batch_size=args.batch_size)
     for index, (row, imgs) in enumerate(zip(rows, images, strict=True)):
         write_prompt_folder(out, index, row, imgs)
 
@@ -172,13 +169,13 @@ def generate_folder(policy, sampling, rows: list[dict], out: Path, args: argpars
 @_report_errors
 def run_eval(args: argparse.Namespace) -> int:
     from blip3o_rl.rewards.geneval.benchmark import format_summary, score_folder
-    from blip3o_rl.scripts.policy_args import load_policy_from_args
+    from blip3o_rl.scripts.policy_args import generation_policy
 
     _check_eval_args(args)
     folder = args.images
     if folder is None:
         rows = load_metadata(args.metadata)
-        policy, sampling = load_policy_from_args(args)
+        policy, sampling = generation_policy(args, "eval geneval")
         if args.tile is None:  # the tiny world knows its own cell size
             args.tile = getattr(getattr(policy, "renderer", None), "tile", None)
         generate_folder(policy, sampling, rows, args.out, args)
@@ -186,7 +183,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"wrote {len(rows)} prompts x {args.images_per_prompt} images to {folder}")
     scorer = build_scorer_from_args(args)
     results = args.results or folder / "results.jsonl"
-    summary = score_folder(folder, scorer, results_path=results, batch_size=args.batch_size)
+    summary = score_folder(folder, scorer, results_path=results, batch_size=args.scorer_batch_size)
     print(format_summary(summary, scorer.detector.backend))
     print(f"per-image results: {results}")
     return 0

@@ -54,7 +54,7 @@ def test_eval_geneval_on_the_run_and_its_base_model(run, tmp_path, capsys):
     for source in (["--run", str(run)], ["--model", str(run / "base_model"), "--policy", "tiny"]):
         out = tmp_path / source[0].strip("-")
         argv = ["eval", "geneval", *source, "--metadata", str(EVAL_FILE), "--images-per-prompt", "2",
-                "--out", str(out), "--detector-backend", "tiny_world", "--gen-batch-size", "32"]
+                "--out", str(out), "--detector-backend", "tiny_world", "--batch-size", "32"]
         assert main(argv) == 0
         summary = json.loads((out / "results_summary.json").read_text())
         assert summary["images"] == 2 * len(rows) and summary["failed"] == 0
@@ -89,7 +89,10 @@ def test_eval_geneval_argument_errors(tmp_path, capsys):
     assert "--metadata FILE is needed" in capsys.readouterr().err
     assert main(["eval", "geneval", "--model", str(tmp_path), "--metadata", str(EVAL_FILE),
                  "--out", str(tmp_path / "o"), "--policy", "tiny", "--steps", "4"]) == 2
-    assert "--steps: only for --model with --policy blip3o_next" in capsys.readouterr().err
+    assert "eval geneval: --steps, --guidance and --diffusion-path apply to blip3o_next" in capsys.readouterr().err
+    assert main(["eval", "geneval", "--run", str(tmp_path), "--policy", "tiny", "--metadata", str(EVAL_FILE),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--run names its model and policy" in capsys.readouterr().err
 
 
 def test_data_geneval_command(tmp_path, capsys):
