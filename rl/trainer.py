@@ -189,6 +189,11 @@ class GRPOTrainer:
             with timed("reward", t):
                 scored = self.rewards(images, texts, meta)
             rewards = torch.tensor([math.nan if s is None else s for s in scored.total], dtype=torch.float32)
+            for name, out in scored.outputs.items():
+                if out.num_failed:  # excluded from the loss, counted in the metrics, and said here
+                    first = next(d for s, d in zip(out.scores, out.details, strict=True) if s is None)
+                    logger.warning("step %d: reward %r failed on %d of %d samples (first: %s)", step, name,
+                                   out.num_failed, len(out.scores), first.get("error", first))
             # 5. Advantages over the gathered rewards of all ranks (whole groups live on one rank).
             all_rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()  # [world * B]
             adv = group_advantages(all_rewards, g.num_generations, g.scale_rewards)

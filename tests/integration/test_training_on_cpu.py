@@ -84,7 +84,7 @@ def test_resume_without_checkpoint_fails_clearly(tmp_path):
         train(load_config("demo", [f"output_dir={tmp_path}", *QUIET]), resume=True)
 
 
-def test_failed_rewards_are_excluded_and_counted(tmp_path):
+def test_failed_rewards_are_excluded_counted_and_reported(tmp_path, caplog):
     f = tmp_path / "flaky.py"
     f.write_text(
         "def flaky(images, prompts, metadata):\n"
@@ -93,7 +93,9 @@ def test_failed_rewards_are_excluded_and_counted(tmp_path):
     out = tmp_path / "run"
     cfg = load_config("demo", [f"output_dir={out}", "max_steps=2", "grpo.batch_size=16", "grpo.num_generations=4",
                                f"rewards=[{{reward: '{f}:flaky'}}]", "eval.eval_every=0", *QUIET])
-    train(cfg)
+    with caplog.at_level("WARNING"):
+        train(cfg)
+    assert "failed on 4 of 16 samples" in caplog.text
     m = _metrics(out)[-1]
     assert m[f"reward/{f}:flaky/failed"] == 4.0
     assert m["samples/excluded"] == 4.0
