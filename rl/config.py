@@ -137,9 +137,7 @@ class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = 0
     max_steps: int = 100
-    # torch CPU threads for the run (torch.set_num_threads); None: torch's default. 1 suits toy models on
-    # a shared CPU, where intra-op threads mostly wait on each other (docs/benchmarks.md, "OCR demo").
-    torch_num_threads: int | None = None
+    num_threads: int | None = None  # torch intra-op CPU threads (None: torch's default)
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -376,7 +374,7 @@ def validate(cfg: TrainConfig, source: str) -> None:
           "must be constant, cosine or linear")
     check(o.learning_rate > 0, "optim.learning_rate", "must be > 0")
     check(cfg.max_steps >= 1, "max_steps", "must be >= 1")
-    check(cfg.torch_num_threads is None or cfg.torch_num_threads >= 1, "torch_num_threads", "must be >= 1 or null")
+    check(cfg.num_threads is None or cfg.num_threads >= 1, "num_threads", "must be >= 1 (or null)")
     check(len(cfg.rewards) > 0, "rewards", "at least one reward is needed")
     check(cfg.data.train_file is not None, "data.train_file", "a prompt file is needed")
     names = [s.log_name for s in cfg.rewards]

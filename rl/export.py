@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from safetensors.torch import load_file
 
-from blip3o_rl.policies import DTYPES, load_policy
+from blip3o_rl.policies import DTYPES, ImageTokenPolicy, load_policy
 from blip3o_rl.rl.checkpoint import latest_checkpoint
 from blip3o_rl.rl.config import TrainConfig, config_from_dict
 from blip3o_rl.rl.finetune import FinetuneSetup
@@ -52,6 +52,36 @@ def find_checkpoint(run_dir: Path, name: str | None = None) -> Path:
     raise FileNotFoundError(f"checkpoint {name!r} not found in {root} (found: {', '.join(found) or 'none'})")
 
 
+def load_run_policy(
+    run_dir: str | Path, checkpoint: str | None = None, base_model: str | Path | None = None
+) -> tuple[ImageTokenPolicy, Path, Path]:
+    """The run's policy in float32 with a checkpoint's weights applied: ``(policy, checkpoint, base)``.
+
+    A LoRA adapter is merged into the base weights (in float32); full fine-tuning weights replace
+    them. ``checkpoint`` and ``base_model`` as in `export_run`.
+    """
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    m = cfg.model
+    base = Path(base_model) if base_model is not None else _base_model(cfg, run_dir)
+    ckpt = find_checkpoint(run_dir, checkpoint)
+    weights_file = ckpt / "weights.safetensors"
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"{weights_file} is missing: incomplete checkpoint")
+
+    policy = load_policy(m.policy, base, "float32", **m.policy_kwargs)
+    weights = load_file(weights_file)
+    if m.finetune == "lora":
+        setup = FinetuneSetup(
+            policy, dataclasses.replace(m, gradient_checkpointing=False), need_reference=False
+        )
+        setup.load_trainable_state_dict(weights)
+        policy.model = setup.peft_model.merge_and_unload()
+    else:
+        policy.model.load_state_dict(weights, strict=True)
+    return policy, ckpt, base
+
+
 def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -67,30 +97,14 @@ def export_run(
     run_dir, out = Path(run_dir), Path(out_dir)
     if out.exists() and any(out.iterdir()):  # checked before the (slow) model load
         raise FileExistsError(f"export folder {out} is not empty: choose a new folder or remove it")
-    cfg = read_run_config(run_dir)
-    m = cfg.model
-    base = Path(base_model) if base_model is not None else _base_model(cfg, run_dir)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    ckpt = find_checkpoint(run_dir, checkpoint)
-    weights_file = ckpt / "weights.safetensors"
-    if not weights_file.is_file():
-        raise FileNotFoundError(f"{weights_file} is missing: incomplete checkpoint")
-
-    policy = load_policy(m.policy, base, "float32", **m.policy_kwargs)
+    m = read_run_config(run_dir).model
+    policy, ckpt, base = load_run_policy(run_dir, checkpoint, base_model)
     if not hasattr(policy, "save_pretrained"):
         raise TypeError(
             f"policy {m.policy!r} ({type(policy).__name__}) has no save_pretrained: cannot export it"
         )
-    weights = load_file(weights_file)
-    if m.finetune == "lora":
-        setup = FinetuneSetup(
-            policy, dataclasses.replace(m, gradient_checkpointing=False), need_reference=False
-        )
-        setup.load_trainable_state_dict(weights)
-        policy.model = setup.peft_model.merge_and_unload()
-    else:
-        policy.model.load_state_dict(weights, strict=True)
     policy.model.to(DTYPES[dtype or m.dtype])
     policy.save_pretrained(out)
     info = {

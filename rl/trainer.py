@@ -61,11 +61,18 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ setup
     def setup(self, resume: str | bool | None = None) -> None:
         cfg = self.cfg
-        if cfg.torch_num_threads is not None:
-            torch.set_num_threads(cfg.torch_num_threads)
         self.acc = Accelerator()
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        if self.world > 1:
+            # Rewards, advantages and data are already rank-aware, but gradients are not yet all-reduced:
+            # refuse rather than train N diverging copies.
+            raise NotImplementedError(
+                f"multi-process training ({self.world} processes) is not supported yet: gradients are not "
+                "synchronised across processes. Run a single process (see README, 'What runs where')."
+            )
         self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed + self.rank)
 
         self.policy = load_policy(cfg.model.policy, self._model_path(), cfg.model.dtype, **cfg.model.policy_kwargs)
@@ -170,6 +177,11 @@ class GRPOTrainer:
                 model.eval()
                 ro = self.engine.generate(self.policy, prompts, g.num_generations, self.sampling, self.generator,
                                           return_hidden=self.policy.needs_hidden_states)
+            old = None
+            if self.policy.needs_hidden_states and ro.hidden_states is None:
+                # An engine without hidden states (e.g. vLLM): one no-grad forward gives them and π_old.
+                with timed("hidden_states", t):
+                    old, ro.hidden_states = self._no_grad_pass(self.policy, ro, return_hidden=True)
             # 3. Decode to images.
             with timed("decode", t):
                 images = self.policy.decode(ro.codes, ro.hidden_states)
@@ -177,6 +189,11 @@ class GRPOTrainer:
             with timed("reward", t):
                 scored = self.rewards(images, texts, meta)
             rewards = torch.tensor([math.nan if s is None else s for s in scored.total], dtype=torch.float32)
+            for name, out in scored.outputs.items():
+                if out.num_failed:  # excluded from the loss, counted in the metrics, and said here
+                    first = next(d for s, d in zip(out.scores, out.details, strict=True) if s is None)
+                    logger.warning("step %d: reward %r failed on %d of %d samples (first: %s)", step, name,
+                                   out.num_failed, len(out.scores), first.get("error", first))
             # 5. Advantages over the gathered rewards of all ranks (whole groups live on one rank).
             all_rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()  # [world * B]
             adv = group_advantages(all_rewards, g.num_generations, g.scale_rewards)
@@ -184,9 +201,15 @@ class GRPOTrainer:
             adv = adv[self.rank * b : (self.rank + 1) * b].to(self.acc.device)  # [B]
             mask = (~torch.isnan(rewards)).to(self.acc.device)  # [B]
             global_valid = int(self.acc.gather(mask.sum()[None]).sum()) * ro.codes.shape[1]
-            # 6. π_old (μ > 1) and π_ref (β > 0), without grad.
+            # 6. π_old (μ > 1; the trainer's forward, never the engine's log-probs) and π_ref (β > 0).
             with timed("reference", t):
-                old, ref = self._fixed_logprobs(ro)
+                if g.num_iterations > 1 and old is None:
+                    old, _ = self._no_grad_pass(self.policy, ro)
+                ref = None
+                if g.beta > 0:
+                    with self.finetune.reference() as ref_policy:
+                        ref, _ = self._no_grad_pass(ref_policy, ro)
+            old = old if g.num_iterations > 1 else None  # at μ = 1, π_old is the current forward, detached
             # 7. μ optimizer passes over the batch, accumulating over micro-batches.
             with timed("update", t):
                 upd = self._update(ro, adv, mask, old, ref, global_valid)
@@ -194,28 +217,24 @@ class GRPOTrainer:
         metrics = {**t, **upd, **self._reward_metrics(scored, rewards, all_rewards, adv, mask)}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         if self.acc.is_main_process and cfg.logging.image_every and step % cfg.logging.image_every == 0:
-            self._log_samples(step, images, texts, rewards)
+            self._log_samples(step, images, texts, rewards, scored)
         return metrics
 
     def _micro_batches(self, n: int) -> list[slice]:
         mb = self.cfg.grpo.micro_batch_size
         return [slice(s, min(s + mb, n)) for s in range(0, n, mb)]
 
-    def _forward(self, policy, ro: Rollout, sl: slice):
+    def _forward(self, policy, ro: Rollout, sl: slice, return_hidden: bool = False):
         r = self.cfg.rollout
         return sequence_logprobs(policy, ro.prompts.slice(sl), ro.codes[sl], r.temperature, r.top_k, r.top_p,
-                                 chunk_size=r.logprob_chunk_size)
+                                 return_hidden=return_hidden, chunk_size=r.logprob_chunk_size)
 
     @torch.no_grad()
-    def _fixed_logprobs(self, ro: Rollout) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        g, n = self.cfg.grpo, ro.codes.shape[0]
-        old = ref = None
-        if g.num_iterations > 1:
-            old = torch.cat([self._forward(self.policy, ro, sl).logprobs for sl in self._micro_batches(n)])
-        if g.beta > 0:
-            with self.finetune.reference() as ref_policy:
-                ref = torch.cat([self._forward(ref_policy, ro, sl).logprobs for sl in self._micro_batches(n)])
-        return old, ref
+    def _no_grad_pass(self, policy, ro: Rollout, return_hidden: bool = False):
+        """Log-probs ``[B, N]`` (and hidden states ``[B, N + 1, H]``) of the rollout under ``policy``."""
+        outs = [self._forward(policy, ro, sl, return_hidden) for sl in self._micro_batches(ro.codes.shape[0])]
+        hidden = torch.cat([o.hidden_states for o in outs]) if return_hidden else None
+        return torch.cat([o.logprobs for o in outs]), hidden
 
     def _update(self, ro: Rollout, adv, mask, old, ref, global_valid: int) -> dict[str, float]:
         g, o = self.cfg.grpo, self.cfg.optim
@@ -277,16 +296,17 @@ class GRPOTrainer:
         m["advantage/abs_max"] = float(a.abs().max()) if a.numel() else 0.0
         return m
 
-    def _log_samples(self, step, images, texts, rewards) -> None:
+    def _log_samples(self, step, images, texts, rewards, scored) -> None:
         g, k = self.cfg.grpo.num_generations, self.cfg.logging.num_images
-        rows = max(1, k // g)
+        rows = max(1, min(k // g, len(images) // g))
         shown = images[: rows * g]
         labels = [texts[r * g] for r in range(rows)]
         self.log.log_images(step, image_grid(shown, g, labels))
         with (self.out / "samples" / f"step_{step:06d}.jsonl").open("w") as f:
             for i in range(len(shown)):
-                f.write(json.dumps({"prompt": texts[i], "reward": None if math.isnan(rewards[i]) else float(rewards[i])})
-                        + "\n")
+                row = {"prompt": texts[i], "reward": None if math.isnan(rewards[i]) else float(rewards[i]),
+                       "rewards": {n: {"score": o.scores[i], **o.details[i]} for n, o in scored.outputs.items()}}
+                f.write(json.dumps(row, default=str) + "\n")
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

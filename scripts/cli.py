@@ -7,6 +7,8 @@
     blip3o-rl make-tiny-world OUT_DIR                      # write a random tiny-world model folder
     blip3o-rl generate --model PATH --prompt "a red cube"  # text-to-image (BLIP3o-NEXT by default)
     blip3o-rl export --run runs/my_run --out exported/     # a run's checkpoint as a standalone model
+    blip3o-rl eval geneval --model PATH --metadata FILE    # generate and score GenEval (or --images DIR)
+    blip3o-rl data geneval --out FILE --n 100              # write GenEval-format training prompts
     blip3o-rl eval ocr --model PATH --prompts test.txt     # OCR accuracy of a model on OCR prompts
 """
 
@@ -19,6 +21,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from blip3o_rl.scripts.policy_args import add_generation_arguments
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -59,50 +63,14 @@ def _usage_error(message: str) -> int:
     return 2
 
 
-class UsageError(ValueError):
-    """A bad combination of command-line options: ``main`` prints it and exits with status 2."""
-
-
 def _generation_policy(args: argparse.Namespace, command: str):
-    """The policy and `SamplingParams` that ``generate`` and ``eval`` build from their shared options
-    (`_add_generation_arguments`); raises `UsageError` for bad options or a folder that is no checkpoint."""
-    import torch
+    """``(policy, sampling)`` from the shared generation options; an `int` exit status after a usage error."""
+    from blip3o_rl.scripts.policy_args import GenerationArgsError, generation_policy
 
-    from blip3o_rl.policies import load_policy
-    from blip3o_rl.policies.blip3o_next import Blip3oConfigError, CheckpointError
-    from blip3o_rl.rl.rollout import SamplingParams
-
-    if min(args.batch_size, 1 if args.steps is None else args.steps) < 1:
-        raise UsageError(f"{command}: --batch-size and --steps must be >= 1")
-    kwargs: dict = {}
-    if args.policy == "blip3o_next":
-        from blip3o_rl.policies.blip3o_next import (
-            INFERENCE_TEMPERATURE,
-            INFERENCE_TOP_K,
-            INFERENCE_TOP_P,
-            DecodeSettings,
-        )
-
-        defaults = (INFERENCE_TEMPERATURE, INFERENCE_TOP_K, INFERENCE_TOP_P)
-        settings = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
-        kwargs["decode_settings"] = DecodeSettings(**{k: v for k, v in settings.items() if v is not None})
-        if args.diffusion_path is not None:
-            kwargs["diffusion_path"] = args.diffusion_path
-    else:
-        if args.steps is not None or args.guidance is not None or args.diffusion_path is not None:
-            raise UsageError(f"{command}: --steps, --guidance and --diffusion-path apply to blip3o_next, "
-                             f"not to {args.policy!r}")
-        defaults = (1.0, 0, 1.0)
-    temperature, top_k, top_p = (d if v is None else v for v, d in
-                                 zip((args.temperature, args.top_k, args.top_p), defaults, strict=True))
-    dtype = args.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
     try:
-        policy = load_policy(args.policy, args.model, dtype, **kwargs)
-    except (Blip3oConfigError, CheckpointError) as exc:  # a folder that is not a usable checkpoint
-        raise UsageError(str(exc)) from None
-    if torch.cuda.is_available():
-        policy.model.to("cuda")
-    return policy, SamplingParams(temperature, top_k, top_p)
+        return generation_policy(args, command)
+    except GenerationArgsError as exc:
+        return _usage_error(str(exc))
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -116,7 +84,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         return _usage_error("generate: give at least one --prompt or a --prompts-file")
     if args.num_images < 1:
         return _usage_error("generate: --num-images must be >= 1")
-    policy, sampling = _generation_policy(args, "generate")
+    loaded = _generation_policy(args, "generate")
+    if isinstance(loaded, int):
+        return loaded
+    policy, sampling = loaded
     images = generate_images(policy, prompts, args.num_images, sampling, seed=args.seed, batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,23 +113,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_generation_arguments(p: argparse.ArgumentParser) -> None:
-    """Model, sampling and decode options shared by the commands that generate images."""
-    p.add_argument("--model", required=True, help="model folder (e.g. BLIP3o-NEXT-SFT-3B or an export)")
-    p.add_argument("--policy", default="blip3o_next", help="policy kind: blip3o_next (default), tiny, or "
-                   "package.module:Class")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16, help="images per sampling call")
-    p.add_argument("--temperature", type=float, help="AR sampling temperature (BLIP3o-NEXT default 1.0)")
-    p.add_argument("--top-k", type=int, help="0 disables (BLIP3o-NEXT default 1200, the official inference value)")
-    p.add_argument("--top-p", type=float, help="1 disables (BLIP3o-NEXT default 0.95)")
-    p.add_argument("--steps", type=int, help="diffusion decode steps (BLIP3o-NEXT default 30)")
-    p.add_argument("--guidance", type=float, help="decode CFG scale (BLIP3o-NEXT default 2.0)")
-    p.add_argument("--diffusion-path", help="local SANA diffusers folder (default: the config's)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="default: bfloat16 on GPU, float32 on CPU")
-
-
 # ---------------------------------------------------------------- blip3o-rl eval <benchmark>
 
 
@@ -167,13 +121,16 @@ def _cmd_eval_ocr(args: argparse.Namespace) -> int:
     from blip3o_rl.scripts.eval_ocr import engine_kwargs, evaluate_policy
 
     if min(args.images_per_prompt, 1 if args.max_prompts is None else args.max_prompts) < 1:
-        raise UsageError("eval ocr: --images-per-prompt and --max-prompts must be >= 1")
+        return _usage_error("eval ocr: --images-per-prompt and --max-prompts must be >= 1")
     try:
         rows = load_ocr_prompts(args.prompts)[: args.max_prompts]
         kwargs = engine_kwargs(args)
     except ValueError as exc:  # a bad prompt line (OCRPromptError) or --engine-param
-        raise UsageError(f"eval ocr: {exc}") from None
-    policy, sampling = _generation_policy(args, "eval ocr")
+        return _usage_error(f"eval ocr: {exc}")
+    loaded = _generation_policy(args, "eval ocr")
+    if isinstance(loaded, int):
+        return loaded
+    policy, sampling = loaded
     reward = OCRReward(args.engine, **kwargs)
     summary = evaluate_policy(
         policy, reward, rows, args.out, images_per_prompt=args.images_per_prompt, sampling=sampling,
@@ -189,12 +146,9 @@ def _cmd_eval_ocr(args: argparse.Namespace) -> int:
     return 0 if summary["num_scored"] else 1
 
 
-def _add_eval_commands(sub) -> None:
-    """``blip3o-rl eval <benchmark>``: generate with a model folder and score with a benchmark reward."""
+def _add_eval_ocr(benchmarks) -> None:
+    """``blip3o-rl eval ocr``: generate with a model folder and score with the OCR reward."""
     from blip3o_rl.scripts.eval_ocr import add_engine_arguments
-
-    group = sub.add_parser("eval", help="generate images with a model and score them on a benchmark")
-    benchmarks = group.add_subparsers(dest="benchmark", required=True)
 
     p = benchmarks.add_parser("ocr", help="text rendering: mean OCR reward ('OCR accuracy') and exact-match rate",
                               description="Generates images for OCR prompts (the text to render in double "
@@ -204,7 +158,7 @@ def _add_eval_commands(sub) -> None:
     p.add_argument("--images-per-prompt", type=int, default=1)
     p.add_argument("--max-prompts", type=int, help="only the first K prompts")
     p.add_argument("--out", default="eval_ocr", help="output folder")
-    _add_generation_arguments(p)
+    add_generation_arguments(p)
     add_engine_arguments(p)
     p.set_defaults(fn=_cmd_eval_ocr)
 
@@ -240,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-file", help="prompt file: .jsonl rows with 'prompt', or one prompt per line")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
     p.add_argument("--out", default="generated", help="output folder")
-    _add_generation_arguments(p)
+    add_generation_arguments(p)
     p.set_defaults(fn=_cmd_generate)
 
     p = sub.add_parser("export", help="merge a run's checkpoint into its base model and save a model folder")
@@ -252,8 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the saved language-model weights (default: the run's model.dtype)")
     p.set_defaults(fn=_cmd_export)
 
-    _add_eval_commands(sub)
+    _add_benchmark_commands(sub)
     return parser
+
+
+def _add_benchmark_commands(sub) -> None:
+    """``eval <benchmark>`` and ``data <benchmark>`` groups; each benchmark module mounts its own parsers."""
+    from blip3o_rl.scripts import cmd_geneval
+
+    evals = sub.add_parser("eval", help="generate and score a benchmark").add_subparsers(dest="benchmark", required=True)
+    data = sub.add_parser("data", help="write benchmark-format prompt files").add_subparsers(dest="benchmark", required=True)
+    p = evals.add_parser("geneval", help="GenEval: generate images with a policy and score them")
+    cmd_geneval.configure_eval(p)
+    p.set_defaults(fn=cmd_geneval.run_eval)
+    _add_eval_ocr(evals)
+    p = data.add_parser("geneval", help="GenEval-format training prompts for the six tasks")
+    cmd_geneval.configure_data(p)
+    p.set_defaults(fn=cmd_geneval.run_data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (ConfigError, PromptFileError, FileNotFoundError, UsageError) as exc:
+    except (ConfigError, PromptFileError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

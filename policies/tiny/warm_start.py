@@ -60,9 +60,11 @@ def warm_start(
 # row = {"prompt": ..., **metadata} is the prompt file's row.
 WARM_START_TARGETS: dict[str, str] = {
     "layout": "blip3o_rl.policies.tiny.layout:layout_target_codes",
+    "geneval": "blip3o_rl.policies.tiny.geneval:geneval_target_codes",
     "glyphs": "blip3o_rl.policies.tiny.signs:glyph_target_codes",
 }
-WORLD_KEYS = ("seed", "grid", "tile", "hidden_size", "num_layers", "extra_words", "renderer", "renderer_spec")
+WORLD_KEYS = ("seed", "grid", "tile", "hidden_size", "num_layers", "extra_words", "renderer", "renderer_spec",
+              "initializer_range")
 WARM_KEYS = ("sft_steps", "sft_accuracy", "sft_targets", "sft_learning_rate")
 
 

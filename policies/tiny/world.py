@@ -81,7 +81,8 @@ class PaletteRenderer:
 # `render(codes [B, rows, cols]) -> uint8 [B, H, W, 3]` and a static `default_spec()`.
 RENDERERS: dict[str, str] = {
     "palette": "blip3o_rl.policies.tiny.world:PaletteRenderer",
-    "glyphs": "blip3o_rl.policies.tiny.glyphs:GlyphRenderer",
+    "objects": "blip3o_rl.policies.tiny.objects:ObjectsRenderer",  # GenEval-style sprites
+    "glyphs": "blip3o_rl.policies.tiny.glyphs:GlyphRenderer",  # letters, for the OCR task
 }
 
 
@@ -138,17 +139,21 @@ def make_tiny_world(
     extra_words: list[str] = (),
     renderer: str = "palette",
     renderer_spec: dict[str, Any] | None = None,
+    initializer_range: float = 0.02,
 ) -> Path:
     """Write a random-initialised tiny world model folder (``save_pretrained`` format) to ``out_dir``.
 
     ``grid`` is an int (a square image) or ``[rows, cols]``; ``renderer`` names an entry of `RENDERERS`;
     ``renderer_spec`` (default: the renderer's ``default_spec()``) is stored in ``config.json`` under
     ``tiny_world`` and fixes the codebook size.
+    ``initializer_range`` is the std of the random weights: at Hugging Face's 0.02 a 64-wide model's
+    attention starts almost uniform, so the prompt barely reaches the image positions; ~0.1 gives the
+    random model prompt-dependent features that training can pick up much sooner.
     """
     out = Path(out_dir)
     if renderer not in RENDERERS:
         raise ValueError(f"unknown tiny-world renderer {renderer!r}; known: {sorted(RENDERERS)}")
-    grid_shape(grid)  # fail early on a malformed grid
+    rows, cols = grid_shape(grid)  # fails early on a malformed grid
     world = {"renderer": renderer, "grid": grid if isinstance(grid, int) else list(grid), "tile": tile}
     module, _, attr = RENDERERS[renderer].partition(":")
     world.update(renderer_spec or getattr(importlib.import_module(module), attr).default_spec())
@@ -163,7 +168,8 @@ def make_tiny_world(
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=hidden_size // 4,
-        max_position_embeddings=512,
+        max_position_embeddings=max(512, rows * cols + 256),
+        initializer_range=initializer_range,
         tie_word_embeddings=True,
         pad_token_id=tok.pad_token_id,
         eos_token_id=ids("<|im_end|>"),

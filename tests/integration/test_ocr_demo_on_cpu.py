@@ -22,7 +22,7 @@ def _metrics(out) -> list[dict]:
 def test_short_run_scores_with_the_real_ocr_engine(tmp_path, monkeypatch):
     """A few small steps: every sample is scored by OCR (none failed), metrics are finite, eval is logged."""
     threads = []
-    monkeypatch.setattr(torch, "set_num_threads", threads.append)  # the recipe's torch_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)  # the recipe's num_threads
     out = tmp_path / "run"
     cfg = load_config("demo_ocr", [
         f"output_dir={out}", "max_steps=2", "model.tiny_world.sft_steps=10", "grpo.num_generations=4",

@@ -84,7 +84,7 @@ def test_resume_without_checkpoint_fails_clearly(tmp_path):
         train(load_config("demo", [f"output_dir={tmp_path}", *QUIET]), resume=True)
 
 
-def test_failed_rewards_are_excluded_and_counted(tmp_path):
+def test_failed_rewards_are_excluded_counted_and_reported(tmp_path, caplog):
     f = tmp_path / "flaky.py"
     f.write_text(
         "def flaky(images, prompts, metadata):\n"
@@ -93,10 +93,34 @@ def test_failed_rewards_are_excluded_and_counted(tmp_path):
     out = tmp_path / "run"
     cfg = load_config("demo", [f"output_dir={out}", "max_steps=2", "grpo.batch_size=16", "grpo.num_generations=4",
                                f"rewards=[{{reward: '{f}:flaky'}}]", "eval.eval_every=0", *QUIET])
-    train(cfg)
+    with caplog.at_level("WARNING"):
+        train(cfg)
+    assert "failed on 4 of 16 samples" in caplog.text
     m = _metrics(out)[-1]
     assert m[f"reward/{f}:flaky/failed"] == 4.0
     assert m["samples/excluded"] == 4.0
     # the failed samples are not scored 0: the mean is over the 12 valid scores
     valid = [float(i % 3) for i in range(16) if i % 4]
     assert m["reward/mean"] == pytest.approx(sum(valid) / len(valid))
+
+
+def test_grad_norm_clipping_is_applied(tmp_path):
+    """Clipping to 1e-12 leaves Adam steps ~1e-6 of the unclipped size (eps 1e-8 dominates the tiny grads);
+    the logged grad_norm is the norm before clipping, so it is the same in both runs."""
+
+    def one_step(name, max_norm):
+        cfg = load_config("demo", [f"output_dir={tmp_path / name}", "max_steps=1", "model.tiny_world.sft_steps=0",
+                                   f"optim.max_grad_norm={max_norm}", "eval.eval_every=0", *QUIET])
+        trainer = GRPOTrainer(cfg)
+        trainer.setup()
+        before = [p.detach().clone() for p in trainer.params]
+        metrics = trainer.step(1)
+        delta = max((p - b).abs().max().item() for p, b in zip(trainer.params, before, strict=True))
+        trainer.cleanup()
+        return delta, metrics["grad_norm"]
+
+    free, norm_free = one_step("free", "null")
+    clipped, norm_clipped = one_step("clipped", "1e-12")
+    assert norm_free == pytest.approx(norm_clipped) and norm_free > 1e-6
+    assert free > 1e-4
+    assert clipped < free * 1e-3

@@ -169,3 +169,37 @@ def test_export_errors_name_the_problem(trained, tmp_path, capsys):
     assert "step_000002" in capsys.readouterr().err  # lists the checkpoints there are
     assert main(["export", "--run", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
     assert "config.yaml" in capsys.readouterr().err
+
+
+def test_engine_without_hidden_states_gets_them_from_one_trainer_forward(tiny_blip3o_next, tmp_path):
+    """An engine like vLLM returns codes but no hidden states: the trainer's one no-grad forward
+    supplies them, equal to what the KV-cache engine collects while sampling."""
+    from blip3o_rl.rl.rollout import KVCacheEngine
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    overrides = tiny_overrides(tmp_path / "run", tiny_blip3o_next, prompts, "float32")
+    trainer = GRPOTrainer(load_config(str(CONFIGS / RECIPES["lora"]), [*overrides, "max_steps=1"]))
+    trainer.setup()
+    collected, decoded = [], []
+
+    class CodesOnlyEngine:
+        def generate(self, *args, **kwargs):
+            ro = KVCacheEngine().generate(*args, **kwargs)
+            collected.append(ro.hidden_states)
+            ro.hidden_states = None
+            return ro
+
+    real_decode = trainer.policy.decode
+
+    def spy_decode(codes, hidden_states=None, **kw):
+        decoded.append(hidden_states)
+        return real_decode(codes, hidden_states, **kw)
+
+    trainer.engine = CodesOnlyEngine()
+    trainer.policy.decode = spy_decode
+    metrics = trainer.step(1)
+    trainer.cleanup()
+    assert "time/hidden_states" in metrics and math.isfinite(metrics["loss"])
+    assert decoded[0] is not None
+    torch.testing.assert_close(decoded[0], collected[0], atol=1e-5, rtol=0)

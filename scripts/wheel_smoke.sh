@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds the wheel, installs it into a fresh virtual environment (with its dependencies, torch pinned by
+# constraints.txt), then imports every module and runs the CLI from outside the repository.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-python3}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+"$python" -m build --wheel --outdir "$work/dist" "$repo" >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
+wheel=$(ls "$work"/dist/*.whl)
+"$python" -m venv "$work/venv"
+# shellcheck disable=SC2086
+"$work/venv/bin/python" -m pip install -q ${TORCH_PIP_ARGS:-} -c "$repo/constraints.txt" torch==2.13.0
+"$work/venv/bin/python" -m pip install -q -c "$repo/constraints.txt" "$wheel"
+
+cd "$work"  # nowhere near the repository: only the installed package can be imported
+"$work/venv/bin/python" - "$wheel" <<'PY'
+import importlib, pkgutil, sys, zipfile
+import blip3o_rl
+names = sorted({m.name for p in blip3o_rl.__path__ for m in pkgutil.walk_packages([p], "blip3o_rl.")})
+for name in names:
+    mod = importlib.import_module(name)
+    assert "/site-packages/" in (mod.__file__ or ""), f"{name} imported from {mod.__file__}"
+recipes = [n for n in zipfile.ZipFile(sys.argv[1]).namelist() if n.startswith("blip3o_rl/configs/")]
+assert any(n.endswith("demo.yaml") for n in recipes) and any(n.endswith(".jsonl") for n in recipes), recipes
+print(f"wheel smoke: imported {len(names)} modules from site-packages; {len(recipes)} packaged recipe files")
+PY
+"$work/venv/bin/blip3o-rl" --help >/dev/null
+"$work/venv/bin/blip3o-rl" config demo max_steps=2 >/dev/null
+"$work/venv/bin/blip3o-rl" train demo max_steps=2 output_dir="$work/run" model.tiny_world.sft_steps=2 \
+    eval.eval_every=0 logging.progress_bar=false >"$work/train.log" 2>&1 || { cat "$work/train.log"; exit 1; }
+test -s "$work/run/metrics.jsonl" && test -s "$work/run/reward_curve.png"
+echo "wheel smoke: 'blip3o-rl train demo' ran 2 steps from the installed wheel"
