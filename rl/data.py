@@ -58,6 +58,14 @@ def load_prompts(path: str | Path) -> list[PromptRow]:
     return rows
 
 
+def write_prompt_splits(out_dir: str | Path, stem: str, train: list[dict], held_out: list[dict]) -> None:
+    """Write ``<stem>_train.jsonl`` and ``<stem>_eval.jsonl`` (rows with ``prompt`` + metadata) in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", train), ("eval", held_out)):
+        (out / f"{stem}_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 class PromptSampler:
     """Yields ``prompts_per_step`` rows per step for this rank, epoch after epoch.
 

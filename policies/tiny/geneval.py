@@ -8,13 +8,13 @@ start (``model.tiny_world.sft_targets: geneval``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from blip3o_rl.policies.tiny.objects import DEFAULT_CLASSES, DEFAULT_COLOURS, object_code
 from blip3o_rl.rewards.geneval.rules import relative_position
+from blip3o_rl.rl.data import write_prompt_splits
 
 
 def geneval_prompts(seed: int = 0, eval_fraction: float = 0.25) -> tuple[list[dict], list[dict]]:
@@ -35,11 +35,7 @@ def prompt_words(rows: list[dict]) -> list[str]:
 
 def write_geneval_prompts(out_dir: str | Path, seed: int = 0) -> None:
     """Write ``tiny_geneval_train.jsonl`` and ``tiny_geneval_eval.jsonl`` (the files in configs/data)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train, held_out = geneval_prompts(seed)
-    for name, rows in (("tiny_geneval_train.jsonl", train), ("tiny_geneval_eval.jsonl", held_out)):
-        (out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_prompt_splits(out_dir, "tiny_geneval", *geneval_prompts(seed))
 
 
 def _box(tile: int, grid: int) -> list[int]:

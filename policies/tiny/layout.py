@@ -8,13 +8,13 @@ shipped in ``configs/data`` are written by `write_layout_prompts`.
 from __future__ import annotations
 
 import itertools
-import json
 import random
 from pathlib import Path
 
 import torch
 
 from blip3o_rl.policies.tiny.world import PALETTE
+from blip3o_rl.rl.data import write_prompt_splits
 
 NAMED_COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "cyan", "pink")
 
@@ -32,11 +32,7 @@ def layout_prompts(seed: int = 0, num_eval: int = 8) -> tuple[list[dict], list[d
 
 
 def write_layout_prompts(out_dir: str | Path, seed: int = 0) -> None:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train, held_out = layout_prompts(seed)
-    for name, rows in (("tiny_layout_train.jsonl", train), ("tiny_layout_eval.jsonl", held_out)):
-        (out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_prompt_splits(out_dir, "tiny_layout", *layout_prompts(seed))
 
 
 def layout_target_codes(row: dict, grid: tuple[int, int]) -> torch.Tensor:
