@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from blip3o_rl.policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBatch
+from blip3o_rl.policies.base import ImageTokenPolicy, PromptBatch
+from blip3o_rl.policies.model import ImageTokenLayout, ImageTokenLM, SamplingParams
 
 # kind -> "module:Class"; each class has `from_pretrained(path, dtype=...)`. Imported on first use.
 POLICIES: dict[str, str] = {
@@ -31,4 +32,5 @@ def load_policy(kind: str, path: str | Path, dtype: str = "float32", **kwargs) -
     return cls.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
 
 
-__all__ = ["POLICIES", "ImageTokenLayout", "ImageTokenPolicy", "PromptBatch", "load_policy"]
+__all__ = ["DTYPES", "POLICIES", "ImageTokenLM", "ImageTokenLayout", "ImageTokenPolicy", "PromptBatch",
+           "SamplingParams", "load_policy"]

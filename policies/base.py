@@ -1,12 +1,15 @@
 """What any autoregressive image-token policy provides to the trainer.
 
 A policy wraps a Hugging Face causal LM whose vocabulary contains a contiguous range of image
-tokens (BLIP3o-NEXT: ``<I0>`` … ``<I65535>``). The trainer only ever sees:
+tokens (BLIP3o-NEXT: ``<I0>`` … ``<I65535>``). The trainer and the rollout engines only ever see:
 
+- `lm`: the `ImageTokenLM` module (the one thing a distributed wrapper wraps and LoRA adapts), which
+  computes hidden states, image-row log-probs and decode steps (`policies/model.py`);
 - `prompt_batch(captions)`: left-padded prompt ids ending where the first image token is predicted;
-- `hidden_states(input_ids, attention_mask)`: last-layer hidden states after the final norm;
-- `image_logits(hidden)`: logits over the image codes only, from those rows of ``lm_head``;
-- `decode(codes, hidden)`: image codes (0-based, ``[B, N]``) → RGB images.
+- `decode(codes, hidden, generators=...)`: image codes (0-based, ``[B, N]``) → RGB images.
+
+**Device contract**: every tensor a policy returns (prompt batches included) is on `device`, the
+device of its model's parameters.
 
 Image *codes* are 0-based indices into the codebook; token ids are ``image_token_start + code``.
 """
@@ -14,23 +17,18 @@ Image *codes* are 0-based indices into the codebook; token ids are ``image_token
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
 
+from blip3o_rl.policies.model import ImageTokenLayout, ImageTokenLM, SamplingParams
 
-@dataclass(frozen=True)
-class ImageTokenLayout:
-    """Where the image tokens live in the vocabulary and how many make one image."""
-
-    image_token_start: int  # token id of code 0 (<I0>)
-    num_codes: int  # codebook size
-    tokens_per_image: int  # e.g. 729 = 27 x 27 for BLIP3o-NEXT
-
-    def to_token_ids(self, codes: torch.Tensor) -> torch.Tensor:
-        return codes + self.image_token_start
+__all__ = ["ImageTokenLM", "ImageTokenLayout", "ImageTokenPolicy", "PromptBatch", "SamplingParams"]
 
 
 @dataclass
@@ -55,58 +53,56 @@ class PromptBatch:
 class ImageTokenPolicy(ABC):
     """Adapter around a causal LM that writes images as image tokens.
 
-    ``self.model`` is the trainable ``*ForCausalLM`` (LoRA, when used, is injected into it in place).
-    Subclasses set ``model``, ``tokenizer`` and ``layout`` and implement `prompt_batch` and `decode`.
+    Subclasses set ``layout`` first, then ``model`` (the ``*ForCausalLM``; assigning it builds `lm`),
+    ``tokenizer``, and implement `tokenize_prompts` and `decode`.
     """
 
-    model: nn.Module
     layout: ImageTokenLayout
+    lm: ImageTokenLM
     #: True when `decode` reads the hidden states at the N + 1 conditioning positions (BLIP3o-NEXT).
     needs_hidden_states: bool = False
+    #: Inference sampling (``blip3o-rl generate`` and ``eval`` defaults); RL samples as the recipe says.
+    inference_sampling: SamplingParams = SamplingParams()
 
-    @abstractmethod
-    def prompt_batch(self, captions: list[str]) -> PromptBatch:
-        """Tokenise captions into left-padded prompts that end right before the first image token."""
+    @property
+    def model(self) -> nn.Module:
+        """The Hugging Face causal LM inside `lm`."""
+        return self.lm.causal_lm
 
-    @abstractmethod
-    def decode(self, codes: torch.Tensor, hidden_states: torch.Tensor | None = None) -> list[Image.Image]:
-        """Turn image codes ``[B, N]`` (and, if `needs_hidden_states`, hidden ``[B, N + 1, H]``) into images."""
+    @model.setter
+    def model(self, causal_lm: nn.Module) -> None:
+        self.lm = ImageTokenLM(causal_lm, self.layout)
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return next(self.lm.parameters()).device
 
-    def backbone(self) -> nn.Module:
-        """The transformer body (embeddings → layers → final norm) of the causal LM."""
-        return self.model.get_decoder()
+    def prompt_batch(self, captions: Sequence[str]) -> PromptBatch:
+        """Left-padded prompts for ``captions``, on `device`, ending right before the first image token."""
+        return self.tokenize_prompts(captions).to(self.device)
 
-    def hidden_states(
+    @abstractmethod
+    def tokenize_prompts(self, captions: Sequence[str]) -> PromptBatch:
+        """Tokenise captions into left-padded prompts (any device; `prompt_batch` moves them)."""
+
+    @abstractmethod
+    def decode(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        past_key_values=None,
-        position_ids: torch.Tensor | None = None,
-        use_cache: bool = False,
-    ):
-        """Run the body; returns the HF output (``last_hidden_state`` is post-final-norm)."""
-        if position_ids is None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        return self.backbone()(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-        )
+        codes: torch.Tensor,
+        hidden_states: torch.Tensor | None = None,
+        *,
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> list[Image.Image]:
+        """Turn image codes ``[B, N]`` (and, if `needs_hidden_states`, hidden ``[B, N + 1, H]``) into images.
 
-    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits over the image codes only: ``hidden [..., H] → [..., num_codes]``.
-
-        Uses just the image-token rows of ``lm_head``: the masked softmax over the allowed ids, and
-        no ``[*, vocab]`` tensor is ever built.
+        A decoder that draws noise takes it from ``generators`` (one per image), never the global RNG.
         """
-        head = self.model.get_output_embeddings()
-        start, k = self.layout.image_token_start, self.layout.num_codes
-        weight = head.weight[start : start + k]
-        bias = head.bias[start : start + k] if getattr(head, "bias", None) is not None else None
-        return nn.functional.linear(hidden.to(weight.dtype), weight, bias)
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """Parameters outside `lm` that must never reach an optimizer (e.g. a diffusion refiner)."""
+        return []
+
+    @classmethod
+    def build(cls, path: str | Path, prompts: Sequence[Any], progress: bool = True, **kwargs: Any) -> Path:
+        """Write a model folder at ``path`` for a run without ``model.name_or_path`` (optional)."""
+        raise NotImplementedError(f"{cls.__name__} cannot build a model: set model.name_or_path")

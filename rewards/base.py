@@ -20,6 +20,7 @@ import math
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -45,6 +46,21 @@ class RewardOutput:
     @property
     def num_failed(self) -> int:
         return sum(s is None for s in self.scores)
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """``<prefix>/mean``, ``/std`` (over the scored samples; NaN when none) and ``/failed`` (a count)."""
+        mean, std = _mean_std([s for s in self.scores if s is not None])
+        return {f"{prefix}/mean": mean, f"{prefix}/std": std, f"{prefix}/failed": float(self.num_failed)}
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample (Bessel) standard deviation; NaN for no values, std 0 for one."""
+    if not values:
+        return math.nan, math.nan
+    mean = math.fsum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 @runtime_checkable
@@ -173,9 +189,21 @@ class CombinedScores:
     total: list[float | None]
     outputs: dict[str, RewardOutput]
 
+    def metrics(self, prefix: str = "reward") -> dict[str, float]:
+        """``<prefix>/mean|std`` of the weighted total and ``<prefix>/<name>/mean|std|failed`` per reward."""
+        mean, std = _mean_std([s for s in self.total if s is not None])
+        out = {f"{prefix}/mean": mean, f"{prefix}/std": std}
+        for name, output in self.outputs.items():
+            out.update(output.metrics(f"{prefix}/{name}"))
+        return out
+
 
 class WeightedRewards:
-    """Several named rewards combined as ``sum(weight * score)``; a sample fails if any reward fails it."""
+    """Several named rewards combined as ``sum(weight * score)``; a sample fails if any reward fails it.
+
+    The trainer calls `submit`, which returns a future: scoring runs in the caller's thread today, and
+    can move to threads or a remote server behind the same call.
+    """
 
     def __init__(self, rewards: Sequence[tuple[str, float, Reward]]):
         if not rewards:
@@ -188,6 +216,15 @@ class WeightedRewards:
     @property
     def names(self) -> list[str]:
         return [n for n, _, _ in self.rewards]
+
+    def submit(self, images, prompts, metadata) -> Future[CombinedScores]:
+        """Score a batch; the future holds the `CombinedScores` (or the exception of a buggy reward)."""
+        future: Future[CombinedScores] = Future()
+        try:
+            future.set_result(self(images, prompts, metadata))
+        except Exception as exc:  # a reward bug (wrong length, non-number): raised by .result()
+            future.set_exception(exc)
+        return future
 
     def __call__(self, images, prompts, metadata) -> CombinedScores:
         outputs = {name: score_batch(reward, name, images, prompts, metadata) for name, _, reward in self.rewards}

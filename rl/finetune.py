@@ -23,7 +23,7 @@ class FinetuneSetup:
     def __init__(self, policy: ImageTokenPolicy, cfg: ModelConfig, need_reference: bool):
         self.policy, self.cfg = policy, cfg
         self.peft_model = None
-        self._reference: ImageTokenPolicy | None = None
+        self._reference: nn.Module | None = None
         if cfg.finetune == "lora":
             from peft import LoraConfig, get_peft_model
 
@@ -38,8 +38,7 @@ class FinetuneSetup:
             self.peft_model = get_peft_model(policy.model, lora)
         else:
             if need_reference:
-                self._reference = copy.copy(policy)
-                self._reference.model = copy.deepcopy(policy.model).requires_grad_(False).eval()
+                self._reference = copy.deepcopy(policy.lm).requires_grad_(False).eval()
             policy.model.requires_grad_(True)
         if cfg.gradient_checkpointing:
             policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -47,7 +46,7 @@ class FinetuneSetup:
                 policy.model.enable_input_require_grads()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.policy.model.parameters() if p.requires_grad]
+        return [p for p in self.policy.lm.parameters() if p.requires_grad]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint must hold to restore training: the adapter, or all policy weights."""
@@ -68,11 +67,13 @@ class FinetuneSetup:
             self.policy.model.load_state_dict(state, strict=True)
 
     @contextlib.contextmanager
-    def reference(self) -> Iterator[ImageTokenPolicy]:
-        """The reference policy, for use under ``torch.no_grad()``."""
+    def reference(self, lm: nn.Module | None = None) -> Iterator[nn.Module]:
+        """The reference `ImageTokenLM`, for use under ``torch.no_grad()``: with LoRA, ``lm`` (default: the
+        policy's; pass the trainer's wrapped module) with its adapter disabled; with full fine-tuning, the
+        frozen copy."""
         if self.peft_model is not None:
             with self.peft_model.disable_adapter():
-                yield self.policy
+                yield self.policy.lm if lm is None else lm
         elif self._reference is not None:
             yield self._reference
         else:

@@ -1,19 +1,85 @@
-"""Text-to-image generation with any policy (for `blip3o-rl generate` and the benchmarks)."""
+"""The one generate → decode loop: prompts → engine samples → (hidden states) → images.
+
+Training (`GRPOTrainer.step`), in-training evaluation, ``blip3o-rl generate``, ``eval geneval``,
+``eval ocr`` and the benchmarks all sample through `sample_and_decode`. Randomness is explicit: each
+prompt's group is sampled from its seed, and each image's decode noise (BLIP3o-NEXT's refiner) comes
+from a generator seeded from its prompt's seed and its index, never from the global RNG, so neither
+evaluation nor the batch a prompt sits in changes what it draws.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from blip3o_rl.policies.base import ImageTokenPolicy
-from blip3o_rl.rl.rollout import KVCacheEngine, RolloutEngine, SamplingParams
+from blip3o_rl.rl.engines import KVCacheEngine, Rollout, RolloutEngine, SamplingParams, stream_seed
+from blip3o_rl.rl.logprobs import score_rollout
+from blip3o_rl.rl.tracking import timed
+
+
+@dataclass
+class Generation:
+    """One batch of samples and their images; rows of one prompt's group are contiguous."""
+
+    rollout: Rollout
+    images: list[Image.Image]  # [B]
+    # [B, N] the policy's own no-grad log-probs, when its forward had to supply the hidden states
+    # (an engine without them): that is π_old under the current weights, reusable by the trainer.
+    forward_logprobs: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # time/rollout, time/hidden_states, time/decode
+
+
+def decode_generators(seeds: Sequence[int], num_generations: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per image, seeded from its prompt's seed and its index in the group."""
+    return [torch.Generator(device).manual_seed(stream_seed(s, i, "decode")) for s in seeds
+            for i in range(num_generations)]
+
+
+def sample_and_decode(
+    policy: ImageTokenPolicy,
+    engine: RolloutEngine,
+    captions: Sequence[str],
+    num_generations: int,
+    params: SamplingParams,
+    seeds: Sequence[int],
+    micro_batch_size: int = 16,
+    logprob_chunk_size: int = 128,
+) -> Generation:
+    """``num_generations`` images for each caption; ``seeds[j]`` seeds caption j's group.
+
+    ``micro_batch_size`` / ``logprob_chunk_size`` bound the memory of the policy forward that supplies
+    the hidden states when the engine does not.
+    """
+    t: dict[str, float] = {}
+    lm = policy.lm
+    was_training = lm.training
+    lm.eval()
+    try:
+        with timed("rollout", t):
+            ro = engine.generate(policy.prompt_batch(captions), num_generations, params, seeds,
+                                 return_hidden=policy.needs_hidden_states)
+        forward_logprobs = None
+        if policy.needs_hidden_states and ro.hidden_states is None:
+            with timed("hidden_states", t):
+                forward_logprobs, ro.hidden_states = score_rollout(
+                    lm, ro.prompts, ro.codes, params, micro_batch_size, logprob_chunk_size, return_hidden=True)
+        with timed("decode", t):
+            images = policy.decode(ro.codes, ro.hidden_states,
+                                   generators=decode_generators(ro.seeds, num_generations, policy.device))
+    finally:
+        lm.train(was_training)
+    return Generation(ro, images, forward_logprobs, t)
 
 
 @torch.no_grad()
 def generate_images(
     policy: ImageTokenPolicy,
-    prompts: list[str],
+    prompts: Sequence[str],
     images_per_prompt: int = 1,
     sampling: SamplingParams | None = None,
     seed: int = 0,
@@ -23,21 +89,18 @@ def generate_images(
 ) -> list[list[Image.Image]]:
     """``images_per_prompt`` images for each prompt (outer list follows ``prompts``).
 
-    Runs ``batch_size`` images per engine call; a fixed ``seed`` gives the same images again.
+    Runs about ``batch_size`` images per engine call; prompt i is seeded by ``(seed, i)``, so its images
+    do not depend on ``batch_size`` or on the other prompts.
     """
-    engine, sampling = engine or KVCacheEngine(), sampling or SamplingParams()
-    gen = torch.Generator(policy.device).manual_seed(seed)
-    policy.model.eval()
+    if engine is None:
+        engine = KVCacheEngine()
+        engine.setup(policy)
+    sampling = sampling or policy.inference_sampling
     per_call = max(1, batch_size // images_per_prompt)
     out: list[list[Image.Image]] = []
-    # Decoders that draw noise from the global RNG (BLIP3o-NEXT's diffusion refiner) repeat for a fixed
-    # seed too; the caller's RNG state is restored afterwards.
-    with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for s in tqdm(range(0, len(prompts), per_call), desc="generate", disable=not progress, unit="batch"):
-            chunk = prompts[s : s + per_call]
-            ro = engine.generate(policy, policy.prompt_batch(chunk), images_per_prompt, sampling, gen,
-                                 return_hidden=policy.needs_hidden_states)
-            images = policy.decode(ro.codes, ro.hidden_states)
-            out += [images[i * images_per_prompt : (i + 1) * images_per_prompt] for i in range(len(chunk))]
+    for s in tqdm(range(0, len(prompts), per_call), desc="generate", disable=not progress, unit="batch"):
+        chunk = list(prompts[s : s + per_call])
+        seeds = [stream_seed(seed, "generate", s + j) for j in range(len(chunk))]
+        images = sample_and_decode(policy, engine, chunk, images_per_prompt, sampling, seeds).images
+        out += [images[i * images_per_prompt : (i + 1) * images_per_prompt] for i in range(len(chunk))]
     return out

@@ -1,35 +1,27 @@
 """The trainer's forward: log-probs of sampled image codes, entropy, and conditioning hidden states.
 
-One forward over ``prompt + codes`` gives everything the step needs:
-
-- hidden at positions ``P-1 … P+N-2`` predict codes ``0 … N-1`` → log-probs and entropy;
-- hidden at positions ``P-1 … P+N-1`` (the last prompt token, e.g. BLIP3o-NEXT's ``<S0>``, and the N
-  image tokens) are the N + 1 conditioning states a diffusion decoder reads.
-
-Logits are built from the image rows of ``lm_head`` chunk by chunk over positions, each chunk under
-activation checkpointing, so no ``[B, N, num_codes]`` tensor is ever kept for backward.
+One score call of the policy's `ImageTokenLM` over ``prompt + codes`` gives everything the step needs
+(`policies/model.py` does the forward, chunked over positions under activation checkpointing); this
+module supplies the distribution it scores under: `rl/sampling.py`'s `process_logits`, the very one the
+rollout engine samples from.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 
 import torch
-from torch.utils.checkpoint import checkpoint
+from torch import nn
 
-from blip3o_rl.policies.base import ImageTokenPolicy, PromptBatch
+from blip3o_rl.policies.base import PromptBatch, SamplingParams
+from blip3o_rl.policies.model import ScoredCodes
 from blip3o_rl.rl.sampling import process_logits
 
 
-@dataclass
-class SequenceLogprobs:
-    logprobs: torch.Tensor  # [B, N] log-prob of each sampled code (grad flows when enabled)
-    entropy: torch.Tensor  # [B, N] entropy of the sampling distribution at each position (detached)
-    hidden_states: torch.Tensor | None  # [B, N + 1, H] conditioning states (detached), if requested
-
-
-def _chunk_logprobs(policy, hidden, codes, temperature, top_k, top_p):
-    logp = torch.log_softmax(process_logits(policy.image_logits(hidden), temperature, top_k, top_p), -1)
+def _score_chunk(temperature: float, top_k: int, top_p: float, logits: torch.Tensor, codes: torch.Tensor,
+                 positions: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits [B, n, K]`` → log-prob of ``codes [B, n]`` and the entropy, under the processed distribution."""
+    logp = torch.log_softmax(process_logits(logits, temperature, top_k, top_p), -1)
     picked = logp.gather(-1, codes[..., None]).squeeze(-1)
     with torch.no_grad():
         p = logp.exp()
@@ -37,30 +29,8 @@ def _chunk_logprobs(policy, hidden, codes, temperature, top_k, top_p):
     return picked, entropy
 
 
-def code_logprobs(
-    policy: ImageTokenPolicy,
-    hidden: torch.Tensor,
-    codes: torch.Tensor,
-    temperature: float,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    chunk_size: int = 128,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs ``[B, N]`` of ``codes`` under the processed distribution at ``hidden [B, N, H]``, and entropy."""
-    parts, ents = [], []
-    for s in range(0, codes.shape[1], chunk_size):
-        args = (policy, hidden[:, s : s + chunk_size], codes[:, s : s + chunk_size], temperature, top_k, top_p)
-        if torch.is_grad_enabled():
-            lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
-        else:
-            lp, ent = _chunk_logprobs(*args)
-        parts.append(lp)
-        ents.append(ent)
-    return torch.cat(parts, 1), torch.cat(ents, 1)
-
-
 def sequence_logprobs(
-    policy: ImageTokenPolicy,
+    lm: nn.Module,
     prompts: PromptBatch,
     codes: torch.Tensor,
     temperature: float,
@@ -68,14 +38,34 @@ def sequence_logprobs(
     top_p: float = 1.0,
     return_hidden: bool = False,
     chunk_size: int = 128,
-) -> SequenceLogprobs:
-    """Forward ``prompts [B, P]`` + ``codes [B, N]`` through the policy; see the module docstring."""
-    p, n = prompts.input_ids.shape[1], codes.shape[1]
-    input_ids = torch.cat([prompts.input_ids, policy.layout.to_token_ids(codes)], 1)  # [B, P + N]
-    attention_mask = torch.cat([prompts.attention_mask, torch.ones_like(codes)], 1)
-    hidden = policy.hidden_states(input_ids, attention_mask).last_hidden_state  # [B, P + N, H]
-    logprobs, entropy = code_logprobs(
-        policy, hidden[:, p - 1 : p - 1 + n], codes, temperature, top_k, top_p, chunk_size
-    )
-    cond = hidden[:, p - 1 : p + n].detach() if return_hidden else None  # [B, N + 1, H]
-    return SequenceLogprobs(logprobs, entropy, cond)
+) -> ScoredCodes:
+    """Score ``codes [B, N]`` after ``prompts [B, P]`` with ``lm`` (an `ImageTokenLM`, possibly wrapped by
+    DDP/FSDP/DeepSpeed): log-probs ``[B, N]``, entropy ``[B, N]``, and hidden ``[B, N + 1, H]`` if asked."""
+    score = functools.partial(_score_chunk, temperature, top_k, top_p)
+    return lm(prompts.input_ids, prompts.attention_mask, codes=codes, score=score,
+              return_hidden=return_hidden, chunk_size=chunk_size)
+
+
+def micro_batches(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most ``size`` rows covering ``n``."""
+    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+@torch.no_grad()
+def score_rollout(
+    lm: nn.Module,
+    prompts: PromptBatch,
+    codes: torch.Tensor,
+    params: SamplingParams,
+    micro_batch_size: int,
+    chunk_size: int = 128,
+    return_hidden: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """No-grad log-probs ``[B, N]`` (and hidden ``[B, N + 1, H]``) of ``codes`` under ``lm``, by micro-batch."""
+    outs = [
+        sequence_logprobs(lm, prompts.slice(sl), codes[sl], params.temperature, params.top_k, params.top_p,
+                          return_hidden=return_hidden, chunk_size=chunk_size)
+        for sl in micro_batches(codes.shape[0], micro_batch_size)
+    ]
+    hidden = torch.cat([o.hidden_states for o in outs]) if return_hidden else None
+    return torch.cat([o.logprobs for o in outs]), hidden

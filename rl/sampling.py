@@ -7,6 +7,8 @@ is exact (no sampler/trainer mismatch from a mask, temperature or truncation app
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -35,11 +37,14 @@ def sample_codes(
     temperature: float,
     top_k: int = 0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    group_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one code per row of ``logits [B, K]``; returns ``(codes [B], logprobs [B])``.
 
-    Uses the exponential-race trick (argmax of p / Exp(1) noise), which needs no host sync.
+    Uses the exponential-race trick (argmax of p / Exp(1) noise), which needs no host sync. With a list
+    of generators, consecutive blocks of ``group_size`` rows draw their noise from one generator each
+    (a prompt's group), so a block's samples do not depend on the other rows.
     ``temperature == 0`` is greedy decoding; its log-probs are those of the temperature-1 distribution.
     """
     if temperature == 0:
@@ -47,6 +52,13 @@ def sample_codes(
         codes = logp.argmax(-1)
         return codes, logp.gather(-1, codes[:, None]).squeeze(-1)
     logp = torch.log_softmax(process_logits(logits, temperature, top_k, top_p), -1)
-    noise = torch.empty_like(logp).exponential_(1, generator=generator)
+    noise = torch.empty_like(logp)
+    if isinstance(generator, Sequence):
+        if group_size is None or group_size * len(generator) != logp.shape[0]:
+            raise ValueError(f"{len(generator)} generators x group_size {group_size} != {logp.shape[0]} rows")
+        for i, gen in enumerate(generator):
+            noise[i * group_size : (i + 1) * group_size].exponential_(1, generator=gen)
+    else:
+        noise.exponential_(1, generator=generator)
     codes = (logp.exp() / noise).argmax(-1)
     return codes, logp.gather(-1, codes[:, None]).squeeze(-1)

@@ -30,10 +30,11 @@ from blip3o_rl.rl.advantages import count_groups_without_baseline, group_advanta
 from blip3o_rl.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from blip3o_rl.rl.config import RewardSpec, TrainConfig, config_to_dict
 from blip3o_rl.rl.data import PromptSampler, load_prompts
+from blip3o_rl.rl.engines import Rollout, SamplingParams, build_engine, stream_seed
 from blip3o_rl.rl.finetune import FinetuneSetup
-from blip3o_rl.rl.logprobs import sequence_logprobs
+from blip3o_rl.rl.generate import sample_and_decode
+from blip3o_rl.rl.logprobs import micro_batches, score_rollout, sequence_logprobs
 from blip3o_rl.rl.loss import policy_loss
-from blip3o_rl.rl.rollout import Rollout, SamplingParams, build_engine
 from blip3o_rl.rl.tracking import RunLogger, image_grid, plot_reward_curve, read_metrics, timed
 
 logger = logging.getLogger(__name__)
@@ -41,13 +42,6 @@ logger = logging.getLogger(__name__)
 
 def _build_rewards(specs: tuple[RewardSpec, ...]) -> WeightedRewards:
     return WeightedRewards([(s.log_name, s.weight, load_reward(s.reward, **s.kwargs)) for s in specs])
-
-
-def _nan_stats(x: torch.Tensor) -> tuple[float, float]:
-    v = x[~torch.isnan(x)]
-    if v.numel() == 0:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std()) if v.numel() > 1 else 0.0
 
 
 class GRPOTrainer:
@@ -76,10 +70,10 @@ class GRPOTrainer:
         torch.manual_seed(cfg.seed + self.rank)
 
         self.policy = load_policy(cfg.model.policy, self._model_path(), cfg.model.dtype, **cfg.model.policy_kwargs)
-        self.policy.model.to(self.acc.device)
+        self.policy.lm.to(self.acc.device)
         self.finetune = FinetuneSetup(self.policy, cfg.model, need_reference=cfg.grpo.beta > 0)
         self.params = self.finetune.trainable_parameters()
-        frozen = {id(p) for p in getattr(self.policy, "frozen_parameters", list)()}
+        frozen = {id(p) for p in self.policy.frozen_parameters()}
         if any(id(p) in frozen for p in self.params):
             raise RuntimeError("a frozen (decoder) parameter is trainable: it must not enter the optimizer")
         o = cfg.optim
@@ -91,9 +85,11 @@ class GRPOTrainer:
             o.lr_scheduler_type, self.optimizer, num_warmup_steps=o.warmup_steps,
             num_training_steps=cfg.max_steps * cfg.grpo.num_iterations,
         )
-        self.optimizer = self.acc.prepare(self.optimizer)
+        # The one module every trainer forward runs through (wrapped here when distributed).
+        self.lm, self.optimizer = self.acc.prepare(self.policy.lm, self.optimizer)
 
         self.engine = build_engine(cfg.rollout.engine)
+        self.engine.setup(self.policy)
         r = cfg.rollout
         self.sampling = SamplingParams(r.temperature, r.top_k, r.top_p)
         self.rewards = _build_rewards(cfg.rewards)
@@ -102,7 +98,6 @@ class GRPOTrainer:
             load_prompts(cfg.data.train_file), cfg.prompts_per_step, cfg.seed, cfg.data.shuffle, self.rank, self.world
         )
         self.eval_rows = load_prompts(cfg.eval.prompts_file)[: cfg.eval.num_prompts] if cfg.eval.prompts_file else []
-        self.generator = torch.Generator(self.acc.device).manual_seed(cfg.seed * 7919 + self.rank)
 
         if resume:
             self._resume(None if resume is True else Path(resume))
@@ -134,8 +129,7 @@ class GRPOTrainer:
         self.optimizer.load_state_dict(ckpt.optimizer)
         self.scheduler.load_state_dict(ckpt.scheduler)
         self.sampler.load_state_dict(ckpt.state["data"])
-        torch.set_rng_state(ckpt.state["rng_cpu"])
-        self.generator.set_state(ckpt.state["rng_sampling"])
+        torch.set_rng_state(ckpt.state["rng_cpu"])  # sampling needs none: its seeds follow from the step
         if torch.cuda.is_available() and "rng_cuda" in ckpt.state:
             torch.cuda.set_rng_state_all(ckpt.state["rng_cuda"])
         self.start_step = int(ckpt.state["step"])
@@ -162,92 +156,79 @@ class GRPOTrainer:
         return self._summarise() if main else {}
 
     def step(self, step: int) -> dict[str, float]:
-        """One GRPO step: prompts → rollouts → decode → rewards → advantages → μ updates."""
-        cfg, g, t = self.cfg, self.cfg.grpo, {}
-        model = self.policy.model
+        """One GRPO step: prompts → rollouts → images → rewards → advantages → μ updates."""
+        g, t = self.cfg.grpo, {}
         with timed("step", t):
             # 1. Prompts for this rank; each is repeated for its group of G rows below.
             rows = self.sampler.next_batch()
-            prompts = self.policy.prompt_batch([r.prompt for r in rows])  # [P, L]
-            texts = [r.prompt for r in rows for _ in range(g.num_generations)]
-            meta = [r.metadata for r in rows for _ in range(g.num_generations)]
+            texts = [r.prompt for r in rows for _ in range(g.num_generations)]  # [B]
+            meta = [r.metadata for r in rows for _ in range(g.num_generations)]  # [B]
+            first = self.rank * len(rows)  # global index of this rank's first prompt
+            seeds = [stream_seed(self.cfg.seed, "train", step, first + j) for j in range(len(rows))]
 
-            # 2. Rollout: exactly N image codes per sample, among the image tokens only.
-            with timed("rollout", t):
-                model.eval()
-                ro = self.engine.generate(self.policy, prompts, g.num_generations, self.sampling, self.generator,
-                                          return_hidden=self.policy.needs_hidden_states)
-            old = None
-            if self.policy.needs_hidden_states and ro.hidden_states is None:
-                # An engine without hidden states (e.g. vLLM): one no-grad forward gives them and π_old.
-                with timed("hidden_states", t):
-                    old, ro.hidden_states = self._no_grad_pass(self.policy, ro, return_hidden=True)
-            # 3. Decode to images.
-            with timed("decode", t):
-                images = self.policy.decode(ro.codes, ro.hidden_states)
-            # 4. Rewards; None (failed) becomes NaN and excludes the sample.
+            # 2. Rollout and decode: exactly N image codes per sample, among the image tokens only.
+            gen = sample_and_decode(self.policy, self.engine, [r.prompt for r in rows], g.num_generations,
+                                    self.sampling, seeds, g.micro_batch_size, self.cfg.rollout.logprob_chunk_size)
+            ro, images = gen.rollout, gen.images
+            t.update(gen.timings)
+            # 3. Rewards; None (failed) becomes NaN and excludes the sample.
             with timed("reward", t):
-                scored = self.rewards(images, texts, meta)
+                scored = self.rewards.submit(images, texts, meta).result()
             rewards = torch.tensor([math.nan if s is None else s for s in scored.total], dtype=torch.float32)
             for name, out in scored.outputs.items():
                 if out.num_failed:  # excluded from the loss, counted in the metrics, and said here
-                    first = next(d for s, d in zip(out.scores, out.details, strict=True) if s is None)
+                    first_error = next(d for s, d in zip(out.scores, out.details, strict=True) if s is None)
                     logger.warning("step %d: reward %r failed on %d of %d samples (first: %s)", step, name,
-                                   out.num_failed, len(out.scores), first.get("error", first))
-            # 5. Advantages over the gathered rewards of all ranks (whole groups live on one rank).
+                                   out.num_failed, len(out.scores), first_error.get("error", first_error))
+            # 4. Advantages over the gathered rewards of all ranks (whole groups live on one rank).
             all_rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()  # [world * B]
             adv = group_advantages(all_rewards, g.num_generations, g.scale_rewards)
             b = rewards.numel()
             adv = adv[self.rank * b : (self.rank + 1) * b].to(self.acc.device)  # [B]
             mask = (~torch.isnan(rewards)).to(self.acc.device)  # [B]
             global_valid = int(self.acc.gather(mask.sum()[None]).sum()) * ro.codes.shape[1]
-            # 6. π_old (μ > 1; the trainer's forward, never the engine's log-probs) and π_ref (β > 0).
+            # 5. π_old (μ > 1; the trainer's forward, never the engine's log-probs) and π_ref (β > 0).
             with timed("reference", t):
+                old = gen.forward_logprobs if g.num_iterations > 1 else None
                 if g.num_iterations > 1 and old is None:
-                    old, _ = self._no_grad_pass(self.policy, ro)
+                    old = self._no_grad_logprobs(self.lm, ro)
                 ref = None
                 if g.beta > 0:
-                    with self.finetune.reference() as ref_policy:
-                        ref, _ = self._no_grad_pass(ref_policy, ro)
-            old = old if g.num_iterations > 1 else None  # at μ = 1, π_old is the current forward, detached
-            # 7. μ optimizer passes over the batch, accumulating over micro-batches.
+                    with self.finetune.reference(self.lm) as ref_lm:
+                        ref = self._no_grad_logprobs(ref_lm, ro)
+            # 6. μ optimizer passes over the batch, accumulating over micro-batches.
             with timed("update", t):
                 upd = self._update(ro, adv, mask, old, ref, global_valid)
+            self.engine.update_weights(self.policy)
 
-        metrics = {**t, **upd, **self._reward_metrics(scored, rewards, all_rewards, adv, mask)}
+        metrics = {**t, **upd, **self._reward_metrics(scored, all_rewards, adv, mask)}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        if self.acc.is_main_process and cfg.logging.image_every and step % cfg.logging.image_every == 0:
+        if self.acc.is_main_process and self.cfg.logging.image_every and step % self.cfg.logging.image_every == 0:
             self._log_samples(step, images, texts, rewards, scored)
         return metrics
 
-    def _micro_batches(self, n: int) -> list[slice]:
-        mb = self.cfg.grpo.micro_batch_size
-        return [slice(s, min(s + mb, n)) for s in range(0, n, mb)]
-
-    def _forward(self, policy, ro: Rollout, sl: slice, return_hidden: bool = False):
+    def _forward(self, ro: Rollout, sl: slice):
         r = self.cfg.rollout
-        return sequence_logprobs(policy, ro.prompts.slice(sl), ro.codes[sl], r.temperature, r.top_k, r.top_p,
-                                 return_hidden=return_hidden, chunk_size=r.logprob_chunk_size)
+        return sequence_logprobs(self.lm, ro.prompts.slice(sl), ro.codes[sl], r.temperature, r.top_k, r.top_p,
+                                 chunk_size=r.logprob_chunk_size)
 
-    @torch.no_grad()
-    def _no_grad_pass(self, policy, ro: Rollout, return_hidden: bool = False):
-        """Log-probs ``[B, N]`` (and hidden states ``[B, N + 1, H]``) of the rollout under ``policy``."""
-        outs = [self._forward(policy, ro, sl, return_hidden) for sl in self._micro_batches(ro.codes.shape[0])]
-        hidden = torch.cat([o.hidden_states for o in outs]) if return_hidden else None
-        return torch.cat([o.logprobs for o in outs]), hidden
+    def _no_grad_logprobs(self, lm, ro: Rollout) -> torch.Tensor:
+        """Log-probs ``[B, N]`` of the rollout under ``lm`` (the policy's, or the frozen reference's)."""
+        return score_rollout(lm, ro.prompts, ro.codes, self.sampling, self.cfg.grpo.micro_batch_size,
+                             self.cfg.rollout.logprob_chunk_size)[0]
 
     def _update(self, ro: Rollout, adv, mask, old, ref, global_valid: int) -> dict[str, float]:
         g, o = self.cfg.grpo, self.cfg.optim
-        model, slices = self.policy.model, self._micro_batches(ro.codes.shape[0])
-        model.train()
+        slices = micro_batches(ro.codes.shape[0], g.micro_batch_size)
+        self.lm.train()
         sums: dict[str, float] = {}
         if not bool(mask.any()):  # host sync: nothing to learn from, and Adam would still move the weights
             return {"update/skipped": 1.0, "loss": 0.0, "kl": 0.0, "entropy": math.nan, "grad_norm": 0.0}
         for it in range(g.num_iterations):
             for i, sl in enumerate(slices):
-                ctx = self.acc.no_sync(model) if i < len(slices) - 1 else contextlib.nullcontext()
+                ctx = self.acc.no_sync(self.lm) if i < len(slices) - 1 else contextlib.nullcontext()
                 with ctx:
-                    fwd = self._forward(self.policy, ro, sl)
+                    fwd = self._forward(ro, sl)
                     loss, st = policy_loss(
                         fwd.logprobs, fwd.logprobs.detach() if old is None else old[sl], adv[sl], mask[sl],
                         loss_type=g.loss_type, epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
@@ -280,16 +261,10 @@ class GRPOTrainer:
         out["clip/fraction"] = out["clip/low"] + out["clip/high"]
         return out
 
-    def _reward_metrics(self, scored, rewards, all_rewards, adv, mask) -> dict[str, float]:
-        g = self.cfg.grpo
-        m: dict[str, float] = {}
-        m["reward/mean"], m["reward/std"] = _nan_stats(rewards)
-        for name, out in scored.outputs.items():
-            per = torch.tensor([math.nan if s is None else s for s in out.scores])
-            m[f"reward/{name}/mean"], m[f"reward/{name}/std"] = _nan_stats(per)
-            m[f"reward/{name}/failed"] = float(out.num_failed)
+    def _reward_metrics(self, scored, all_rewards, adv, mask) -> dict[str, float]:
+        m = scored.metrics("reward")
         m["samples/excluded"] = float((~mask).sum())
-        m["groups/no_baseline"] = float(count_groups_without_baseline(all_rewards, g.num_generations))
+        m["groups/no_baseline"] = float(count_groups_without_baseline(all_rewards, self.cfg.grpo.num_generations))
         a = adv[mask]
         m["advantage/mean"] = float(a.mean()) if a.numel() else 0.0
         m["advantage/std"] = float(a.std()) if a.numel() > 1 else 0.0
@@ -311,24 +286,20 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Score held-out prompts with the eval rewards; a fixed generator keeps steps comparable."""
+        """Score held-out prompts with the eval rewards; fixed per-prompt seeds keep steps comparable."""
         if not self.eval_rows:
             return {}
-        cfg = self.cfg
-        gen = torch.Generator(self.acc.device).manual_seed(cfg.seed + 12345)
-        self.policy.model.eval()
+        cfg, n = self.cfg, self.cfg.eval.num_generations
         totals: dict[str, list[float]] = {}
         failed: dict[str, int] = {}
-        per_call = max(1, cfg.grpo.batch_size // cfg.eval.num_generations)
+        per_call = max(1, cfg.grpo.batch_size // n)
         for s in range(0, len(self.eval_rows), per_call):
             rows = self.eval_rows[s : s + per_call]
-            ro = self.engine.generate(self.policy, self.policy.prompt_batch([r.prompt for r in rows]),
-                                      cfg.eval.num_generations, self.sampling, gen,
-                                      return_hidden=self.policy.needs_hidden_states)
-            images = self.policy.decode(ro.codes, ro.hidden_states)
-            n = cfg.eval.num_generations
-            scored = self.eval_rewards(images, [r.prompt for r in rows for _ in range(n)],
-                                       [r.metadata for r in rows for _ in range(n)])
+            seeds = [stream_seed(cfg.seed, "eval", s + j) for j in range(len(rows))]
+            gen = sample_and_decode(self.policy, self.engine, [r.prompt for r in rows], n, self.sampling, seeds,
+                                    cfg.grpo.micro_batch_size, cfg.rollout.logprob_chunk_size)
+            scored = self.eval_rewards.submit(gen.images, [r.prompt for r in rows for _ in range(n)],
+                                              [r.metadata for r in rows for _ in range(n)]).result()
             for name, out in scored.outputs.items():
                 totals.setdefault(name, []).extend(x for x in out.scores if x is not None)
                 failed[name] = failed.get(name, 0) + out.num_failed
@@ -343,8 +314,7 @@ class GRPOTrainer:
         self.acc.wait_for_everyone()
         if not self.acc.is_main_process:
             return None
-        state = {"step": step, "data": self.sampler.state_dict(), "rng_cpu": torch.get_rng_state(),
-                 "rng_sampling": self.generator.get_state()}
+        state = {"step": step, "data": self.sampler.state_dict(), "rng_cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return save_checkpoint(self.out / "checkpoints", step, self.finetune.trainable_state_dict(),

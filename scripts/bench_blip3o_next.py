@@ -4,11 +4,10 @@
     python -m blip3o_rl.scripts.bench_blip3o_next --tiny         # tiny checkpoint through the real loader (CPU ok)
 
 Full size is Qwen3-1.7B with the 217,210-token vocabulary + SANA 1.5 1.6B + DC-AE f32c32 (1024 px),
-random weights in bf16 (the speed does not depend on the values). The AR part is a plain KV-cached
-loop through the policy's ``hidden_states``/``image_logits`` (eager, dynamic cache): the same work the
-rollout engine does, without its optimisations, so it is a floor for that engine. It collects the
-N + 1 conditioning states as it goes (one extra step for the last token) and checks them against one
-full forward (`Blip3oNextPolicy.image_hidden_states`).
+random weights in bf16 (the speed does not depend on the values). The AR part is the rollout engine
+(`rl/engines/kv_cache.py`, untruncated sampling), which collects the N + 1 conditioning states as it
+goes (one extra step for the last token); they are checked against one full forward
+(`Blip3oNextPolicy.image_hidden_states`). Decode noise comes from one generator per image.
 """
 
 from __future__ import annotations
@@ -31,6 +30,8 @@ from blip3o_rl.policies.blip3o_next import (
     DecodeSettings,
 )
 from blip3o_rl.policies.blip3o_next.decoder import build_connector
+from blip3o_rl.rl.engines import KVCacheEngine, SamplingParams
+from blip3o_rl.rl.generate import decode_generators
 
 # Public Qwen3-1.7B config with the BLIP3o-NEXT vocabulary and ids (REFERENCE §1).
 QWEN3_1_7B_BLIP3O = {
@@ -117,26 +118,6 @@ def synthetic_prompts(policy: Blip3oNextPolicy, batch: int, device: torch.device
     return PromptBatch(ids, torch.ones_like(ids))
 
 
-@torch.no_grad()
-def sample_images_tokens(policy: Blip3oNextPolicy, prompt: PromptBatch, generator: torch.Generator):
-    """KV-cached sampling of N codes over the image rows only; returns codes [B, N] and hidden [B, N + 1, H]."""
-    n, start = policy.layout.tokens_per_image, policy.layout.image_token_start
-    out = policy.hidden_states(prompt.input_ids, prompt.attention_mask, use_cache=True)
-    cache, h = out.past_key_values, out.last_hidden_state[:, -1]
-    mask, pos = prompt.attention_mask, prompt.attention_mask.sum(1) - 1  # [B, P], [B]
-    hidden, codes = [h], []
-    for _ in range(n):
-        probs = torch.softmax(policy.image_logits(h).float(), -1)  # [B, K]
-        code = torch.multinomial(probs, 1, generator=generator)  # [B, 1]
-        codes.append(code)
-        mask, pos = torch.cat([mask, torch.ones_like(code)], 1), pos + 1
-        # The step for the last code exists only to produce its conditioning state.
-        out = policy.hidden_states(code + start, mask, cache, position_ids=pos[:, None], use_cache=True)
-        h = out.last_hidden_state[:, -1]
-        hidden.append(h)
-    return torch.cat(codes, 1), torch.stack(hidden, 1)
-
-
 def timed(device: torch.device, fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` and its wall time, synchronising the GPU around it."""
     if device.type == "cuda":
@@ -177,12 +158,17 @@ def main(argv: list[str] | None = None) -> int:
             policy = full_size_policy(device, dtype)
             policy.decoder.settings = settings
             prompt = synthetic_prompts(policy, args.batch, device)
-    generator = torch.Generator(device).manual_seed(0)
+    engine = KVCacheEngine()
+    engine.setup(policy)
+    seeds = list(range(args.batch))
+    untruncated = SamplingParams()
 
     ar_times, decode_times = [], []
     for i in range(args.repeats + 1):  # run 0 is the warm-up
-        (codes, hidden), t_ar = timed(device, sample_images_tokens, policy, prompt, generator)
-        _, t_dec = timed(device, policy.decoder, hidden, generator=generator)
+        ro, t_ar = timed(device, engine.generate, prompt, 1, untruncated, seeds, return_hidden=True)
+        codes, hidden = ro.codes, ro.hidden_states
+        generators = decode_generators(seeds, 1, device)
+        _, t_dec = timed(device, policy.decode, codes, hidden, generators=generators)
         if i:
             ar_times.append(t_ar)
             decode_times.append(t_dec)

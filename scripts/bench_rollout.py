@@ -18,15 +18,18 @@ import time
 import torch
 
 from blip3o_rl.policies import load_policy
-from blip3o_rl.rl.rollout import KVCacheEngine, SamplingParams
+from blip3o_rl.rl.engines import KVCacheEngine, SamplingParams
 
 
-def _ours(policy, prompts, group, gen):
-    return KVCacheEngine().generate(policy, prompts, group, SamplingParams(), gen, return_hidden=True)
+def _ours(policy, prompts, group):
+    engine = KVCacheEngine()
+    engine.setup(policy)
+    seeds = [j * group for j in range(prompts.input_ids.shape[0])]
+    return engine.generate(prompts, group, SamplingParams(), seeds, return_hidden=True)
 
 
 @torch.no_grad()
-def _hf_generate(policy, prompts, group, gen):
+def _hf_generate(policy, prompts, group):
     n = policy.layout.tokens_per_image
     out = policy.model.generate(
         input_ids=prompts.input_ids, attention_mask=prompts.attention_mask, do_sample=True, top_k=0, top_p=1.0,
@@ -34,7 +37,8 @@ def _hf_generate(policy, prompts, group, gen):
         pad_token_id=policy.model.config.pad_token_id,
     )
     mask = torch.cat([prompts.attention_mask.repeat_interleave(group, 0), torch.ones_like(out[:, -n:])], 1)
-    return policy.hidden_states(out, mask).last_hidden_state  # the second forward for the refiner's states
+    # The official code's second forward for the refiner's states (plain HF, as it ran it).
+    return policy.model.get_decoder()(input_ids=out, attention_mask=mask).last_hidden_state
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,10 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     best = {"ours": float("inf"), "hf_generate": float("inf")}
     for _ in range(args.repeats):  # interleaved, best of N: both see the same machine noise
         for name, fn in (("ours", _ours), ("hf_generate", _hf_generate)):
-            gen = torch.Generator().manual_seed(0)
             torch.manual_seed(0)
             t = time.perf_counter()
-            fn(policy, prompts, args.group, gen)
+            fn(policy, prompts, args.group)
             best[name] = min(best[name], time.perf_counter() - t)
     n = policy.layout.tokens_per_image
     print(f"{images} images of {n} tokens, {args.threads} thread(s), best of {args.repeats}")

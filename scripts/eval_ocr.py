@@ -27,8 +27,7 @@ from blip3o_rl.rewards.ocr.evaluate import OCREvalWriter, evaluate_image_dir, sc
 from blip3o_rl.rewards.ocr.reward import OCRReward
 
 if TYPE_CHECKING:  # torch-heavy; the CLI builds its parser from this module without them
-    from blip3o_rl.policies.base import ImageTokenPolicy
-    from blip3o_rl.rl.rollout import SamplingParams
+    from blip3o_rl.policies.base import ImageTokenPolicy, SamplingParams
 
 
 def evaluate_policy(
@@ -52,9 +51,8 @@ def evaluate_policy(
     ``seed + i``, so a run repeats exactly for the same seed and batch size.
     """
     from blip3o_rl.rl.generate import generate_images
-    from blip3o_rl.rl.rollout import SamplingParams
 
-    sampling = sampling or SamplingParams()
+    sampling = sampling or policy.inference_sampling
     per_call = max(1, batch_size // images_per_prompt)
     settings = {"images_per_prompt": images_per_prompt, "seed": seed, "batch_size": batch_size,
                 "sampling": dataclasses.asdict(sampling)}

@@ -63,23 +63,17 @@ def generation_policy(args: argparse.Namespace, command: str):
     when there is one. Raises `GenerationArgsError` (message starting with ``command``) for bad options."""
     import torch
 
-    from blip3o_rl.policies import DTYPES, load_policy
+    from blip3o_rl.policies import DTYPES, SamplingParams, load_policy
     from blip3o_rl.policies.blip3o_next import Blip3oConfigError, CheckpointError
-    from blip3o_rl.rl.rollout import SamplingParams
 
     if min(args.batch_size, 1 if args.steps is None else args.steps) < 1:
         raise GenerationArgsError(f"{command}: --batch-size and --steps must be >= 1")
     kind = _kind(args, command)
     kwargs: dict = {}
     if kind == "blip3o_next":
-        from blip3o_rl.policies.blip3o_next import (
-            INFERENCE_TEMPERATURE,
-            INFERENCE_TOP_K,
-            INFERENCE_TOP_P,
-            DecodeSettings,
-        )
+        from blip3o_rl.policies.blip3o_next import INFERENCE_SAMPLING, DecodeSettings
 
-        defaults = (INFERENCE_TEMPERATURE, INFERENCE_TOP_K, INFERENCE_TOP_P)
+        defaults = (INFERENCE_SAMPLING.temperature, INFERENCE_SAMPLING.top_k, INFERENCE_SAMPLING.top_p)
         settings = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
         kwargs["decode_settings"] = DecodeSettings(**{k: v for k, v in settings.items() if v is not None})
         if args.diffusion_path is not None:

@@ -9,17 +9,10 @@ from blip3o_rl.policies.blip3o_next.config import Blip3oConfigError, Blip3oNextC
 from blip3o_rl.policies.blip3o_next.decoder import Blip3oNextDecoder, DecodeSettings
 from blip3o_rl.policies.blip3o_next.export import save_blip3o_next
 from blip3o_rl.policies.blip3o_next.loader import Blip3oNextComponents, load_blip3o_next
-from blip3o_rl.policies.blip3o_next.policy import (
-    INFERENCE_TEMPERATURE,
-    INFERENCE_TOP_K,
-    INFERENCE_TOP_P,
-    Blip3oNextPolicy,
-)
+from blip3o_rl.policies.blip3o_next.policy import INFERENCE_SAMPLING, Blip3oNextPolicy
 
 __all__ = [
-    "INFERENCE_TEMPERATURE",
-    "INFERENCE_TOP_K",
-    "INFERENCE_TOP_P",
+    "INFERENCE_SAMPLING",
     "Blip3oConfigError",
     "Blip3oNextComponents",
     "Blip3oNextConfig",

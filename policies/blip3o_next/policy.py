@@ -12,17 +12,15 @@ from PIL import Image
 from torch import nn
 from transformers import PreTrainedTokenizerBase, Qwen3ForCausalLM
 
-from blip3o_rl.policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBatch
+from blip3o_rl.policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBatch, SamplingParams
 from blip3o_rl.policies.blip3o_next.config import Blip3oNextConfig
 from blip3o_rl.policies.blip3o_next.decoder import Blip3oNextDecoder, DecodeSettings, Generators, to_pil
 from blip3o_rl.policies.blip3o_next.export import save_blip3o_next
 from blip3o_rl.policies.blip3o_next.loader import load_blip3o_next
 from blip3o_rl.policies.blip3o_next.prompt import chat_text, encode_prompts
 
-#: AR sampling of the official inference script (for `generate`; RL samples untruncated by default).
-INFERENCE_TEMPERATURE = 1.0
-INFERENCE_TOP_K = 1200
-INFERENCE_TOP_P = 0.95
+#: AR sampling of the official inference script (for `generate`; RL samples as its recipe says).
+INFERENCE_SAMPLING = SamplingParams(temperature=1.0, top_k=1200, top_p=0.95)
 
 
 def _decode_settings(value: DecodeSettings | Mapping[str, Any] | None) -> DecodeSettings | None:
@@ -53,6 +51,7 @@ class Blip3oNextPolicy(ImageTokenPolicy):
     """
 
     needs_hidden_states = True
+    inference_sampling = INFERENCE_SAMPLING
 
     def __init__(
         self,
@@ -61,15 +60,15 @@ class Blip3oNextPolicy(ImageTokenPolicy):
         config: Blip3oNextConfig,
         decoder: Blip3oNextDecoder,
     ):
-        self.model = model
-        self.tokenizer = tokenizer  # None only for benchmarks that feed token ids directly
-        self.config = config
-        self.decoder = decoder
         self.layout = ImageTokenLayout(
             image_token_start=config.image_start_token_id,
             num_codes=config.num_image_tokens,
             tokens_per_image=config.tokens_per_image,
         )
+        self.model = model
+        self.tokenizer = tokenizer  # None only for benchmarks that feed token ids directly
+        self.config = config
+        self.decoder = decoder
 
     @classmethod
     def from_pretrained(
@@ -121,7 +120,7 @@ class Blip3oNextPolicy(ImageTokenPolicy):
         tok = self._require_tokenizer()
         return chat_text(tok, caption) + "".join(tok.convert_ids_to_tokens(self.prompt_suffix_ids))
 
-    def prompt_batch(self, captions: Sequence[str]) -> PromptBatch:
+    def tokenize_prompts(self, captions: Sequence[str]) -> PromptBatch:
         return encode_prompts(self._require_tokenizer(), captions, self.prompt_suffix_ids, self.pad_token_id)
 
     def _require_tokenizer(self) -> PreTrainedTokenizerBase:
@@ -134,13 +133,10 @@ class Blip3oNextPolicy(ImageTokenPolicy):
     def image_hidden_states(self, prompt: PromptBatch, codes: torch.Tensor) -> torch.Tensor:
         """One forward over prompt + image tokens → hidden states ``[B, N + 1, H]`` (post-final-norm) at
         ``<S0>`` and the N image tokens. Runs with grad unless the caller disables it: ``[:, :N]`` are
-        the rows that score the codes (``image_logits``), the whole tensor conditions `decode`."""
+        the rows that score the codes (``lm.image_logits``), the whole tensor conditions `decode`."""
         prompt = prompt.to(self.device)
-        codes = codes.to(self.device)
-        input_ids = torch.cat([prompt.input_ids, self.layout.to_token_ids(codes)], dim=1)  # [B, P + N]
-        attention_mask = torch.cat([prompt.attention_mask, torch.ones_like(codes)], dim=1)
-        hidden = self.hidden_states(input_ids, attention_mask).last_hidden_state  # [B, P + N, H]
-        return hidden[:, prompt.input_ids.shape[1] - 1 :]  # [B, N + 1, H]
+        out = self.lm(prompt.input_ids, prompt.attention_mask, codes=codes.to(self.device), return_hidden=True)
+        return out.hidden_states  # [B, N + 1, H]
 
     # -- images ----------------------------------------------------------------------------------------
 
@@ -149,12 +145,13 @@ class Blip3oNextPolicy(ImageTokenPolicy):
         codes: torch.Tensor,
         hidden_states: torch.Tensor | None = None,
         *,
-        generator: Generators = None,
+        generators: Sequence[torch.Generator] | None = None,
         settings: DecodeSettings | None = None,
     ) -> list[Image.Image]:
         """Codes ``[B, N]`` and their conditioning hidden states ``[B, N + 1, H]`` → RGB images.
 
-        The refiner reads only the hidden states; the codes are checked for consistency.
+        The refiner reads only the hidden states; the codes are checked for consistency. Its initial
+        noise comes from ``generators`` (one per image) when given.
         """
         if hidden_states is None:
             raise ValueError(
@@ -170,13 +167,10 @@ class Blip3oNextPolicy(ImageTokenPolicy):
             raise ValueError(
                 f"hidden_states has shape {list(hidden_states.shape)}; expected [{b}, {n + 1}, H] for codes {list(codes.shape)}"
             )
+        generator: Generators = list(generators) if generators is not None else None
         return to_pil(self.decoder(hidden_states.detach(), generator=generator, settings=settings))
 
     # -- parameters ------------------------------------------------------------------------------------
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The AR model's parameters that require grad (the refiner is never among them)."""
-        return [p for p in self.model.parameters() if p.requires_grad]
 
     def frozen_parameters(self) -> list[nn.Parameter]:
         """Connector, SANA and DC-AE parameters: must never reach an optimizer."""

@@ -49,7 +49,7 @@ def warm_start(
         keep = torch.rand(target.shape, generator=g) < accuracy
         codes = torch.where(keep, target, noise)
         prompts = policy.prompt_batch([rows[i].prompt for i in pick])
-        loss = -sequence_logprobs(policy, prompts, codes, temperature=1.0).logprobs.mean()
+        loss = -sequence_logprobs(policy.lm, prompts, codes, temperature=1.0).logprobs.mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

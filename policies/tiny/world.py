@@ -204,8 +204,6 @@ class TinyWorldPolicy(ImageTokenPolicy):
         world = getattr(cfg, "tiny_world", None)
         if not world:
             raise ValueError("config.json has no 'tiny_world' section: not a tiny-world model folder")
-        self.model, self.tokenizer = model, tokenizer
-        tokenizer.padding_side = "left"  # prompts must end at the same column (the saved setting may differ)
         self.grid = grid_shape(world["grid"])  # (rows, cols)
         self.renderer = build_renderer(world)
         self.layout = ImageTokenLayout(
@@ -213,6 +211,8 @@ class TinyWorldPolicy(ImageTokenPolicy):
             num_codes=cfg.num_image_codes,
             tokens_per_image=self.grid[0] * self.grid[1],
         )
+        self.model, self.tokenizer = model, tokenizer
+        tokenizer.padding_side = "left"  # prompts must end at the same column (the saved setting may differ)
         self._prompt_suffix = tokenizer.convert_ids_to_tokens([cfg.image_start_tag_id, cfg.scale_start_token_id])
         if self.renderer.num_codes != self.layout.num_codes:
             raise ValueError(f"renderer draws {self.renderer.num_codes} codes; config has {self.layout.num_codes}")
@@ -238,12 +238,14 @@ class TinyWorldPolicy(ImageTokenPolicy):
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text + "".join(self._prompt_suffix)
 
-    def prompt_batch(self, captions: list[str]) -> PromptBatch:
+    def tokenize_prompts(self, captions: Sequence[str]) -> PromptBatch:
         enc = self.tokenizer(
             [self.prompt_text(c) for c in captions], padding=True, return_tensors="pt", add_special_tokens=False
         )
-        return PromptBatch(enc["input_ids"], enc["attention_mask"]).to(self.device)
+        return PromptBatch(enc["input_ids"], enc["attention_mask"])
 
-    def decode(self, codes: torch.Tensor, hidden_states: torch.Tensor | None = None) -> list[Image.Image]:
+    def decode(self, codes: torch.Tensor, hidden_states: torch.Tensor | None = None, *,
+               generators: Sequence[torch.Generator] | None = None) -> list[Image.Image]:
+        """Draws the tiles; deterministic, so ``generators`` are not used."""
         pix = self.renderer.render(codes.cpu().numpy().reshape(-1, *self.grid))  # [B, H, W, 3]
         return [Image.fromarray(p) for p in pix]

@@ -88,7 +88,7 @@ def test_conditioning_positions_are_s0_and_the_image_tokens(policy):
         full = out.logits[0, len(prompt) - 1 : -1]  # [N, vocab]
         k = policy.layout.num_codes
         torch.testing.assert_close(
-            F.log_softmax(policy.image_logits(hidden[row, :n]), -1),
+            F.log_softmax(policy.lm.image_logits(hidden[row, :n]), -1),
             F.log_softmax(full[:, start : start + k], -1),
             atol=1e-5,
             rtol=1e-5,
@@ -225,7 +225,7 @@ def test_decode_makes_images_of_the_refiner_size(policy):
     hidden = torch.randn(3, codes.shape[1] + 1, policy.model.config.hidden_size)
     fast = DecodeSettings(num_inference_steps=2)
     images = policy.decode(
-        codes, hidden, generator=[torch.Generator().manual_seed(s) for s in range(3)], settings=fast
+        codes, hidden, generators=[torch.Generator().manual_seed(s) for s in range(3)], settings=fast
     )
     size = policy.decoder.image_size
     assert size == policy.decoder.latent_size * 4  # three DC-AE blocks: x4
@@ -234,7 +234,7 @@ def test_decode_makes_images_of_the_refiner_size(policy):
     again = policy.decode(
         codes[1:2],
         hidden[1:2],
-        generator=[torch.Generator().manual_seed(1)],
+        generators=[torch.Generator().manual_seed(1)],
         settings=DecodeSettings(2, chunk_size=1),
     )
     assert np.array_equal(np.asarray(again[0]), np.asarray(images[1]))
@@ -265,7 +265,7 @@ def test_refiner_gets_no_gradient_and_is_not_in_the_optimizer(policy):
         batch = policy.prompt_batch(CAPTIONS)
         codes = random_codes(policy, len(CAPTIONS), seed=3)
         hidden = policy.image_hidden_states(batch, codes)  # with grad
-        logp = F.log_softmax(policy.image_logits(hidden[:, :-1]), -1).gather(
+        logp = F.log_softmax(policy.lm.image_logits(hidden[:, :-1]), -1).gather(
             -1, codes[..., None]
         )  # [B, N, 1]
         policy.decode(
@@ -276,7 +276,7 @@ def test_refiner_gets_no_gradient_and_is_not_in_the_optimizer(policy):
         assert frozen and all(not p.requires_grad and p.grad is None for p in frozen)
         assert model.model.embed_tokens.weight.grad is not None
 
-        optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
+        optimizer = torch.optim.AdamW([p for p in policy.lm.parameters() if p.requires_grad], lr=1e-3)
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         assert not in_optimizer & {id(p) for p in frozen}
         assert len(in_optimizer) == len({id(p) for p in model.parameters()})

@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from blip3o_rl.policies import load_policy
 from blip3o_rl.policies.blip3o_next.loader import CONNECTOR_PREFIX, SANA_PREFIX, VAE_PREFIX
 from blip3o_rl.rl.config import load_config
+from blip3o_rl.rl.engines import SamplingParams
 from blip3o_rl.rl.generate import generate_images
-from blip3o_rl.rl.rollout import SamplingParams
 from blip3o_rl.rl.trainer import GRPOTrainer
 from blip3o_rl.scripts.cli import main
 
@@ -174,7 +174,7 @@ def test_export_errors_name_the_problem(trained, tmp_path, capsys):
 def test_engine_without_hidden_states_gets_them_from_one_trainer_forward(tiny_blip3o_next, tmp_path):
     """An engine like vLLM returns codes but no hidden states: the trainer's one no-grad forward
     supplies them, equal to what the KV-cache engine collects while sampling."""
-    from blip3o_rl.rl.rollout import KVCacheEngine
+    from blip3o_rl.rl.engines import KVCacheEngine, RolloutEngine
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
@@ -183,9 +183,13 @@ def test_engine_without_hidden_states_gets_them_from_one_trainer_forward(tiny_bl
     trainer.setup()
     collected, decoded = [], []
 
-    class CodesOnlyEngine:
+    class CodesOnlyEngine(RolloutEngine):
+        provides_hidden_states = False
+
         def generate(self, *args, **kwargs):
-            ro = KVCacheEngine().generate(*args, **kwargs)
+            inner = KVCacheEngine()
+            inner.setup(self.policy)
+            ro = inner.generate(*args, **kwargs)
             collected.append(ro.hidden_states)
             ro.hidden_states = None
             return ro
@@ -197,6 +201,7 @@ def test_engine_without_hidden_states_gets_them_from_one_trainer_forward(tiny_bl
         return real_decode(codes, hidden_states, **kw)
 
     trainer.engine = CodesOnlyEngine()
+    trainer.engine.setup(trainer.policy)
     trainer.policy.decode = spy_decode
     metrics = trainer.step(1)
     trainer.cleanup()

@@ -125,7 +125,7 @@ def test_loads_every_tensor_from_the_folder(folders, variant):
     head = stored["model.embed_tokens.weight" if variant == "tied" else "lm_head.weight"].float()
     start, k = policy.layout.image_token_start, policy.layout.num_codes
     hidden = torch.randn(3, model.config.hidden_size)
-    torch.testing.assert_close(policy.image_logits(hidden), hidden @ head[start : start + k].T)
+    torch.testing.assert_close(policy.lm.image_logits(hidden), hidden @ head[start : start + k].T)
 
 
 def test_layout_and_ids_come_from_the_config(folders):

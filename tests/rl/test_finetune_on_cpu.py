@@ -15,7 +15,7 @@ def _one_step(policy, setup):
     codes = torch.randint(0, policy.layout.num_codes, (4, policy.layout.tokens_per_image),
                           generator=torch.Generator().manual_seed(0))
     opt = torch.optim.AdamW(setup.trainable_parameters(), lr=1e-2)
-    fwd = sequence_logprobs(policy, prompts, codes, 1.0)
+    fwd = sequence_logprobs(policy.lm, prompts, codes, 1.0)
     loss, _ = policy_loss(fwd.logprobs, fwd.logprobs.detach(), torch.tensor([1.0, -1.0, 0.5, -0.5]),
                           torch.ones(4, dtype=torch.bool))
     loss.backward()
@@ -37,8 +37,8 @@ def test_lora_changes_only_adapter_weights_and_reference_is_the_base_model(tiny_
     assert all(p.requires_grad == ("lora_" in n) for n, p in policy.model.named_parameters())
 
     with torch.no_grad():
-        trained = sequence_logprobs(policy, prompts, codes, 1.0).logprobs
-        reference_of_base = sequence_logprobs(base, prompts, codes, 1.0).logprobs
+        trained = sequence_logprobs(policy.lm, prompts, codes, 1.0).logprobs
+        reference_of_base = sequence_logprobs(base.lm, prompts, codes, 1.0).logprobs
         with setup.reference() as ref:
             reference = sequence_logprobs(ref, prompts, codes, 1.0).logprobs
     torch.testing.assert_close(reference, reference_of_base, atol=1e-6, rtol=0)
@@ -52,9 +52,9 @@ def test_full_finetuning_keeps_a_frozen_reference_copy(tiny_world_dir):
     assert len(setup.trainable_parameters()) == len(list(policy.model.parameters()))
     prompts, codes = _one_step(policy, setup)
     with torch.no_grad(), setup.reference() as ref:
-        assert ref.model is not policy.model
+        assert ref is not policy.lm and ref.causal_lm is not policy.model
         torch.testing.assert_close(sequence_logprobs(ref, prompts, codes, 1.0).logprobs,
-                                   sequence_logprobs(base, prompts, codes, 1.0).logprobs)
+                                   sequence_logprobs(base.lm, prompts, codes, 1.0).logprobs)
     # state dict round trip restores the trained weights exactly
     state = {k: v.clone() for k, v in setup.trainable_state_dict().items()}
     fresh = TinyWorldPolicy.from_pretrained(tiny_world_dir)

@@ -2,15 +2,17 @@
 
 import torch
 
+from blip3o_rl.rl.engines import KVCacheEngine, SamplingParams
 from blip3o_rl.rl.logprobs import sequence_logprobs
-from blip3o_rl.rl.rollout import KVCacheEngine, SamplingParams
 
 CAPTIONS = ["a red top and a blue bottom", "green", "a very long caption with many more words than the others"]
 
 
 def _generate(policy, captions=CAPTIONS, g=3, params=SamplingParams(), seed=0, hidden=False):
-    gen = torch.Generator().manual_seed(seed)
-    return KVCacheEngine().generate(policy, policy.prompt_batch(captions), g, params, gen, return_hidden=hidden)
+    engine = KVCacheEngine()
+    engine.setup(policy)
+    seeds = [seed * 1000 + 10 * j for j in range(len(captions))]
+    return engine.generate(policy.prompt_batch(captions), g, params, seeds, return_hidden=hidden)
 
 
 def test_exact_count_in_range_groups_contiguous(tiny_policy):
@@ -25,7 +27,7 @@ def test_exact_count_in_range_groups_contiguous(tiny_policy):
 
 def test_sampler_and_trainer_logprobs_and_hidden_states_agree(tiny_policy):
     ro = _generate(tiny_policy, hidden=True)
-    fwd = sequence_logprobs(tiny_policy, ro.prompts, ro.codes, 1.0, return_hidden=True)
+    fwd = sequence_logprobs(tiny_policy.lm, ro.prompts, ro.codes, 1.0, return_hidden=True)
     torch.testing.assert_close(fwd.logprobs, ro.sampler_logprobs, atol=1e-5, rtol=0)
     n, h = tiny_policy.layout.tokens_per_image, tiny_policy.model.config.hidden_size
     assert ro.hidden_states.shape == (len(CAPTIONS) * 3, n + 1, h)
@@ -35,7 +37,7 @@ def test_sampler_and_trainer_logprobs_and_hidden_states_agree(tiny_policy):
 def test_truncated_sampling_matches_truncated_trainer_logprobs(tiny_policy):
     params = SamplingParams(temperature=0.7, top_k=5, top_p=0.9)
     ro = _generate(tiny_policy, params=params)
-    fwd = sequence_logprobs(tiny_policy, ro.prompts, ro.codes, 0.7, top_k=5, top_p=0.9)
+    fwd = sequence_logprobs(tiny_policy.lm, ro.prompts, ro.codes, 0.7, top_k=5, top_p=0.9)
     torch.testing.assert_close(fwd.logprobs, ro.sampler_logprobs, atol=1e-5, rtol=0)
     assert torch.isfinite(fwd.logprobs).all()
 
@@ -46,7 +48,7 @@ def test_left_padding_does_not_change_a_prompt_s_distribution(tiny_policy):
     rows = slice(2, 4)  # the "green" group, left-padded in the batch
     alone = tiny_policy.prompt_batch(["green"]).repeat_interleave(2)
     assert alone.input_ids.shape[1] < ro.prompts.input_ids.shape[1]
-    fwd = sequence_logprobs(tiny_policy, alone, ro.codes[rows], 1.0, return_hidden=True)
+    fwd = sequence_logprobs(tiny_policy.lm, alone, ro.codes[rows], 1.0, return_hidden=True)
     torch.testing.assert_close(fwd.logprobs, ro.sampler_logprobs[rows], atol=1e-5, rtol=0)
     torch.testing.assert_close(fwd.hidden_states, ro.hidden_states[rows], atol=1e-5, rtol=0)
 
@@ -73,3 +75,13 @@ def test_logprobs_come_from_image_rows_only(tiny_policy):
     img = logits[:, p - 1 : -1, layout.image_token_start : layout.image_token_start + layout.num_codes]
     expected = torch.log_softmax(img, -1).gather(-1, ro.codes[..., None]).squeeze(-1)
     torch.testing.assert_close(ro.sampler_logprobs, expected, atol=1e-5, rtol=0)
+
+
+def test_a_group_s_samples_depend_only_on_its_seed(tiny_policy):
+    # The "green" group alone, and inside a batch (left-padded, other prompts around it): same codes.
+    batch = _generate(tiny_policy, g=2)
+    engine = KVCacheEngine()
+    engine.setup(tiny_policy)
+    alone = engine.generate(tiny_policy.prompt_batch(["green"]), 2, SamplingParams(), [10])
+    assert torch.equal(alone.codes, batch.codes[2:4])
+    torch.testing.assert_close(alone.sampler_logprobs, batch.sampler_logprobs[2:4], atol=1e-5, rtol=0)

@@ -1,0 +1,71 @@
+"""The rollout-engine interface: sample groups of image-code sequences from a policy.
+
+An engine is built from the recipe (``rollout.engine`` + ``rollout.engine_kwargs``), handed its policy
+once (`setup`), asked for samples every step (`generate`), and told after every optimizer step that the
+weights changed (`update_weights`: nothing to do for an engine that reads the live model in-process;
+an engine with its own copy of the weights, such as vLLM, reloads them there).
+
+Randomness is explicit: `generate` takes one seed per prompt, and a prompt's G samples depend only on
+its seed (not on the other prompts of the batch, nor on the process that runs it). A caller spaces
+seeds by at least G (vLLM's convention: sample i of a request seeded s uses s + i); `stream_seed`
+derives them from named parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from blip3o_rl.policies.base import ImageTokenPolicy, PromptBatch, SamplingParams
+
+__all__ = ["Rollout", "RolloutEngine", "SamplingParams", "stream_seed"]
+
+
+@dataclass
+class Rollout:
+    """Samples of one batch; the G rows of one prompt's group are contiguous."""
+
+    prompts: PromptBatch  # [B, P] each prompt repeated for its group's rows (B = prompts * G)
+    codes: torch.Tensor  # [B, N] sampled image codes (0-based)
+    sampler_logprobs: torch.Tensor  # [B, N] log-probs the engine sampled with (logged, never trained on)
+    seeds: list[int]  # [prompts] the seed of each prompt's group
+    hidden_states: torch.Tensor | None = None  # [B, N + 1, H] conditioning states, if the engine gives them
+
+
+def stream_seed(*parts: int | str) -> int:
+    """A 62-bit seed from named parts, e.g. ``stream_seed(seed, "train", step, prompt_index)``: stable
+    across processes and Python runs (no ``hash()``), and unrelated for different parts."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
+
+
+class RolloutEngine(ABC):
+    """Samples exactly ``policy.layout.tokens_per_image`` image codes per sample, among the image tokens."""
+
+    #: True when `generate` fills `Rollout.hidden_states` (else one no-grad forward of the trainer does).
+    provides_hidden_states: bool = False
+
+    def setup(self, policy: ImageTokenPolicy) -> None:
+        """Bind the engine to ``policy`` (called once, before the first `generate`)."""
+        self.policy = policy
+
+    @abstractmethod
+    def generate(
+        self,
+        prompts: PromptBatch,
+        num_generations: int,
+        params: SamplingParams,
+        seeds: Sequence[int],
+        return_hidden: bool = False,
+    ) -> Rollout:
+        """``num_generations`` samples of each of the ``prompts [P, L]``; ``seeds[j]`` seeds prompt j's group.
+
+        ``return_hidden`` asks for the N + 1 conditioning states (engines that cannot give them ignore it).
+        """
+
+    def update_weights(self, policy: ImageTokenPolicy) -> None:  # noqa: B027 (a no-op is the right default)
+        """The policy's weights changed (after an optimizer step)."""
