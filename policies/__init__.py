@@ -11,7 +11,7 @@ from blip3o_rl.policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBa
 
 # kind -> "module:Class"; each class has `from_pretrained(path, dtype=...)`. Imported on first use.
 POLICIES: dict[str, str] = {
-    "tiny": "blip3o_rl.policies.tiny.world:TinyWorldPolicy",
+    "tiny": "blip3o_rl.tiny.world:TinyWorldPolicy",
     "blip3o_next": "blip3o_rl.policies.blip3o_next:Blip3oNextPolicy",
 }
 
