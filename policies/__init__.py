@@ -12,7 +12,7 @@ from blip3o_rl.policies.model import ImageTokenLayout, ImageTokenLM, SamplingPar
 
 # kind -> "module:Class"; each class has `from_pretrained(path, dtype=...)`. Imported on first use.
 POLICIES: dict[str, str] = {
-    "tiny": "blip3o_rl.policies.tiny.world:TinyWorldPolicy",
+    "tiny": "blip3o_rl.tiny.world:TinyWorldPolicy",
     "blip3o_next": "blip3o_rl.policies.blip3o_next:Blip3oNextPolicy",
 }
 

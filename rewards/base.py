@@ -74,7 +74,7 @@ class Reward(Protocol):
 
 _REGISTRY: dict[str, str] = {
     # name -> "module:attribute", imported on first use so heavy backends stay lazy.
-    "tiny_layout": "blip3o_rl.rewards.tiny_layout:TinyLayoutReward",
+    "tiny_layout": "blip3o_rl.tiny.layout_reward:TinyLayoutReward",
     "geneval": "blip3o_rl.rewards.geneval.reward:GenEvalReward",
     "ocr": "blip3o_rl.rewards.ocr:OCRReward",
 }

@@ -48,7 +48,7 @@ class ModelConfig:
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     gradient_checkpointing: bool = False
-    # policy "tiny" with name_or_path null: the tiny world to make (keys of policies/tiny/warm_start.py:
+    # policy "tiny" with name_or_path null: the tiny world to make (keys of tiny/warm_start.py:
     # seed, grid, hidden_size, num_layers, ..., sft_steps, sft_accuracy, sft_targets)
     tiny_world: dict[str, Any] = field(default_factory=dict)
 

@@ -113,7 +113,7 @@ class GRPOTrainer:
             raise ValueError("model.name_or_path is required (only the tiny world can be made on the fly)")
         path = self.out / "base_model"
         if self.acc.is_main_process and not (path / "config.json").is_file():
-            from blip3o_rl.policies.tiny.warm_start import build_tiny_world
+            from blip3o_rl.tiny.warm_start import build_tiny_world
 
             build_tiny_world(path, load_prompts(self.cfg.data.train_file), m.tiny_world,
                              progress=self.cfg.logging.progress_bar)

@@ -51,7 +51,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_tiny_world(args: argparse.Namespace) -> int:
-    from blip3o_rl.policies.tiny import make_tiny_world
+    from blip3o_rl.tiny import make_tiny_world
 
     print(make_tiny_world(args.out_dir, seed=args.seed, grid=args.grid, hidden_size=args.hidden_size,
                           num_layers=args.num_layers))

@@ -22,13 +22,13 @@ def _single_thread():
 @pytest.fixture(scope="session")
 def tiny_world_dir(tmp_path_factory) -> Path:
     """A random tiny-world model folder, written once per test session by the project's own code."""
-    from blip3o_rl.policies.tiny import make_tiny_world
+    from blip3o_rl.tiny import make_tiny_world
 
     return make_tiny_world(tmp_path_factory.mktemp("tiny_world"), seed=0)
 
 
 @pytest.fixture
 def tiny_policy(tiny_world_dir):
-    from blip3o_rl.policies.tiny import TinyWorldPolicy
+    from blip3o_rl.tiny import TinyWorldPolicy
 
     return TinyWorldPolicy.from_pretrained(tiny_world_dir)

@@ -118,7 +118,7 @@ def build_scorer(
     is loaded and colours come from the pixels, so ``detector`` and ``clip`` are not used).
     """
     if detector_backend == "tiny_world":
-        from blip3o_rl.rewards.geneval.tiny_world import TinyWorldDetector
+        from blip3o_rl.tiny.detector import TinyWorldDetector
 
         return GenEvalScorer(TinyWorldDetector(tile=tile), colours=None)
     if detector_backend == "transformers":

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from blip3o_rl.policies.tiny.signs import SIGN_PROMPT
-from blip3o_rl.policies.tiny.world import make_tiny_world
 from blip3o_rl.rewards.ocr import OCRReward
 from blip3o_rl.rewards.ocr.evaluate import evaluate_image_dir
 from blip3o_rl.scripts.cli import main
 from blip3o_rl.scripts.make_tiny_blip3o_next import main as make_tiny_blip3o_next
+from blip3o_rl.tiny.signs import SIGN_PROMPT
+from blip3o_rl.tiny.world import make_tiny_world
 
 WORDS = ["CAT", "WOLF", "PIANO"]
 FAST_OCR = ["--engine-param", "Rec.rec_img_shape=[3,48,240]", "--num-workers", "2"]

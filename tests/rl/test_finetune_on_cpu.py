@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from blip3o_rl.policies.tiny import TinyWorldPolicy
 from blip3o_rl.rl.config import ModelConfig
 from blip3o_rl.rl.finetune import FinetuneSetup
 from blip3o_rl.rl.logprobs import sequence_logprobs
 from blip3o_rl.rl.loss import policy_loss
+from blip3o_rl.tiny import TinyWorldPolicy
 
 
 def _one_step(policy, setup):

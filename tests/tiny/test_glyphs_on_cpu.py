@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-from blip3o_rl.policies.tiny.glyphs import BLANK_CODE, GLYPH_ALPHABET, GlyphRenderer
-from blip3o_rl.policies.tiny.signs import SIGN_PROMPT, glyph_target_codes, spelled_by_character
-from blip3o_rl.policies.tiny.world import TinyWorldPolicy, build_tokenizer, grid_shape, make_tiny_world
 from blip3o_rl.rewards import load_reward
 from blip3o_rl.rl.config import packaged_recipe
 from blip3o_rl.rl.data import load_prompts
+from blip3o_rl.tiny.glyphs import BLANK_CODE, GLYPH_ALPHABET, GlyphRenderer
+from blip3o_rl.tiny.signs import SIGN_PROMPT, glyph_target_codes, spelled_by_character
+from blip3o_rl.tiny.world import TinyWorldPolicy, build_tokenizer, grid_shape, make_tiny_world
 
 RECIPE = yaml.safe_load(packaged_recipe("demo_ocr").read_text())
 WORLD = RECIPE["model"]["tiny_world"]

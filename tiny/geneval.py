@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from blip3o_rl.policies.tiny.objects import DEFAULT_CLASSES, DEFAULT_COLOURS, object_code
 from blip3o_rl.rewards.geneval.rules import relative_position
 from blip3o_rl.rl.data import write_prompt_splits
+from blip3o_rl.tiny.objects import DEFAULT_CLASSES, DEFAULT_COLOURS, object_code
 
 
 def geneval_prompts(seed: int = 0, eval_fraction: float = 0.25) -> tuple[list[dict], list[dict]]:

@@ -7,7 +7,7 @@ It follows the BLIP3o-NEXT conventions exactly, at toy size:
 - prompt: the BLIP3o-NEXT chat template and caption instruction, ending with ``<im_start><S0>``;
 - image: ``rows x cols`` codes (``grid``: an int for a square, or ``[rows, cols]``), each drawn as a
   ``tile x tile`` square by the world's *renderer* (default "palette": code k is a square of palette
-  colour k; "glyphs" draws letters, `policies/tiny/glyphs.py`; other worlds register their own).
+  colour k; "glyphs" draws letters, `tiny/glyphs.py`; other worlds register their own).
 
 Everything is saved with ``save_pretrained`` (safetensors + tokenizer files + config.json carrying the
 world's settings) and loaded with ``from_pretrained``, the same code path as real checkpoints.
@@ -80,9 +80,9 @@ class PaletteRenderer:
 # renderer name -> "module:Class"; a class takes the config's `tiny_world` dict and has `num_codes`,
 # `render(codes [B, rows, cols]) -> uint8 [B, H, W, 3]` and a static `default_spec()`.
 RENDERERS: dict[str, str] = {
-    "palette": "blip3o_rl.policies.tiny.world:PaletteRenderer",
-    "objects": "blip3o_rl.policies.tiny.objects:ObjectsRenderer",  # GenEval-style sprites
-    "glyphs": "blip3o_rl.policies.tiny.glyphs:GlyphRenderer",  # letters, for the OCR task
+    "palette": "blip3o_rl.tiny.world:PaletteRenderer",
+    "objects": "blip3o_rl.tiny.objects:ObjectsRenderer",  # GenEval-style sprites
+    "glyphs": "blip3o_rl.tiny.glyphs:GlyphRenderer",  # letters, for the OCR task
 }
 
 

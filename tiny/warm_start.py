@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from blip3o_rl.policies.tiny.world import TinyWorldPolicy, make_tiny_world
 from blip3o_rl.rl.data import PromptRow
 from blip3o_rl.rl.logprobs import sequence_logprobs
+from blip3o_rl.tiny.world import TinyWorldPolicy, make_tiny_world
 
 
 def warm_start(
@@ -59,9 +59,9 @@ def warm_start(
 # name -> "module:function(row, (rows, cols)) -> codes [rows * cols]": the image a prompt asks for, where
 # row = {"prompt": ..., **metadata} is the prompt file's row.
 WARM_START_TARGETS: dict[str, str] = {
-    "layout": "blip3o_rl.policies.tiny.layout:layout_target_codes",
-    "geneval": "blip3o_rl.policies.tiny.geneval:geneval_target_codes",
-    "glyphs": "blip3o_rl.policies.tiny.signs:glyph_target_codes",
+    "layout": "blip3o_rl.tiny.layout:layout_target_codes",
+    "geneval": "blip3o_rl.tiny.geneval:geneval_target_codes",
+    "glyphs": "blip3o_rl.tiny.signs:glyph_target_codes",
 }
 WORLD_KEYS = ("seed", "grid", "tile", "hidden_size", "num_layers", "extra_words", "renderer", "renderer_spec",
               "initializer_range")

@@ -3,7 +3,7 @@
 Code 0 is an empty background tile. Every other code is one (class, colour) pair drawn as a sprite
 of the class's shape, in the colour's RGB, on the background: code ``1 + ci * len(colours) + ki`` for
 class ``ci`` and colour ``ki``. Class names are GenEval object names and colour names GenEval
-colours, so GenEval metadata applies unchanged; `blip3o_rl.rewards.geneval.tiny_world` reads the
+colours, so GenEval metadata applies unchanged; `blip3o_rl.tiny.detector` reads the
 objects back from the pixels.
 
 Renderer spec (stored in the model's ``config.json`` under ``tiny_world``)::

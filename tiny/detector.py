@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from blip3o_rl.policies.tiny.objects import BACKGROUND, DEFAULT_CLASSES, GENEVAL_RGB, shape_masks
 from blip3o_rl.rewards.geneval.metadata import GENEVAL_OBJECTS
+from blip3o_rl.tiny.objects import BACKGROUND, DEFAULT_CLASSES, GENEVAL_RGB, shape_masks
 
 _COLOUR_NAMES = list(GENEVAL_RGB)
 _COLOUR_RGB = np.asarray(list(GENEVAL_RGB.values()), dtype=np.float32)  # [10, 3]

@@ -1,7 +1,7 @@
 """The tiny world's colour-layout task: prompts, and the images that satisfy them.
 
 Prompts name a colour for the whole image ("a red image") or one per half ("a red top and a blue
-bottom"); their metadata ``{"regions": {...}}`` is what `rewards/tiny_layout.py` scores. The files
+bottom"); their metadata ``{"regions": {...}}`` is what `tiny/layout_reward.py` scores. The files
 shipped in ``configs/data`` are written by `write_layout_prompts`.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from blip3o_rl.policies.tiny.world import PALETTE
 from blip3o_rl.rl.data import write_prompt_splits
+from blip3o_rl.tiny.world import PALETTE
 
 NAMED_COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "cyan", "pink")
 

@@ -11,17 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from blip3o_rl.policies.tiny.geneval import geneval_prompts, prompt_words, write_geneval_prompts
-from blip3o_rl.policies.tiny.objects import GENEVAL_RGB, ObjectsRenderer
-from blip3o_rl.policies.tiny.world import PaletteRenderer, build_tokenizer
 from blip3o_rl.rewards.base import load_reward
 from blip3o_rl.rewards.geneval import TAGS, validate_metadata
 from blip3o_rl.rewards.geneval.prompts import TaskSpace, canonical_key, generate_prompts, split_prompts
 from blip3o_rl.rewards.geneval.scorer import build_scorer
-from blip3o_rl.rewards.geneval.tiny_world import TinyWorldDetector
 from blip3o_rl.rl.config import load_config
+from blip3o_rl.tiny.detector import TinyWorldDetector
+from blip3o_rl.tiny.geneval import geneval_prompts, prompt_words, write_geneval_prompts
+from blip3o_rl.tiny.objects import GENEVAL_RGB, ObjectsRenderer
+from blip3o_rl.tiny.world import PaletteRenderer, build_tokenizer
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 TILE = 12
 RENDERER = ObjectsRenderer({"tile": TILE, **ObjectsRenderer.default_spec()})
 
@@ -154,8 +154,8 @@ def test_recipe_world_knows_every_prompt_word():
 def test_warm_start_targets_are_correct_in_a_saved_world(tmp_path):
     # Codes are read back from config.json (written with sorted keys): the target images drawn by the
     # reloaded world must be what GenEval accepts, for every shipped prompt.
-    from blip3o_rl.policies.tiny.geneval import geneval_target_codes
-    from blip3o_rl.policies.tiny.world import TinyWorldPolicy, make_tiny_world
+    from blip3o_rl.tiny.geneval import geneval_target_codes
+    from blip3o_rl.tiny.world import TinyWorldPolicy, make_tiny_world
 
     policy = TinyWorldPolicy.from_pretrained(make_tiny_world(tmp_path, renderer="objects", grid=3, tile=TILE))
     train, held_out = geneval_prompts()
