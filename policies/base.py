@@ -15,10 +15,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class ImageTokenPolicy(ABC):
     Subclasses set ``model``, ``tokenizer`` and ``layout`` and implement `prompt_batch` and `decode`.
     """
 
-    model: nn.Module
+    model: PreTrainedModel
     layout: ImageTokenLayout
     #: True when `decode` reads the hidden states at the N + 1 conditioning positions (BLIP3o-NEXT).
     needs_hidden_states: bool = False
