@@ -231,5 +231,5 @@ class WeightedRewards:
         total: list[float | None] = []
         for i in range(len(images)):
             parts = [(w, outputs[name].scores[i]) for name, w, _ in self.rewards]
-            total.append(None if any(s is None for _, s in parts) else sum(w * s for w, s in parts))
+            total.append(None if any(s is None for _, s in parts) else sum(w * s for w, s in parts if s is not None))
         return CombinedScores(total=total, outputs=outputs)

@@ -17,6 +17,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -202,7 +203,7 @@ def _convert(value: Any, tp: Any, key: str, where: _Where, base_dir: Path | None
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where(key)}: {key} must be a mapping, got {type(value).__name__}")
-        return _build(tp, value, where, base_dir, key + ".")
+        return _build(typing.cast(type, tp), value, where, base_dir, key + ".")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where(key)}: {key} must be a list, got {type(value).__name__} {value!r}")
@@ -292,7 +293,8 @@ def packaged_recipe(name: str) -> Path | None:
     if not stem.endswith((".yaml", ".yml")):
         stem += ".yaml"
     candidate = resources.files("blip3o_rl.configs") / stem
-    return Path(str(candidate)) if candidate.is_file() else None
+    # resolve(): in a strict editable install the packaged file is a link into the repository's configs/.
+    return Path(str(candidate)).resolve() if candidate.is_file() else None
 
 
 def resolve_recipe(path_or_name: str) -> Path:
@@ -312,7 +314,7 @@ def config_from_dict(data: dict, source: str = "<dict>", base_dir: Path | None =
     return cfg
 
 
-def load_config(path_or_name: str, overrides: list[str] = ()) -> TrainConfig:
+def load_config(path_or_name: str, overrides: Sequence[str] = ()) -> TrainConfig:
     """Load a recipe (a YAML path or a packaged recipe name) and apply ``key=value`` overrides."""
     path = resolve_recipe(path_or_name)
     text = path.read_text()

@@ -76,6 +76,7 @@ def load_run_policy(
             policy, dataclasses.replace(m, gradient_checkpointing=False), need_reference=False
         )
         setup.load_trainable_state_dict(weights)
+        assert setup.peft_model is not None  # finetune == "lora"
         policy.model = setup.peft_model.merge_and_unload()
     else:
         policy.model.load_state_dict(weights, strict=True)

@@ -61,8 +61,9 @@ class FinetuneSetup:
             from peft import set_peft_model_state_dict
 
             result = set_peft_model_state_dict(self.peft_model, state)
-            if getattr(result, "unexpected_keys", None):
-                raise ValueError(f"adapter checkpoint has unexpected keys: {result.unexpected_keys[:5]}")
+            unexpected = getattr(result, "unexpected_keys", None)
+            if unexpected:
+                raise ValueError(f"adapter checkpoint has unexpected keys: {unexpected[:5]}")
         else:
             self.policy.model.load_state_dict(state, strict=True)
 

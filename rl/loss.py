@@ -127,6 +127,7 @@ def policy_loss(
     per_token = -torch.min(ratio * adv, clipped * adv)  # [B, L]
     kl = None
     if beta > 0:
+        assert ref_logprobs is not None, "beta > 0 needs ref_logprobs"
         delta = ref_logprobs.detach() - logprobs
         kl = torch.exp(delta) - delta - 1  # [B, L]
         per_token = per_token + beta * kl

@@ -17,6 +17,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
@@ -56,7 +57,7 @@ QWEN3_1_7B_BLIP3O = {
     "diffusion_name_or_path": "Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers",
 }
 # SANA 1.5 1.6B at 1024 px (32 x 32 latents); qk_norm as in SANA 1.5 (assumed: configs unreachable here).
-SANA_1_6B = {
+SANA_1_6B: dict[str, Any] = {
     "in_channels": 32,
     "out_channels": 32,
     "num_attention_heads": 70,

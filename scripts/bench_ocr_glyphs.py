@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from blip3o_rl.tiny.signs import glyph_target_codes
 
 GRID, TILE = (1, 5), 24
 REC_240 = {"Rec.rec_img_shape": [3, 48, 240]}
-SETTINGS = {
+SETTINGS: dict[str, dict[str, Any]] = {
     "reference": {},
     "det min 32": {"det_limit_type": "min", "det_limit_side_len": 32},
     "rec 240 (demo recipe)": {"params": REC_240},
@@ -45,7 +46,9 @@ SETTINGS = {
 
 def image_sets(n: int, seed: int = 0) -> dict[str, tuple[list[str], np.ndarray]]:
     """Targets and codes ``[n, 1, 5]`` of the ``words`` and ``random`` sets."""
-    prompts = [r.prompt for r in load_prompts(packaged_recipe("demo_ocr").parent / "data" / "tiny_ocr_eval.txt")]
+    recipe = packaged_recipe("demo_ocr")
+    assert recipe is not None
+    prompts = [r.prompt for r in load_prompts(recipe.parent / "data" / "tiny_ocr_eval.txt")]
     prompts = [prompts[i % len(prompts)] for i in range(n)]
     words = torch.stack([glyph_target_codes({"prompt": p}, GRID) for p in prompts]).numpy()
     rng = np.random.default_rng(seed)

@@ -98,4 +98,4 @@ def generation_policy(args: argparse.Namespace, command: str):
         raise GenerationArgsError(str(exc)) from None
     if torch.cuda.is_available():
         policy.model.to("cuda")
-    return policy, SamplingParams(temperature, top_k, top_p)
+    return policy, SamplingParams(float(temperature), int(top_k), float(top_p))

@@ -34,7 +34,7 @@ class TinyWorldDetector:
     def __init__(
         self,
         tile: int = 8,
-        classes: list[list[str]] | None = None,
+        classes: Sequence[Sequence[str]] | None = None,
         background: Sequence[int] = BACKGROUND,
         tolerance: int = 24,
     ):

@@ -107,7 +107,7 @@ def build_renderer(spec: dict[str, Any]):
     return getattr(importlib.import_module(module), attr)(spec)
 
 
-def build_tokenizer(num_codes: int, extra_words: list[str] = ()) -> PreTrainedTokenizerFast:
+def build_tokenizer(num_codes: int, extra_words: Sequence[str] = ()) -> PreTrainedTokenizerFast:
     """A WordPiece tokenizer: whole words where known, characters otherwise, plus the image tokens."""
     words = list(dict.fromkeys([*BASE_WORDS, *PALETTE, *(w.lower() for w in extra_words)]))
     chars = list(string.ascii_letters + string.digits + string.punctuation)
@@ -136,7 +136,7 @@ def make_tiny_world(
     hidden_size: int = 64,
     num_layers: int = 2,
     seed: int = 0,
-    extra_words: list[str] = (),
+    extra_words: Sequence[str] = (),
     renderer: str = "palette",
     renderer_spec: dict[str, Any] | None = None,
     initializer_range: float = 0.02,

@@ -16,6 +16,7 @@ Nothing here is trained: the module is built with ``requires_grad=False`` and ru
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,11 +81,15 @@ class Blip3oNextDecoder(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.connector[0].weight.dtype
+        return self._connector_in().weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.connector[0].weight.device
+        return self._connector_in().weight.device
+
+    def _connector_in(self) -> nn.Linear:
+        """The connector's first layer, ``Linear(H → W)`` (see `build_connector`)."""
+        return typing.cast(nn.Linear, self.connector[0])
 
     @property
     def latent_size(self) -> int:
@@ -107,7 +112,7 @@ class Blip3oNextDecoder(nn.Module):
     @torch.no_grad()
     def unconditional(self, num_positions: int) -> torch.Tensor:
         """The CFG unconditional branch: the connector applied to all-zeros hidden states, ``[1, T, C]``."""
-        hidden = self.connector[0].in_features
+        hidden = self._connector_in().in_features
         return self.condition(torch.zeros(1, num_positions, hidden, device=self.device, dtype=self.dtype))
 
     def sigmas(self, num_inference_steps: int) -> np.ndarray:

@@ -64,6 +64,7 @@ def resolve_diffusion_folder(config: Blip3oNextConfig, override: str | Path | No
     ``diffusion_name_or_path`` as a path (absolute or relative to the checkpoint folder), else that hub id
     in the local Hugging Face cache. Never downloads."""
     name = config.diffusion_name_or_path
+    folder: Path | None
     if override is not None:
         folder, origin = Path(override), "diffusion_path"
     else:

@@ -33,7 +33,8 @@ def masked_crop(image: Image.Image, detection: dict[str, Any]) -> Image.Image:
     use the plain box crop.
     """
     image = image.convert("RGB")
-    box = tuple(round(float(v)) for v in detection["box"][:4])
+    x0, y0, x1, y1 = (round(float(v)) for v in detection["box"][:4])
+    box = (x0, y0, x1, y1)
     crop = image.crop(box)
     mask = detection.get("mask")
     if mask is None:

@@ -54,7 +54,7 @@ def detections_from_mmdet(
     ``[N, 5]`` array x0, y0, x1, y1, score and a list of N full-image masks) and mmdet 3.x output (an
     object with ``pred_instances.bboxes/scores/labels/masks``).
     """
-    detections = []
+    detections: list[dict[str, Any]] = []
     if hasattr(result, "pred_instances"):
         inst = result.pred_instances
         boxes, scores, labels = _as_numpy(inst.bboxes), _as_numpy(inst.scores), _as_numpy(inst.labels)

@@ -219,7 +219,7 @@ def split_prompts(
         if size < 2:
             raise ValueError(f"task {tag} has {size} requirement(s) over this vocabulary: too few to split")
         n_eval = min(size - 1, max(1, round(eval_fraction * size)))
-        kwargs = {"tags": [tag], "max_count": max_count, "objects": objects, "colours": colours}
+        kwargs: dict[str, Any] = {"tags": [tag], "max_count": max_count, "objects": objects, "colours": colours}
         rows = generate_prompts(n_eval, seed=seed * 1000 + k, **kwargs)
         held_out += rows
         train += generate_prompts(size, seed=seed * 1000 + k, exclude=rows, **kwargs)

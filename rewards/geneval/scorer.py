@@ -84,6 +84,7 @@ class GenEvalScorer:
 
     def _classify_colours(self, images, rows, detections) -> dict[int, str]:
         """Colour only the objects the rules look at, all images in one classifier batch."""
+        assert self.colours is not None
         crops, names, owners = [], [], []
         for image, row, dets in zip(images, rows, detections, strict=True):
             for det in colour_targets(row, keep_detections(row, dets)):

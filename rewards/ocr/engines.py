@@ -169,7 +169,7 @@ class RapidOCREngine:
         txts, scores = getattr(out, "txts", None), getattr(out, "scores", None)
         if txts is None:  # nothing detected, or nothing recognised above text_score
             return []
-        return [(str(t), float(s)) for t, s in zip(txts, scores, strict=True)]
+        return [(str(t), float(s)) for t, s in zip(txts, scores or (), strict=True)]
 
     def read_batch(self, images: Sequence[Image.Image]) -> list[OCRLines | Exception]:
         futures = [self._pool.submit(self.read, image) for image in images]

@@ -19,8 +19,8 @@ def load_ocr_prompts(path: str | Path) -> list[dict[str, str]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise OCRPromptError(f"{path}:{line}: not valid UTF-8 ({exc.reason})") from None
+        bad_line = data[: exc.start].count(b"\n") + 1
+        raise OCRPromptError(f"{path}:{bad_line}: not valid UTF-8 ({exc.reason})") from None
     rows = []
     # split("\n"), not splitlines(): line numbers must match editors, whatever Unicode separators a line holds.
     for lineno, line in enumerate(text.split("\n"), start=1):
