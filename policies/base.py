@@ -20,13 +20,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 from torch import nn
 
 from blip3o_rl.policies.model import ImageTokenLayout, ImageTokenLM, SamplingParams
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["ImageTokenLM", "ImageTokenLayout", "ImageTokenPolicy", "PromptBatch", "SamplingParams"]
 
@@ -65,12 +68,12 @@ class ImageTokenPolicy(ABC):
     inference_sampling: SamplingParams = SamplingParams()
 
     @property
-    def model(self) -> nn.Module:
+    def model(self) -> PreTrainedModel:
         """The Hugging Face causal LM inside `lm`."""
         return self.lm.causal_lm
 
     @model.setter
-    def model(self, causal_lm: nn.Module) -> None:
+    def model(self, causal_lm: PreTrainedModel) -> None:
         self.lm = ImageTokenLM(causal_lm, self.layout)
 
     @property

@@ -16,15 +16,17 @@ image tokens, and it keeps a ``[*, vocab]`` tensor (217k columns for BLIP3o-NEXT
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: ``score(logits [B, n, K], codes [B, n], positions) -> (logprobs [B, n], entropy [B, n])``: the sampling
 #: distribution, supplied by the caller (the trainer's `rl/sampling.py`); ``positions`` is the slice of
@@ -76,10 +78,15 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-@functools.cache
-def _cache_argument(body_class: type) -> str:
+_CACHE_ARGUMENT: dict[type, str] = {}
+
+
+def _cache_argument(body_class: type[nn.Module]) -> str:
     """transformers renamed the body's ``past_key_values`` argument to ``cache`` (5.x, old name deprecated)."""
-    return "cache" if "cache" in inspect.signature(body_class.forward).parameters else "past_key_values"
+    if body_class not in _CACHE_ARGUMENT:
+        params = inspect.signature(body_class.forward).parameters
+        _CACHE_ARGUMENT[body_class] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_ARGUMENT[body_class]
 
 
 class ImageTokenLM(nn.Module):
@@ -89,7 +96,9 @@ class ImageTokenLM(nn.Module):
     holds the adapter weights too).
     """
 
-    def __init__(self, causal_lm: nn.Module, layout: ImageTokenLayout):
+    causal_lm: PreTrainedModel
+
+    def __init__(self, causal_lm: PreTrainedModel, layout: ImageTokenLayout):
         super().__init__()
         self.causal_lm = causal_lm
         self.layout = layout
@@ -131,7 +140,7 @@ class ImageTokenLM(nn.Module):
     # -- internals --------------------------------------------------------------------------------------
 
     def _body(self, input_ids, attention_mask, position_ids, cache=None):
-        body = self.causal_lm.get_decoder()
+        body: nn.Module = self.causal_lm.get_decoder()
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)
         kwargs: dict[str, Any] = {"use_cache": cache is not None}

@@ -9,13 +9,20 @@ rollout engine samples from.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from blip3o_rl.policies.base import PromptBatch, SamplingParams
-from blip3o_rl.policies.model import ScoredCodes
 from blip3o_rl.rl.sampling import process_logits
+
+
+@dataclass
+class SequenceLogprobs:
+    logprobs: torch.Tensor  # [B, N] log-prob of each sampled code (grad flows when enabled)
+    entropy: torch.Tensor  # [B, N] entropy of the sampling distribution at each position (detached)
+    hidden_states: torch.Tensor | None  # [B, N + 1, H] conditioning states (detached), if requested
 
 
 def _score_chunk(temperature: float, top_k: int, top_p: float, logits: torch.Tensor, codes: torch.Tensor,
@@ -38,12 +45,13 @@ def sequence_logprobs(
     top_p: float = 1.0,
     return_hidden: bool = False,
     chunk_size: int = 128,
-) -> ScoredCodes:
+) -> SequenceLogprobs:
     """Score ``codes [B, N]`` after ``prompts [B, P]`` with ``lm`` (an `ImageTokenLM`, possibly wrapped by
     DDP/FSDP/DeepSpeed): log-probs ``[B, N]``, entropy ``[B, N]``, and hidden ``[B, N + 1, H]`` if asked."""
     score = functools.partial(_score_chunk, temperature, top_k, top_p)
-    return lm(prompts.input_ids, prompts.attention_mask, codes=codes, score=score,
-              return_hidden=return_hidden, chunk_size=chunk_size)
+    out = lm(prompts.input_ids, prompts.attention_mask, codes=codes, score=score,
+             return_hidden=return_hidden, chunk_size=chunk_size)  # a `ScoredCodes`
+    return SequenceLogprobs(out.logprobs, out.entropy, out.hidden_states)
 
 
 def micro_batches(n: int, size: int) -> list[slice]:
@@ -67,5 +75,5 @@ def score_rollout(
                           return_hidden=return_hidden, chunk_size=chunk_size)
         for sl in micro_batches(codes.shape[0], micro_batch_size)
     ]
-    hidden = torch.cat([o.hidden_states for o in outs]) if return_hidden else None
+    hidden = torch.cat([o.hidden_states for o in outs if o.hidden_states is not None]) if return_hidden else None
     return torch.cat([o.logprobs for o in outs]), hidden
