@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -104,3 +106,33 @@ def generate_images(
         images = sample_and_decode(policy, engine, chunk, images_per_prompt, sampling, seeds).images
         out += [images[i * images_per_prompt : (i + 1) * images_per_prompt] for i in range(len(chunk))]
     return out
+
+
+def inference_policy(
+    model: str | Path | None = None,
+    *,
+    policy: str = "blip3o_next",
+    run: str | Path | None = None,
+    checkpoint: str | None = None,
+    dtype: str | None = None,
+    policy_kwargs: dict[str, Any] | None = None,
+) -> ImageTokenPolicy:
+    """A policy to generate with: from a model folder (``policy`` kind + its ``policy_kwargs``), or from a
+    training ``run`` with a checkpoint applied (its own kind and settings). On the GPU when there is one;
+    ``dtype`` defaults to bfloat16 there and float32 on the CPU."""
+    from blip3o_rl.policies import DTYPES, load_policy
+    from blip3o_rl.rl.export import load_run_policy
+
+    dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
+    if run is not None:
+        if model is not None or policy_kwargs:
+            raise ValueError("a run names its own model and policy settings: give run or model, not both")
+        loaded, _, _ = load_run_policy(run, checkpoint)
+        loaded.lm.to(DTYPES[dtype])
+    elif model is None:
+        raise ValueError("give a model folder or a training run")
+    else:
+        loaded = load_policy(policy, model, dtype, **(policy_kwargs or {}))
+    if torch.cuda.is_available():
+        loaded.lm.to("cuda")
+    return loaded

@@ -41,61 +41,45 @@ def add_generation_arguments(p: argparse.ArgumentParser, *, runs: bool = False) 
                    help="default: bfloat16 on GPU, float32 on CPU")
 
 
-def _kind(args: argparse.Namespace, command: str) -> str:
-    run = getattr(args, "run", None)
-    if run is None:
-        if args.model is None:
-            raise GenerationArgsError(f"{command}: give --model or --run")
-        if getattr(args, "checkpoint", None) is not None:
-            raise GenerationArgsError(f"{command}: --checkpoint needs --run")
-        return args.policy or DEFAULT_POLICY
-    if args.model is not None or args.policy is not None:
-        raise GenerationArgsError(f"{command}: --run names its model and policy; do not give --model or --policy")
-    if args.steps is not None or args.guidance is not None or args.diffusion_path is not None:
-        raise GenerationArgsError(f"{command}: with --run the decode settings are the run's (model.policy_kwargs)")
-    from blip3o_rl.rl.export import read_run_config
-
-    return read_run_config(run).model.policy
+def _policy_kwargs(args: argparse.Namespace) -> dict:
+    """The decode shortcuts as policy keyword arguments (a policy that takes none of them refuses them)."""
+    decode = {k: v for k, v in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance))
+              if v is not None}
+    kwargs: dict = {"decode_settings": decode} if decode else {}
+    if args.diffusion_path is not None:
+        kwargs["diffusion_path"] = args.diffusion_path
+    return kwargs
 
 
 def generation_policy(args: argparse.Namespace, command: str):
-    """``(policy, SamplingParams)`` from the options of `add_generation_arguments`; the policy is on the GPU
-    when there is one. Raises `GenerationArgsError` (message starting with ``command``) for bad options."""
-    import torch
-
-    from blip3o_rl.policies import DTYPES, SamplingParams, load_policy
-    from blip3o_rl.policies.blip3o_next import Blip3oConfigError, CheckpointError
+    """``(policy, SamplingParams)`` from the options of `add_generation_arguments`; sampling options not given
+    take the policy's own inference values. Raises `GenerationArgsError` (message starting with ``command``)."""
+    from blip3o_rl.policies import SamplingParams
+    from blip3o_rl.rl.generate import inference_policy
 
     if min(args.batch_size, 1 if args.steps is None else args.steps) < 1:
         raise GenerationArgsError(f"{command}: --batch-size and --steps must be >= 1")
-    kind = _kind(args, command)
-    kwargs: dict = {}
-    if kind == "blip3o_next":
-        from blip3o_rl.policies.blip3o_next import INFERENCE_SAMPLING, DecodeSettings
-
-        defaults = (INFERENCE_SAMPLING.temperature, INFERENCE_SAMPLING.top_k, INFERENCE_SAMPLING.top_p)
-        settings = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
-        kwargs["decode_settings"] = DecodeSettings(**{k: v for k, v in settings.items() if v is not None})
-        if args.diffusion_path is not None:
-            kwargs["diffusion_path"] = args.diffusion_path
-    else:
-        if args.steps is not None or args.guidance is not None or args.diffusion_path is not None:
-            raise GenerationArgsError(f"{command}: --steps, --guidance and --diffusion-path apply to blip3o_next, "
-                                      f"not to {kind!r}")
-        defaults = (1.0, 0, 1.0)
-    temperature, top_k, top_p = (d if v is None else v for v, d in
-                                 zip((args.temperature, args.top_k, args.top_p), defaults, strict=True))
-    dtype = args.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
+    run, kwargs = getattr(args, "run", None), _policy_kwargs(args)
+    if run is None and args.model is None:
+        raise GenerationArgsError(f"{command}: give --model or --run")
+    if run is None and getattr(args, "checkpoint", None) is not None:
+        raise GenerationArgsError(f"{command}: --checkpoint needs --run")
+    if run is not None and (args.model is not None or args.policy is not None):
+        raise GenerationArgsError(f"{command}: --run names its model and policy; do not give --model or --policy")
+    if run is not None and kwargs:
+        raise GenerationArgsError(f"{command}: with --run the decode settings are the run's (model.policy_kwargs)")
+    kind = args.policy or DEFAULT_POLICY
     try:
-        if getattr(args, "run", None) is not None:
-            from blip3o_rl.rl.export import load_run_policy
-
-            policy, _, _ = load_run_policy(args.run, args.checkpoint)
-            policy.model.to(DTYPES[dtype])
-        else:
-            policy = load_policy(kind, args.model, dtype, **kwargs)
-    except (Blip3oConfigError, CheckpointError) as exc:  # a folder that is not a usable checkpoint
-        raise GenerationArgsError(str(exc)) from None
-    if torch.cuda.is_available():
-        policy.model.to("cuda")
-    return policy, SamplingParams(float(temperature), int(top_k), float(top_p))
+        policy = inference_policy(args.model, policy=kind, run=run, checkpoint=getattr(args, "checkpoint", None),
+                                  dtype=args.dtype, policy_kwargs=kwargs)
+    except TypeError as exc:  # a policy that takes none of the decode options
+        raise GenerationArgsError(f"{command}: --steps, --guidance and --diffusion-path do not apply to policy "
+                                  f"{kind!r} ({exc})") from None
+    except ValueError as exc:  # a folder that is not a usable checkpoint (config, weights) or a bad option
+        raise GenerationArgsError(f"{command}: {exc}") from None
+    d = policy.inference_sampling
+    return policy, SamplingParams(
+        d.temperature if args.temperature is None else float(args.temperature),
+        d.top_k if args.top_k is None else int(args.top_k),
+        d.top_p if args.top_p is None else float(args.top_p),
+    )

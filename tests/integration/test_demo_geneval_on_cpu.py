@@ -89,7 +89,7 @@ def test_eval_geneval_argument_errors(tmp_path, capsys):
     assert "--metadata FILE is needed" in capsys.readouterr().err
     assert main(["eval", "geneval", "--model", str(tmp_path), "--metadata", str(EVAL_FILE),
                  "--out", str(tmp_path / "o"), "--policy", "tiny", "--steps", "4"]) == 2
-    assert "eval geneval: --steps, --guidance and --diffusion-path apply to blip3o_next" in capsys.readouterr().err
+    assert "eval geneval: --steps, --guidance and --diffusion-path do not apply to policy 'tiny'" in capsys.readouterr().err
     assert main(["eval", "geneval", "--run", str(tmp_path), "--policy", "tiny", "--metadata", str(EVAL_FILE),
                  "--out", str(tmp_path / "o")]) == 2
     assert "--run names its model and policy" in capsys.readouterr().err

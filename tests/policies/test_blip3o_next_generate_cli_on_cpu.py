@@ -75,7 +75,7 @@ def test_sampling_defaults_are_the_official_inference_ones(tiny_blip3o_next, tmp
     [
         ([], "give at least one --prompt"),
         (["--prompt", "x", "--num-images", "0"], "must be >= 1"),
-        (["--prompt", "x", "--policy", "tiny"], "apply to blip3o_next"),
+        (["--prompt", "x", "--policy", "tiny"], "do not apply to policy"),
     ],
 )
 def test_bad_arguments_fail_with_a_message(tiny_blip3o_next, tmp_path, capsys, args, message):

@@ -71,7 +71,7 @@ def test_a_fixed_seed_repeats_and_max_prompts_truncates(sign_world, prompts, tmp
     [
         (["--max-prompts", "0"], "must be >= 1"),
         (["--engine-param", "no-equals-sign"], "expected KEY=VALUE"),
-        (["--steps", "2"], "apply to blip3o_next"),
+        (["--steps", "2"], "do not apply to policy"),
     ],
 )
 def test_usage_errors_exit_2_with_a_message(sign_world, prompts, tmp_path, capsys, extra, message):
