@@ -88,11 +88,12 @@ def generate_images(
     batch_size: int = 16,
     engine: RolloutEngine | None = None,
     progress: bool = True,
+    first_index: int = 0,
 ) -> list[list[Image.Image]]:
     """``images_per_prompt`` images for each prompt (outer list follows ``prompts``).
 
-    Runs about ``batch_size`` images per engine call; prompt i is seeded by ``(seed, i)``, so its images
-    do not depend on ``batch_size`` or on the other prompts.
+    Runs about ``batch_size`` images per engine call; prompt i is seeded by ``(seed, first_index + i)``,
+    so its images do not depend on ``batch_size`` or on the other prompts.
     """
     if engine is None:
         engine = KVCacheEngine()
@@ -102,7 +103,7 @@ def generate_images(
     out: list[list[Image.Image]] = []
     for s in tqdm(range(0, len(prompts), per_call), desc="generate", disable=not progress, unit="batch"):
         chunk = list(prompts[s : s + per_call])
-        seeds = [stream_seed(seed, "generate", s + j) for j in range(len(chunk))]
+        seeds = [stream_seed(seed, "generate", first_index + s + j) for j in range(len(chunk))]
         images = sample_and_decode(policy, engine, chunk, images_per_prompt, sampling, seeds).images
         out += [images[i * images_per_prompt : (i + 1) * images_per_prompt] for i in range(len(chunk))]
     return out

@@ -118,7 +118,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_eval_ocr(args: argparse.Namespace) -> int:
     from blip3o_rl.rewards.ocr import OCRReward, load_ocr_prompts
-    from blip3o_rl.scripts.eval_ocr import engine_kwargs, evaluate_policy
+    from blip3o_rl.rl.evaluate import evaluate_ocr
+    from blip3o_rl.scripts.eval_ocr import engine_kwargs
 
     if min(args.images_per_prompt, 1 if args.max_prompts is None else args.max_prompts) < 1:
         return _usage_error("eval ocr: --images-per-prompt and --max-prompts must be >= 1")
@@ -132,7 +133,7 @@ def _cmd_eval_ocr(args: argparse.Namespace) -> int:
         return loaded
     policy, sampling = loaded
     reward = OCRReward(args.engine, **kwargs)
-    summary = evaluate_policy(
+    summary = evaluate_ocr(
         policy, reward, rows, args.out, images_per_prompt=args.images_per_prompt, sampling=sampling,
         seed=args.seed, batch_size=args.batch_size,
         extra={"model": str(args.model), "policy": args.policy, "prompts": str(args.prompts),

@@ -1,6 +1,7 @@
 """OCR benchmark: mean OCR reward ("OCR accuracy"), exact-match rate, per-image jsonl.
 
-Of a model (``blip3o-rl eval ocr``, built on `evaluate_policy`), or of images already on disk::
+Of a model (``blip3o-rl eval ocr``, built on `blip3o_rl.rl.evaluate.evaluate_ocr`), or of images already
+on disk::
 
     blip3o-rl eval ocr --model PATH --prompts test.txt --out results/
     python -m blip3o_rl.scripts.eval_ocr --images DIR --prompts test.txt --out results/
@@ -12,59 +13,18 @@ non-blank lines), as the image dump of a model evaluation names them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from tqdm.auto import tqdm
 
-from blip3o_rl.rewards.base import Reward
 from blip3o_rl.rewards.ocr.engines import REFERENCE_DET_LIMIT_SIDE_LEN, REFERENCE_DET_LIMIT_TYPE
-from blip3o_rl.rewards.ocr.evaluate import OCREvalWriter, evaluate_image_dir, score_ocr_batch
+from blip3o_rl.rewards.ocr.evaluate import evaluate_image_dir
 from blip3o_rl.rewards.ocr.reward import OCRReward
 
 if TYPE_CHECKING:  # torch-heavy; the CLI builds its parser from this module without them
-    from blip3o_rl.policies.base import ImageTokenPolicy, SamplingParams
-
-
-def evaluate_policy(
-    policy: ImageTokenPolicy,
-    reward: Reward,
-    rows: Sequence[dict[str, str]],
-    out_dir: str | Path,
-    *,
-    images_per_prompt: int = 1,
-    sampling: SamplingParams | None = None,
-    seed: int = 0,
-    batch_size: int = 16,
-    extra: dict[str, Any] | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Generate ``images_per_prompt`` images for each OCR prompt row, score them with ``reward`` and write
-    ``results.jsonl``, ``images/`` and ``summary.json`` to ``out_dir``; returns the summary.
-
-    ``rows`` come from `load_ocr_prompts`. Images are generated and scored ``batch_size`` at a time (at
-    most one batch is held in memory); the batch starting at prompt ``i`` is sampled with seed
-    ``seed + i``, so a run repeats exactly for the same seed and batch size.
-    """
-    from blip3o_rl.rl.generate import generate_images
-
-    sampling = sampling or policy.inference_sampling
-    per_call = max(1, batch_size // images_per_prompt)
-    settings = {"images_per_prompt": images_per_prompt, "seed": seed, "batch_size": batch_size,
-                "sampling": dataclasses.asdict(sampling)}
-    with OCREvalWriter(out_dir) as writer:
-        for start in tqdm(range(0, len(rows), per_call), desc="eval ocr", disable=not progress, unit="batch"):
-            chunk = rows[start : start + per_call]
-            groups = generate_images(policy, [r["prompt"] for r in chunk], images_per_prompt, sampling,
-                                     seed=seed + start, batch_size=batch_size, progress=False)
-            images = [image for group in groups for image in group]
-            keys = [(start + i, j) for i in range(len(chunk)) for j in range(images_per_prompt)]
-            writer.add(score_ocr_batch(reward, images, rows, keys), images)
-        return writer.finish({**settings, **(extra or {})})
+    pass
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
