@@ -4,7 +4,6 @@ import json
 import random
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +24,6 @@ from blip3o_rl.scripts import eval_ocr
 
 pytest.importorskip("rapidocr", reason="the rapidocr engine is not installed")
 
-OCR_TEST_FILE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ocr" / "test.txt"
-
 # Our own phrases: mixed case, digits, punctuation, one and several words.
 OWN_PHRASES = [
     "Hello World",
@@ -38,12 +35,14 @@ OWN_PHRASES = [
 ]
 
 
-def sampled_targets(n: int = 20) -> list[str]:
-    """A fixed sample of the Flow-GRPO OCR test set's targets, when the shared data folder exists."""
-    if not OCR_TEST_FILE.is_file():
+@pytest.fixture(scope="module")
+def sampled_targets(shared_data_file) -> list[str]:
+    """A fixed sample of 20 of the Flow-GRPO OCR test set's targets; none when that file is absent."""
+    test_set = shared_data_file("ocr/test.txt", required=False)
+    if test_set is None:
         return []
-    rows = load_ocr_prompts(OCR_TEST_FILE)
-    return [r["target"] for r in random.Random(0).sample(rows, n)]
+    rows = load_ocr_prompts(test_set)
+    return [r["target"] for r in random.Random(0).sample(rows, 20)]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +54,8 @@ def prompt_for(target: str) -> str:
     return f'A poster that says "{target}"'
 
 
-def test_clean_renders_score_high(reward):
-    targets = OWN_PHRASES + sampled_targets()
+def test_clean_renders_score_high(reward, sampled_targets):
+    targets = OWN_PHRASES + sampled_targets
     images = [render_text(t, 512) for t in targets]
     # Two at 1024 px: the detector then works on a copy shrunk to 960 px (the reference rule).
     images += [render_text(t, 1024) for t in OWN_PHRASES[:2]]

@@ -1,7 +1,6 @@
 """The OCR reward formula (Flow-GRPO's, used by BLIP3o-NEXT) and OCR prompt files. No OCR engine here."""
 
 import random
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,6 @@ from blip3o_rl.rewards.ocr import (
     ocr_reward,
     text_reward,
 )
-
-OCR_TEST_FILE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ocr" / "test.txt"
 
 PROMPT = 'A shop window with a sign that says "Hello World" in neon'
 
@@ -119,9 +116,8 @@ def test_formula_matches_a_direct_reading_of_the_reference():
 # --- prompt files ------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not OCR_TEST_FILE.is_file(), reason=f"{OCR_TEST_FILE} not present (shared data folder)")
-def test_flow_grpo_ocr_test_set_loads():
-    rows = load_ocr_prompts(OCR_TEST_FILE)
+def test_flow_grpo_ocr_test_set_loads(shared_data_file):
+    rows = load_ocr_prompts(shared_data_file("ocr/test.txt"))
     # 1,017 newlines, and the last prompt has none after it: 1,018 prompts.
     assert len(rows) == 1018
     assert rows[0]["target"] == "Spring Collection 2024"

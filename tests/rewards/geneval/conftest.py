@@ -1,20 +1,10 @@
-"""Fixtures for the GenEval tests: paths to the shared official data and tiny models saved to disk."""
+"""Fixtures for the GenEval tests: tiny models saved to disk (the official files: `shared_data_file`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-# tests/rewards/geneval/conftest.py -> repository root is parents[3]; shared/ sits beside the repository.
-SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "geneval"
-
-
-@pytest.fixture(scope="session")
-def geneval_data() -> Path:
-    if not (SHARED / "evaluation_metadata.jsonl").is_file():
-        pytest.fail(f"official GenEval data not found at {SHARED} (expected ../shared beside the repository)")
-    return SHARED
 
 
 @pytest.fixture(scope="session")

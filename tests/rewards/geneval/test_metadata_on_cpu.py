@@ -10,13 +10,13 @@ import pytest
 from blip3o_rl.rewards.geneval import GENEVAL_OBJECTS, TAGS, MetadataError, load_metadata, validate_metadata
 
 
-def test_object_names_match_the_official_list(geneval_data):
-    names = (geneval_data / "object_names.txt").read_text().splitlines()
+def test_object_names_match_the_official_list(shared_data_file):
+    names = shared_data_file("geneval/object_names.txt").read_text().splitlines()
     assert list(GENEVAL_OBJECTS) == [n.strip() for n in names if n.strip()]
 
 
-def test_official_evaluation_file_validates(geneval_data):
-    rows = load_metadata(geneval_data / "evaluation_metadata.jsonl")
+def test_official_evaluation_file_validates(shared_data_file):
+    rows = load_metadata(shared_data_file("geneval/evaluation_metadata.jsonl"))
     assert len(rows) == 553
     assert Counter(r["tag"] for r in rows) == {
         "single_object": 80, "two_object": 99, "counting": 80, "colors": 94, "position": 100, "color_attr": 100,

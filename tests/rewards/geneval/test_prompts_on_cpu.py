@@ -13,8 +13,8 @@ from blip3o_rl.scripts import cmd_geneval
 
 
 @pytest.fixture(scope="module")
-def evaluation(geneval_data):
-    return load_metadata(geneval_data / "evaluation_metadata.jsonl")
+def evaluation(shared_data_file):
+    return load_metadata(shared_data_file("geneval/evaluation_metadata.jsonl"))
 
 
 def test_generated_rows_validate_and_do_not_overlap_the_evaluation_set(evaluation):
@@ -75,14 +75,14 @@ def test_bad_arguments():
         generate_prompts(1, max_count=11)
 
 
-def test_data_command_writes_a_valid_file(tmp_path, geneval_data, capsys):
+def test_data_command_writes_a_valid_file(tmp_path, shared_data_file, capsys):
     import argparse
 
     parser = argparse.ArgumentParser()
     cmd_geneval.configure_data(parser)
     out = tmp_path / "train.jsonl"
     args = parser.parse_args(
-        ["--out", str(out), "--n", "50", "--seed", "7", "--exclude", str(geneval_data / "evaluation_metadata.jsonl")]
+        ["--out", str(out), "--n", "50", "--seed", "7", "--exclude", str(shared_data_file("geneval/evaluation_metadata.jsonl"))]
     )
     assert cmd_geneval.run_data(args) == 0
     rows = load_metadata(out)

@@ -1,23 +1,16 @@
 """The `blip3o-rl` command as a user runs it (a subprocess of the installed package)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-CLI = [sys.executable, "-m", "blip3o_rl.scripts.cli"]
 FAST = ["max_steps=3", "model.tiny_world.sft_steps=5", "eval.eval_every=2", "logging.image_every=2",
         "checkpoint.save_every=2", "grpo.batch_size=16", "grpo.num_generations=4", "logging.progress_bar=false"]
 
 
-def run(*args, cwd=None):
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
-def test_train_demo_writes_every_artefact_and_resumes(tmp_path):
+def test_train_demo_writes_every_artefact_and_resumes(cli, tmp_path):
     out = tmp_path / "run"
-    r = run("train", "demo", f"output_dir={out}", *FAST, cwd=tmp_path)
+    r = cli("train", "demo", f"output_dir={out}", *FAST, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "mean reward, first fifth of steps" in r.stdout and "before ->" in r.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -30,7 +23,7 @@ def test_train_demo_writes_every_artefact_and_resumes(tmp_path):
     assert any((out / "tensorboard").iterdir())
 
     # continue the finished run for two more steps
-    r = run("train", "demo", f"output_dir={out}", *FAST[1:], "max_steps=5", "--resume")
+    r = cli("train", "demo", f"output_dir={out}", *FAST[1:], "max_steps=5", "--resume")
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in rows] == [0, 1, 2, 3, 4, 5]
@@ -45,14 +38,14 @@ def test_train_demo_writes_every_artefact_and_resumes(tmp_path):
         (["train", "demo", "data.train_file=missing.jsonl"], "missing.jsonl does not exist"),
     ],
 )
-def test_bad_input_exits_2_with_a_clear_message(tmp_path, args, message):
-    r = run(*args, f"output_dir={tmp_path / 'o'}", cwd=tmp_path)
+def test_bad_input_exits_2_with_a_clear_message(cli, tmp_path, args, message):
+    r = cli(*args, f"output_dir={tmp_path / 'o'}", cwd=tmp_path)
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr
 
 
-def test_config_prints_the_resolved_recipe():
-    r = run("config", "demo", "grpo.beta=0.02")
+def test_config_prints_the_resolved_recipe(cli):
+    r = cli("config", "demo", "grpo.beta=0.02")
     assert r.returncode == 0
     assert "beta: 0.02" in r.stdout
