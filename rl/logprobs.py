@@ -18,7 +18,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from blip3o_rl.policies.base import ImageTokenPolicy, PromptBatch
-from blip3o_rl.rl.sampling import process_logits
+from blip3o_rl.rl.sampling import scored_logits
 
 
 @dataclass
@@ -28,8 +28,9 @@ class SequenceLogprobs:
     hidden_states: torch.Tensor | None  # [B, N + 1, H] conditioning states (detached), if requested
 
 
-def _chunk_logprobs(policy, hidden, codes, temperature, top_k, top_p):
-    logp = torch.log_softmax(process_logits(policy.image_logits(hidden), temperature, top_k, top_p), -1)
+def _chunk_logprobs(policy, hidden, codes, temperature, top_k, top_p, kept=None):
+    # scored against the sampler's kept set (rl/sampling.py); untruncated: plain logits / temperature
+    logp = torch.log_softmax(scored_logits(policy.image_logits(hidden), codes, temperature, top_k, top_p, kept), -1)
     picked = logp.gather(-1, codes[..., None]).squeeze(-1)
     with torch.no_grad():
         p = logp.exp()
@@ -45,11 +46,16 @@ def code_logprobs(
     top_k: int = 0,
     top_p: float = 1.0,
     chunk_size: int = 128,
+    kept: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs ``[B, N]`` of ``codes`` under the processed distribution at ``hidden [B, N, H]``, and entropy."""
+    """Log-probs ``[B, N]`` of ``codes`` under the processed distribution at ``hidden [B, N, H]``, and entropy.
+
+    ``kept [B, N]``: the sampler's kept-set sizes (truncated sampling), see `rl.sampling.scored_logits`.
+    """
     parts, ents = [], []
     for s in range(0, codes.shape[1], chunk_size):
-        args = (policy, hidden[:, s : s + chunk_size], codes[:, s : s + chunk_size], temperature, top_k, top_p)
+        k = None if kept is None else kept[:, s : s + chunk_size]
+        args = (policy, hidden[:, s : s + chunk_size], codes[:, s : s + chunk_size], temperature, top_k, top_p, k)
         if torch.is_grad_enabled():
             lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
         else:
@@ -68,6 +74,7 @@ def sequence_logprobs(
     top_p: float = 1.0,
     return_hidden: bool = False,
     chunk_size: int = 128,
+    kept: torch.Tensor | None = None,
 ) -> SequenceLogprobs:
     """Forward ``prompts [B, P]`` + ``codes [B, N]`` through the policy; see the module docstring."""
     p, n = prompts.input_ids.shape[1], codes.shape[1]
@@ -75,7 +82,7 @@ def sequence_logprobs(
     attention_mask = torch.cat([prompts.attention_mask, torch.ones_like(codes)], 1)
     hidden = policy.hidden_states(input_ids, attention_mask).last_hidden_state  # [B, P + N, H]
     logprobs, entropy = code_logprobs(
-        policy, hidden[:, p - 1 : p - 1 + n], codes, temperature, top_k, top_p, chunk_size
+        policy, hidden[:, p - 1 : p - 1 + n], codes, temperature, top_k, top_p, chunk_size, kept
     )
     cond = hidden[:, p - 1 : p + n].detach() if return_hidden else None  # [B, N + 1, H]
     return SequenceLogprobs(logprobs, entropy, cond)

@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 
 from blip3o_rl.policies.base import ImageTokenPolicy, PromptBatch
-from blip3o_rl.rl.sampling import sample_codes
+from blip3o_rl.rl.sampling import is_truncated, sample_codes
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Rollout:
     codes: torch.Tensor  # [B, N] sampled image codes (0-based)
     sampler_logprobs: torch.Tensor  # [B, N] log-probs the engine sampled with
     hidden_states: torch.Tensor | None = None  # [B, N + 1, H] conditioning states, if the engine gives them
+    kept_sizes: torch.Tensor | None = None  # [B, N] sizes of the sampler's kept sets (truncated sampling only)
 
 
 @dataclass(frozen=True)
@@ -86,17 +87,22 @@ class KVCacheEngine:
 
         codes = torch.empty(b, n, dtype=torch.long, device=h.device)
         logprobs = torch.empty(b, n, dtype=torch.float32, device=h.device)
+        truncated = params.temperature > 0 and is_truncated(params.top_k, params.top_p)
+        kept = torch.empty(b, n, dtype=torch.long, device=h.device) if truncated else None  # kept-set sizes
         hidden = [h] if return_hidden else None
         for j in range(n):
-            c, lp = sample_codes(policy.image_logits(h), params.temperature, params.top_k, params.top_p, generator)
+            c, lp, k = sample_codes(policy.image_logits(h), params.temperature, params.top_k, params.top_p, generator)
             codes[:, j], logprobs[:, j] = c, lp
+            if kept is not None:
+                kept[:, j] = k
             # The last code's hidden state is needed only as a conditioning state: one extra step.
             if j < n - 1 or return_hidden:
                 h = decode_one_token(policy, c, cache, mask[:, : p + j + 1], next_pos + j)
                 if hidden is not None:
                     hidden.append(h)
         states = torch.stack(hidden, 1) if hidden is not None else None  # [B, N + 1, H]
-        return Rollout(prompts=group, codes=codes, sampler_logprobs=logprobs, hidden_states=states)
+        return Rollout(prompts=group, codes=codes, sampler_logprobs=logprobs, hidden_states=states,
+                       kept_sizes=kept)
 
 
 ENGINES = {"kv_cache": KVCacheEngine}

@@ -226,8 +226,9 @@ class GRPOTrainer:
 
     def _forward(self, policy, ro: Rollout, sl: slice, return_hidden: bool = False):
         r = self.cfg.rollout
+        kept = None if ro.kept_sizes is None else ro.kept_sizes[sl]  # the sampler's kept sets (truncated sampling)
         return sequence_logprobs(policy, ro.prompts.slice(sl), ro.codes[sl], r.temperature, r.top_k, r.top_p,
-                                 return_hidden=return_hidden, chunk_size=r.logprob_chunk_size)
+                                 return_hidden=return_hidden, chunk_size=r.logprob_chunk_size, kept=kept)
 
     @torch.no_grad()
     def _no_grad_pass(self, policy, ro: Rollout, return_hidden: bool = False):
