@@ -31,6 +31,7 @@ from blip3o_rl.rl.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from blip3o_rl.rl.config import RewardSpec, TrainConfig, config_to_dict
 from blip3o_rl.rl.data import PromptSampler, load_prompts
 from blip3o_rl.rl.finetune import FinetuneSetup
+from blip3o_rl.rl.guard import FiniteUpdateGuard
 from blip3o_rl.rl.logprobs import sequence_logprobs
 from blip3o_rl.rl.loss import policy_loss
 from blip3o_rl.rl.rollout import Rollout, SamplingParams, build_engine
@@ -92,6 +93,7 @@ class GRPOTrainer:
             num_training_steps=cfg.max_steps * cfg.grpo.num_iterations,
         )
         self.optimizer = self.acc.prepare(self.optimizer)
+        self.guard = FiniteUpdateGuard(o.max_nonfinite_steps)  # every optimizer step goes through it
 
         self.engine = build_engine(cfg.rollout.engine)
         r = cfg.rollout
@@ -243,8 +245,12 @@ class GRPOTrainer:
         model.train()
         sums: dict[str, float] = {}
         if not bool(mask.any()):  # host sync: nothing to learn from, and Adam would still move the weights
-            return {"update/skipped": 1.0, "loss": 0.0, "kl": 0.0, "entropy": math.nan, "grad_norm": 0.0}
+            return {"update/skipped": 1.0, "loss": 0.0, "kl": 0.0, "entropy": math.nan, "grad_norm": 0.0,
+                    "update/skipped_nonfinite": 0.0}
+        global_samples = global_valid // ro.codes.shape[1]  # valid samples of the step (all ranks)
+        skipped, step_losses = 0, []
         for it in range(g.num_iterations):
+            step_loss = 0.0  # Σ of the micro-batches' shares = this update's loss (rl/loss.py)
             for i, sl in enumerate(slices):
                 ctx = self.acc.no_sync(model) if i < len(slices) - 1 else contextlib.nullcontext()
                 with ctx:
@@ -252,13 +258,14 @@ class GRPOTrainer:
                     loss, st = policy_loss(
                         fwd.logprobs, fwd.logprobs.detach() if old is None else old[sl], adv[sl], mask[sl],
                         loss_type=g.loss_type, epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
-                        ref_logprobs=None if ref is None else ref[sl], num_micro_batches=len(slices),
-                        global_valid_tokens=global_valid,
+                        ref_logprobs=None if ref is None else ref[sl],
+                        global_valid_tokens=global_valid, global_valid_samples=global_samples,
                     )
                     self.acc.backward(loss)
                 w = st.valid_tokens
                 m = mask[sl]
-                vals = {"loss": float(loss.detach()) * len(slices), "kl": st.kl, "clip/low": st.clip_low,
+                step_loss += float(loss.detach())
+                vals = {"kl": st.kl, "clip/low": st.clip_low,
                         "clip/high": st.clip_high, "ratio/mean": st.ratio_mean}
                 if it == 0 and m.any():
                     vals["entropy"] = float(fwd.entropy[m].mean())
@@ -272,13 +279,15 @@ class GRPOTrainer:
                 sums["ratio/max"] = max(sums.get("ratio/max", -math.inf), st.ratio_max)
             max_norm = o.max_grad_norm if o.max_grad_norm is not None else math.inf
             sums["grad_norm"] = float(self.acc.clip_grad_norm_(self.params, max_norm))
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            # optimizer + scheduler step, or a skipped non-finite update (rl/guard.py); grads cleared
+            skipped += not self.guard.step(self.optimizer, self.scheduler, step_loss, sums["grad_norm"])
+            step_losses.append(step_loss)
         out = {k: v / sums[f"_w/{k}"] for k, v in sums.items() if f"_w/{k}" in sums}
         out.update({k: v for k, v in sums.items() if k in ("ratio/min", "ratio/max", "grad_norm",
                                                                "rollout/logprob_diff_max")})
         out["clip/fraction"] = out["clip/low"] + out["clip/high"]
+        out["loss"] = sum(step_losses) / len(step_losses)
+        out["update/skipped_nonfinite"] = float(skipped)
         return out
 
     def _reward_metrics(self, scored, rewards, all_rewards, adv, mask) -> dict[str, float]:
