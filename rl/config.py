@@ -86,6 +86,7 @@ class OptimConfig:
     lr_scheduler_type: str = "constant"  # constant | cosine | linear
     warmup_steps: int = 0
     max_grad_norm: float | None = 1.0  # None: no clipping
+    max_nonfinite_steps: int = 3  # non-finite updates in a row (each skipped) that stop the run
 
 
 @dataclass(frozen=True)
@@ -375,6 +376,7 @@ def validate(cfg: TrainConfig, source: str) -> None:
     check(o.lr_scheduler_type in ("constant", "cosine", "linear"), "optim.lr_scheduler_type",
           "must be constant, cosine or linear")
     check(o.learning_rate > 0, "optim.learning_rate", "must be > 0")
+    check(o.max_nonfinite_steps >= 1, "optim.max_nonfinite_steps", "must be >= 1")
     check(cfg.max_steps >= 1, "max_steps", "must be >= 1")
     check(cfg.num_threads is None or cfg.num_threads >= 1, "num_threads", "must be >= 1 (or null)")
     check(len(cfg.rewards) > 0, "rewards", "at least one reward is needed")

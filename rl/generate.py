@@ -69,7 +69,8 @@ def sample_and_decode(
         if policy.needs_hidden_states and ro.hidden_states is None:
             with timed("hidden_states", t):
                 forward_logprobs, ro.hidden_states = score_rollout(
-                    lm, ro.prompts, ro.codes, params, micro_batch_size, logprob_chunk_size, return_hidden=True)
+                    lm, ro.prompts, ro.codes, params, micro_batch_size, logprob_chunk_size, return_hidden=True,
+                    kept=ro.kept_sizes)
         with timed("decode", t):
             images = policy.decode(ro.codes, ro.hidden_states,
                                    generators=decode_generators(ro.seeds, num_generations, policy.device))

@@ -2,8 +2,9 @@
 
 One score call of the policy's `ImageTokenLM` over ``prompt + codes`` gives everything the step needs
 (`policies/model.py` does the forward, chunked over positions under activation checkpointing); this
-module supplies the distribution it scores under: `rl/sampling.py`'s `process_logits`, the very one the
-rollout engine samples from.
+module supplies the distribution it scores under: `rl/sampling.py`'s `scored_logits`, the very set the
+rollout engine sampled from (with truncated sampling, each code is scored against the sampler's kept
+set, and the sampled code is always in it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from blip3o_rl.policies.base import PromptBatch, SamplingParams
-from blip3o_rl.rl.sampling import process_logits
+from blip3o_rl.rl.sampling import scored_logits
 
 
 @dataclass
@@ -25,10 +26,11 @@ class SequenceLogprobs:
     hidden_states: torch.Tensor | None  # [B, N + 1, H] conditioning states (detached), if requested
 
 
-def _score_chunk(temperature: float, top_k: int, top_p: float, logits: torch.Tensor, codes: torch.Tensor,
-                 positions: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    """``logits [B, n, K]`` → log-prob of ``codes [B, n]`` and the entropy, under the processed distribution."""
-    logp = torch.log_softmax(process_logits(logits, temperature, top_k, top_p), -1)
+def _score_chunk(temperature: float, top_k: int, top_p: float, kept: torch.Tensor | None, logits: torch.Tensor,
+                 codes: torch.Tensor, positions: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits [B, n, K]`` → log-prob of ``codes [B, n]`` and the entropy, under the sampling distribution."""
+    k = None if kept is None else kept[:, positions]  # [B, n] the sampler's kept-set sizes
+    logp = torch.log_softmax(scored_logits(logits, codes, temperature, top_k, top_p, k), -1)
     picked = logp.gather(-1, codes[..., None]).squeeze(-1)
     with torch.no_grad():
         p = logp.exp()
@@ -45,10 +47,14 @@ def sequence_logprobs(
     top_p: float = 1.0,
     return_hidden: bool = False,
     chunk_size: int = 128,
+    kept: torch.Tensor | None = None,
 ) -> SequenceLogprobs:
     """Score ``codes [B, N]`` after ``prompts [B, P]`` with ``lm`` (an `ImageTokenLM`, possibly wrapped by
-    DDP/FSDP/DeepSpeed): log-probs ``[B, N]``, entropy ``[B, N]``, and hidden ``[B, N + 1, H]`` if asked."""
-    score = functools.partial(_score_chunk, temperature, top_k, top_p)
+    DDP/FSDP/DeepSpeed): log-probs ``[B, N]``, entropy ``[B, N]``, and hidden ``[B, N + 1, H]`` if asked.
+
+    ``kept [B, N]``: the sampler's kept-set sizes (truncated sampling), see `rl.sampling.scored_logits`.
+    """
+    score = functools.partial(_score_chunk, temperature, top_k, top_p, kept)
     out = lm(prompts.input_ids, prompts.attention_mask, codes=codes, score=score,
              return_hidden=return_hidden, chunk_size=chunk_size)  # a `ScoredCodes`
     return SequenceLogprobs(out.logprobs, out.entropy, out.hidden_states)
@@ -68,11 +74,13 @@ def score_rollout(
     micro_batch_size: int,
     chunk_size: int = 128,
     return_hidden: bool = False,
+    kept: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """No-grad log-probs ``[B, N]`` (and hidden ``[B, N + 1, H]``) of ``codes`` under ``lm``, by micro-batch."""
     outs = [
         sequence_logprobs(lm, prompts.slice(sl), codes[sl], params.temperature, params.top_k, params.top_p,
-                          return_hidden=return_hidden, chunk_size=chunk_size)
+                          return_hidden=return_hidden, chunk_size=chunk_size,
+                          kept=None if kept is None else kept[sl])
         for sl in micro_batches(codes.shape[0], micro_batch_size)
     ]
     hidden = torch.cat([o.hidden_states for o in outs if o.hidden_states is not None]) if return_hidden else None

@@ -7,17 +7,22 @@ Per token t of sample i (all log-probs over the image codes only, same mask and 
     kl      = exp(ref_logp - logp) - (ref_logp - logp) - 1          (k3 estimator, >= 0)
     l_{i,t} = pg + beta * kl
 
-``mask[i]`` is 0 for an excluded (failed-reward) sample: its tokens leave the numerator, the KL term
-and every normaliser. How the per-token losses of one micro-batch become a scalar (``loss_type``):
+``mask[i]`` is 0 for an excluded (failed-reward) sample: its inputs are zeroed *before* any arithmetic
+(a NaN advantage or log-prob there cannot reach the loss or the gradients), and its tokens leave the
+numerator, the KL term and every normaliser. The per-token losses become one scalar per optimizer step
+(``loss_type``); ``S`` = valid samples and ``T`` = valid tokens of the **whole step** (every micro-batch,
+and every rank once there are several), ``L`` = tokens per sample:
 
-- ``grpo``:    mean over valid samples of the per-sample token mean, / num_micro_batches
-- ``bnpo``:    sum over valid tokens / valid tokens in the micro-batch, / num_micro_batches
-- ``dr_grpo``: sum over valid tokens / (valid samples in the micro-batch * max_tokens), / num_micro_batches
-- ``dapo``:    sum over valid tokens / valid tokens in the whole (global) batch
+- ``grpo``:    Σ_i mean_t l_{i,t} / S            (each valid sample weighs the same)
+- ``bnpo``:    Σ_{i,t} l_{i,t} / T               (each valid token weighs the same)
+- ``dr_grpo``: Σ_{i,t} l_{i,t} / (S * L)         (a constant normaliser for fixed-length sequences)
+- ``dapo``:    Σ_{i,t} l_{i,t} / T
 
-Dividing by ``num_micro_batches`` (or using the global token count) makes gradient accumulation over
-micro-batches sum to the loss of the full batch. Image sequences have a fixed length, so the types
-differ only through excluded samples and uneven micro-batches (and dr_grpo's constant length).
+`policy_loss` returns one micro-batch's share of that scalar: summing the shares of all micro-batches
+(gradient accumulation) gives exactly the step's loss and gradient, whatever ``micro_batch_size`` is, so
+it is a memory setting only. (TRL normalises ``grpo``/``bnpo``/``dr_grpo`` per micro-batch, which makes
+the split part of the objective; with whole-step counts ``bnpo`` and ``dapo`` coincide, and both names
+are kept for TRL compatibility.) Without step counts, a micro-batch is taken to be the whole step.
 """
 
 from __future__ import annotations
@@ -43,30 +48,27 @@ def loss_types() -> tuple[str, ...]:
     return tuple(_NORMALISERS)
 
 
-# Each normaliser maps masked per-token losses [B, L] and the token mask [B, L] to a scalar.
+# Each normaliser maps masked per-token losses [B, L], the token mask [B, L] and the step's counts
+# (valid_samples S, valid_tokens T, both >= 1) to this micro-batch's share of the step's loss.
 @register_loss_type("grpo")
-def _grpo(per_token, token_mask, *, num_micro_batches, **_):
+def _grpo(per_token, token_mask, *, valid_samples, **_):
     per_sample = (per_token * token_mask).sum(1) / token_mask.sum(1).clamp(min=1)  # [B]
-    n_valid = (token_mask.sum(1) > 0).sum().clamp(min=1)
-    return per_sample.sum() / n_valid / num_micro_batches
+    return per_sample.sum() / valid_samples
 
 
 @register_loss_type("bnpo")
-def _bnpo(per_token, token_mask, *, num_micro_batches, **_):
-    return (per_token * token_mask).sum() / token_mask.sum().clamp(min=1) / num_micro_batches
+def _bnpo(per_token, token_mask, *, valid_tokens, **_):
+    return (per_token * token_mask).sum() / valid_tokens
 
 
 @register_loss_type("dr_grpo")
-def _dr_grpo(per_token, token_mask, *, num_micro_batches, max_tokens, **_):
-    n_valid = (token_mask.sum(1) > 0).sum().clamp(min=1)
-    return (per_token * token_mask).sum() / (n_valid * max_tokens) / num_micro_batches
+def _dr_grpo(per_token, token_mask, *, valid_samples, max_tokens, **_):
+    return (per_token * token_mask).sum() / (valid_samples * max_tokens)
 
 
 @register_loss_type("dapo")
-def _dapo(per_token, token_mask, *, global_valid_tokens, **_):
-    if global_valid_tokens is None:
-        raise ValueError("loss_type='dapo' needs global_valid_tokens (valid tokens in the whole batch)")
-    return (per_token * token_mask).sum() / max(float(global_valid_tokens), 1.0)
+def _dapo(per_token, token_mask, *, valid_tokens, **_):
+    return (per_token * token_mask).sum() / valid_tokens
 
 
 @dataclass
@@ -97,8 +99,8 @@ def policy_loss(
     epsilon_high: float | None = None,
     beta: float = 0.0,
     ref_logprobs: torch.Tensor | None = None,
-    num_micro_batches: int = 1,
     global_valid_tokens: int | None = None,
+    global_valid_samples: int | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Loss of one micro-batch (see the module docstring for the exact objective).
 
@@ -110,36 +112,44 @@ def policy_loss(
         loss_type: one of `loss_types()`.
         epsilon, epsilon_high: clip range ``[1 - epsilon, 1 + epsilon_high]`` (epsilon_high defaults to epsilon).
         beta: KL coefficient; needs ``ref_logprobs`` ``[B, L]`` when > 0.
-        num_micro_batches: micro-batches accumulated into one optimizer step.
-        global_valid_tokens: valid tokens in the whole step's batch (all micro-batches and ranks), for dapo.
+        global_valid_tokens, global_valid_samples: valid tokens / samples of the whole step (all
+            micro-batches and ranks), the normalisers of every loss type; None: this micro-batch's own
+            (it is the whole step).
     """
     if loss_type not in _NORMALISERS:
         raise ValueError(f"loss_type must be one of {loss_types()}, got {loss_type!r}")
     if beta > 0 and ref_logprobs is None:
         raise ValueError("beta > 0 needs ref_logprobs")
     eps_high = epsilon if epsilon_high is None else epsilon_high
-    token_mask = sample_mask.to(logprobs.dtype)[:, None].expand_as(logprobs)  # [B, L]
-    adv = advantages.to(logprobs.dtype)[:, None]  # [B, 1]
+    valid = sample_mask.bool()  # [B]
+    rows = valid[:, None]  # [B, 1]
+    token_mask = rows.to(logprobs.dtype).expand_as(logprobs)  # [B, L]
+    # Excluded rows may carry NaN/inf garbage (a placeholder advantage, a failed forward): zero their
+    # inputs before any arithmetic, so nothing non-finite reaches the loss or the backward pass.
+    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+    logprobs = torch.where(rows, logprobs, zero)
+    old_logprobs = torch.where(rows, old_logprobs.detach().to(logprobs.dtype), zero)
+    adv = torch.where(valid, advantages.to(logprobs.dtype), zero)[:, None]  # [B, 1]
 
-    log_ratio = logprobs - old_logprobs.detach()
+    log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
     per_token = -torch.min(ratio * adv, clipped * adv)  # [B, L]
     kl = None
     if beta > 0:
         assert ref_logprobs is not None, "beta > 0 needs ref_logprobs"
-        delta = ref_logprobs.detach() - logprobs
+        delta = torch.where(rows, ref_logprobs.detach().to(logprobs.dtype), zero) - logprobs
         kl = torch.exp(delta) - delta - 1  # [B, L]
         per_token = per_token + beta * kl
-    # Excluded samples may carry NaN/inf garbage (e.g. a placeholder advantage): zero them, not just mask.
-    per_token = torch.where(token_mask > 0, per_token, torch.zeros_like(per_token))
 
+    n_tokens = global_valid_tokens if global_valid_tokens is not None else token_mask.sum()
+    n_samples = global_valid_samples if global_valid_samples is not None else valid.sum()
     loss = _NORMALISERS[loss_type](
         per_token,
         token_mask,
-        num_micro_batches=num_micro_batches,
+        valid_tokens=max(float(n_tokens), 1.0),  # host sync only without step counts
+        valid_samples=max(float(n_samples), 1.0),
         max_tokens=logprobs.shape[1],
-        global_valid_tokens=global_valid_tokens,
     )
 
     with torch.no_grad():

@@ -1,15 +1,38 @@
-"""Logits → the sampling distribution, and sampling from it.
+"""Logits → the sampling distribution, sampling from it, and scoring sampled codes against it.
 
-`process_logits` is the single definition of the distribution tokens are drawn from: the rollout
-engine samples from it and the trainer computes its log-probs through it, so the importance ratio
-is exact (no sampler/trainer mismatch from a mask, temperature or truncation applied on one side only).
+`process_logits` is the single definition of the distribution tokens are drawn from (temperature,
+then top-k, then nucleus top-p: the order of transformers' and vLLM's samplers).
+
+**Exact truncated log-probs.** With ``top_k``/``top_p`` set, the sampler draws from a *kept set* of
+codes. The trainer's forward (and the reference's) never reproduces the sampler's logits bit for bit
+(a KV-cached decode vs a full forward, bf16 rounding), so re-deriving the truncation from its own
+logits can leave out a code the sampler drew: log-prob −∞, a NaN ratio, NaN gradients. Instead:
+
+- `sample_codes` returns, per row, the **size** of the set it kept. Top-k and top-p keep a prefix of
+  the codes sorted by logit, so the size characterises the set (up to ties at its boundary).
+- `scored_logits` builds the distribution a forward scores the codes against: the ``size`` largest
+  logits of *that forward*, plus the sampled code, always (so a rounding difference at the boundary
+  can never make it −∞); renormalised by the caller's ``log_softmax``. Given no sizes (an engine that
+  reports none) it recomputes the truncation from the forward's logits, again forcing the sampled
+  code in. The policy, π_old and the reference all score against their own top-``size`` set.
+- Untruncated sampling (``top_k=0``, ``top_p=1``, the RL default) returns no sizes, and
+  `scored_logits` is exactly ``logits.float() / temperature``: bit-identical to before.
+
+The remaining sampler/trainer difference is the numerical one (``rollout/logprob_diff_*`` in the
+logs); the importance ratio's π_old always comes from the trainer's forward, not from the engine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
+
+
+def is_truncated(top_k: int, top_p: float) -> bool:
+    """True when top-k or top-p removes codes (``top_k=0``/``top_p=1`` disable them)."""
+    return bool(top_k) or top_p < 1.0
 
 
 def process_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -32,6 +55,12 @@ def process_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top
     return x
 
 
+class SampledCodes(NamedTuple):
+    codes: torch.Tensor  # [B] sampled codes
+    logprobs: torch.Tensor  # [B] their log-probs under the (truncated, renormalised) sampling distribution
+    kept: torch.Tensor | None  # [B] size of the kept set per row; None when nothing was truncated
+
+
 def sample_codes(
     logits: torch.Tensor,
     temperature: float,
@@ -39,19 +68,22 @@ def sample_codes(
     top_p: float = 1.0,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     group_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one code per row of ``logits [B, K]``; returns ``(codes [B], logprobs [B])``.
+) -> SampledCodes:
+    """Draw one code per row of ``logits [B, K]``; returns ``(codes [B], logprobs [B], kept [B] | None)``.
 
     Uses the exponential-race trick (argmax of p / Exp(1) noise), which needs no host sync. With a list
     of generators, consecutive blocks of ``group_size`` rows draw their noise from one generator each
     (a prompt's group), so a block's samples do not depend on the other rows.
-    ``temperature == 0`` is greedy decoding; its log-probs are those of the temperature-1 distribution.
+    ``temperature == 0`` is greedy decoding; its log-probs are those of the temperature-1 distribution
+    (and ``kept`` is None: greedy is for generation, not for training).
     """
     if temperature == 0:
         logp = torch.log_softmax(logits.float(), -1)
         codes = logp.argmax(-1)
-        return codes, logp.gather(-1, codes[:, None]).squeeze(-1)
-    logp = torch.log_softmax(process_logits(logits, temperature, top_k, top_p), -1)
+        return SampledCodes(codes, logp.gather(-1, codes[:, None]).squeeze(-1), None)
+    x = process_logits(logits, temperature, top_k, top_p)
+    kept = torch.isfinite(x).sum(-1) if is_truncated(top_k, top_p) else None  # [B]
+    logp = torch.log_softmax(x, -1)
     noise = torch.empty_like(logp)
     if isinstance(generator, Sequence):
         if group_size is None or group_size * len(generator) != logp.shape[0]:
@@ -61,4 +93,33 @@ def sample_codes(
     else:
         noise.exponential_(1, generator=generator)
     codes = (logp.exp() / noise).argmax(-1)
-    return codes, logp.gather(-1, codes[:, None]).squeeze(-1)
+    return SampledCodes(codes, logp.gather(-1, codes[:, None]).squeeze(-1), kept)
+
+
+def scored_logits(
+    logits: torch.Tensor,
+    codes: torch.Tensor,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    kept: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The logits ``[..., K]`` (float32, −inf outside the set) a forward scores ``codes [...]`` against.
+
+    ``kept [...]``: the sampler's kept-set sizes (`sample_codes`). With them, each row keeps its own
+    ``kept`` largest logits; without them (and ``top_k``/``top_p`` set) the truncation is recomputed.
+    Either way the sampled code is always in the set. Untruncated: ``logits.float() / temperature``.
+    Gradients flow through the kept logits; the set itself is chosen without grad.
+    """
+    x = logits.float() / temperature
+    if kept is None and not is_truncated(top_k, top_p):
+        return x
+    with torch.no_grad():
+        if kept is None:
+            keep = torch.isfinite(process_logits(logits, temperature, top_k, top_p))
+        else:
+            sorted_x = torch.sort(x, dim=-1, descending=True).values
+            idx = (kept.long().clamp(1, x.shape[-1]) - 1)[..., None]  # [..., 1]
+            keep = x >= sorted_x.gather(-1, idx)  # ties at the boundary are kept too
+        keep.scatter_(-1, codes[..., None], True)
+    return x.masked_fill(~keep, float("-inf"))

@@ -33,6 +33,7 @@ from blip3o_rl.rl.data import PromptSampler, load_prompts
 from blip3o_rl.rl.engines import Rollout, SamplingParams, build_engine, stream_seed
 from blip3o_rl.rl.finetune import FinetuneSetup
 from blip3o_rl.rl.generate import sample_and_decode
+from blip3o_rl.rl.guard import FiniteUpdateGuard
 from blip3o_rl.rl.logprobs import micro_batches, score_rollout, sequence_logprobs
 from blip3o_rl.rl.loss import policy_loss
 from blip3o_rl.rl.tracking import RunLogger, image_grid, plot_reward_curve, read_metrics, timed
@@ -87,6 +88,7 @@ class GRPOTrainer:
         )
         # The one module every trainer forward runs through (wrapped here when distributed).
         self.lm, self.optimizer = self.acc.prepare(self.policy.lm, self.optimizer)
+        self.guard = FiniteUpdateGuard(o.max_nonfinite_steps)  # every optimizer step goes through it
 
         self.engine = build_engine(cfg.rollout.engine)
         self.engine.setup(self.policy)
@@ -209,13 +211,14 @@ class GRPOTrainer:
 
     def _forward(self, ro: Rollout, sl: slice):
         r = self.cfg.rollout
+        kept = None if ro.kept_sizes is None else ro.kept_sizes[sl]  # the sampler's kept sets (truncated sampling)
         return sequence_logprobs(self.lm, ro.prompts.slice(sl), ro.codes[sl], r.temperature, r.top_k, r.top_p,
-                                 chunk_size=r.logprob_chunk_size)
+                                 chunk_size=r.logprob_chunk_size, kept=kept)
 
     def _no_grad_logprobs(self, lm, ro: Rollout) -> torch.Tensor:
         """Log-probs ``[B, N]`` of the rollout under ``lm`` (the policy's, or the frozen reference's)."""
         return score_rollout(lm, ro.prompts, ro.codes, self.sampling, self.cfg.grpo.micro_batch_size,
-                             self.cfg.rollout.logprob_chunk_size)[0]
+                             self.cfg.rollout.logprob_chunk_size, kept=ro.kept_sizes)[0]
 
     def _update(self, ro: Rollout, adv, mask, old, ref, global_valid: int) -> dict[str, float]:
         g, o = self.cfg.grpo, self.cfg.optim
@@ -223,8 +226,12 @@ class GRPOTrainer:
         self.lm.train()
         sums: dict[str, float] = {}
         if not bool(mask.any()):  # host sync: nothing to learn from, and Adam would still move the weights
-            return {"update/skipped": 1.0, "loss": 0.0, "kl": 0.0, "entropy": math.nan, "grad_norm": 0.0}
+            return {"update/skipped": 1.0, "loss": 0.0, "kl": 0.0, "entropy": math.nan, "grad_norm": 0.0,
+                    "update/skipped_nonfinite": 0.0}
+        global_samples = global_valid // ro.codes.shape[1]  # valid samples of the step (all ranks)
+        skipped, step_losses = 0, []
         for it in range(g.num_iterations):
+            step_loss = 0.0  # Σ of the micro-batches' shares = this update's loss (rl/loss.py)
             for i, sl in enumerate(slices):
                 ctx = self.acc.no_sync(self.lm) if i < len(slices) - 1 else contextlib.nullcontext()
                 with ctx:
@@ -232,13 +239,14 @@ class GRPOTrainer:
                     loss, st = policy_loss(
                         fwd.logprobs, fwd.logprobs.detach() if old is None else old[sl], adv[sl], mask[sl],
                         loss_type=g.loss_type, epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
-                        ref_logprobs=None if ref is None else ref[sl], num_micro_batches=len(slices),
-                        global_valid_tokens=global_valid,
+                        ref_logprobs=None if ref is None else ref[sl],
+                        global_valid_tokens=global_valid, global_valid_samples=global_samples,
                     )
                     self.acc.backward(loss)
                 w = st.valid_tokens
                 m = mask[sl]
-                vals = {"loss": float(loss.detach()) * len(slices), "kl": st.kl, "clip/low": st.clip_low,
+                step_loss += float(loss.detach())
+                vals = {"kl": st.kl, "clip/low": st.clip_low,
                         "clip/high": st.clip_high, "ratio/mean": st.ratio_mean}
                 if it == 0 and m.any():
                     vals["entropy"] = float(fwd.entropy[m].mean())
@@ -252,13 +260,15 @@ class GRPOTrainer:
                 sums["ratio/max"] = max(sums.get("ratio/max", -math.inf), st.ratio_max)
             max_norm = o.max_grad_norm if o.max_grad_norm is not None else math.inf
             sums["grad_norm"] = float(self.acc.clip_grad_norm_(self.params, max_norm))
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            # optimizer + scheduler step, or a skipped non-finite update (rl/guard.py); grads cleared
+            skipped += not self.guard.step(self.optimizer, self.scheduler, step_loss, sums["grad_norm"])
+            step_losses.append(step_loss)
         out = {k: v / sums[f"_w/{k}"] for k, v in sums.items() if f"_w/{k}" in sums}
         out.update({k: v for k, v in sums.items() if k in ("ratio/min", "ratio/max", "grad_norm",
                                                                "rollout/logprob_diff_max")})
         out["clip/fraction"] = out["clip/low"] + out["clip/high"]
+        out["loss"] = sum(step_losses) / len(step_losses)
+        out["update/skipped_nonfinite"] = float(skipped)
         return out
 
     def _reward_metrics(self, scored, all_rewards, adv, mask) -> dict[str, float]:

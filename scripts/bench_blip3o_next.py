@@ -106,7 +106,7 @@ def full_size_policy(device: torch.device, dtype: torch.dtype) -> Blip3oNextPoli
             build_connector(config.hidden_size, SANA_1_6B["caption_channels"]),
             SanaTransformer2DModel(**SANA_1_6B),
             vae,
-            FlowMatchEulerDiscreteScheduler(shift=3.0),
+            FlowMatchEulerDiscreteScheduler(),  # shift 1.0: what SANA 1.5's scheduler/ folder loads as
         ).to(device=device, dtype=dtype)
     return Blip3oNextPolicy(model, None, config, decoder)
 

@@ -31,23 +31,26 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """OCR engine options, shared by every command that builds the OCR reward."""
     parser.add_argument(
         "--engine",
-        choices=["rapidocr", "paddleocr"],
+        choices=["rapidocr", "paddleocr", "paddleocr2"],
         default="rapidocr",
         help="rapidocr: bundled PP-OCR ONNX models, offline (default); "
-        "paddleocr: PaddleOCR 2.x, the engine of published numbers",
+        "paddleocr: PaddleOCR 3.x, the engine of BLIP3o-NEXT's text RL run (pip install 'blip3o-rl[paddle]'); "
+        "paddleocr2: PaddleOCR 2.x, Flow-GRPO's reference engine",
     )
     parser.add_argument(
         "--det-limit-side-len",
         type=int,
-        default=REFERENCE_DET_LIMIT_SIDE_LEN,
-        help="detector resize limit on the longer side (default: the reference's)",
+        default=None,
+        help=f"detector resize limit (default: {REFERENCE_DET_LIMIT_SIDE_LEN}, Flow-GRPO's reference; "
+        "PaddleOCR 3.x's own default with --engine paddleocr)",
     )
     parser.add_argument(
         "--det-limit-type",
         choices=["max", "min"],
-        default=REFERENCE_DET_LIMIT_TYPE,
+        default=None,
         help="max: shrink images whose longer side exceeds the limit (the reference); "
-        "min: enlarge images whose shorter side is below it",
+        f"min: enlarge images whose shorter side is below it (default: {REFERENCE_DET_LIMIT_TYPE}; "
+        "PaddleOCR 3.x's own with --engine paddleocr)",
     )
     parser.add_argument(
         "--num-workers",
@@ -61,13 +64,19 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a raw engine setting, value in YAML (repeatable), e.g. Rec.rec_img_shape=[3,48,240] "
-        "(rapidocr) or use_gpu=true (paddleocr)",
+        "(rapidocr), device=gpu:0 (paddleocr) or use_gpu=true (paddleocr2)",
     )
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
     """The OCR engine's keyword arguments from the options of `add_engine_arguments`."""
-    kwargs: dict[str, Any] = {"det_limit_side_len": args.det_limit_side_len, "det_limit_type": args.det_limit_type}
+    side, kind = args.det_limit_side_len, args.det_limit_type
+    if args.engine == "paddleocr":  # PaddleOCR 3.x names; unset: its own defaults, as the official text run
+        kwargs: dict[str, Any] = {k: v for k, v in (("text_det_limit_side_len", side), ("text_det_limit_type", kind))
+                                  if v is not None}
+    else:
+        kwargs = {"det_limit_side_len": side or REFERENCE_DET_LIMIT_SIDE_LEN,
+                  "det_limit_type": kind or REFERENCE_DET_LIMIT_TYPE}
     if args.engine == "rapidocr" and args.num_workers:
         kwargs["num_workers"] = args.num_workers
     params = {}

@@ -9,7 +9,8 @@ the state dict under the official key names (Qwen3 ``model.*`` / ``lm_head.weigh
 shards with an index, a tokenizer whose added tokens come in the official order (ChatML specials, then
 ``<im_start>``, ``<im_end>``, ``<S0>``..``<S2>``, ``<I0>``..``<I{K-1}>``) and ``generation_config.json``.
 ``OUT_DIR/sana_tiny/`` is the small diffusers folder (``scheduler/``, ``transformer/``, ``vae/``
-configs) that ``diffusion_name_or_path`` points at. Only ``tokens_per_image`` is not an official key:
+configs) that ``diffusion_name_or_path`` points at; its ``scheduler/`` is, as in the real SANA 1.5
+folder, a ``DPMSolverMultistepScheduler`` config (``flow_shift`` 3.0, no ``shift``). Only ``tokens_per_image`` is not an official key:
 real configs lack it and mean 729.
 
 Everything is built independently of the loader, so the tests that load this folder check the
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
+from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaTransformer2DModel
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from torch import nn
@@ -53,7 +54,7 @@ class TinySpec:
     caption_channels: int = 32  # connector width (2304 for SANA)
     latent_channels: int = 4
     latent_size: int = 8  # SANA sample_size; images are latent_size * 4 pixels wide
-    scheduler_shift: float = 3.0
+    scheduler_flow_shift: float = 3.0  # SANA 1.5's DPM-Solver config; unused by the flow-matching Euler loader
 
 
 def build_tokenizer(spec: TinySpec) -> PreTrainedTokenizerFast:
@@ -127,7 +128,17 @@ def model_config(spec: TinySpec, tokenizer: PreTrainedTokenizerFast, tied: bool,
 
 def sana_configs(spec: TinySpec) -> tuple[dict, dict, dict]:
     """Scheduler, SANA transformer and DC-AE configs (SANA 1.5 1.6B / DC-AE f32c32 shapes, shrunk)."""
-    scheduler = {"num_train_timesteps": 1000, "shift": spec.scheduler_shift}
+    # The real SANA 1.5 folder's scheduler/: a DPMSolverMultistepScheduler config with flow_shift 3.0
+    # and no `shift` key. Loaded as FlowMatchEulerDiscreteScheduler (as the official code and ours do),
+    # its effective shift is 1.0: never map flow_shift to shift.
+    scheduler = {
+        "num_train_timesteps": 1000,
+        "prediction_type": "flow_prediction",
+        "use_flow_sigmas": True,
+        "flow_shift": spec.scheduler_flow_shift,
+        "algorithm_type": "dpmsolver++",
+        "solver_order": 2,
+    }
     transformer = {
         "in_channels": spec.latent_channels,
         "out_channels": spec.latent_channels,
@@ -167,7 +178,7 @@ def sana_configs(spec: TinySpec) -> tuple[dict, dict, dict]:
 def write_diffusers_folder(folder: Path, spec: TinySpec, seed: int) -> tuple[nn.Module, nn.Module]:
     """The SANA diffusers folder (configs only) and the randomly initialised modules it describes."""
     scheduler_cfg, transformer_cfg, vae_cfg = sana_configs(spec)
-    FlowMatchEulerDiscreteScheduler(**scheduler_cfg).save_pretrained(folder / "scheduler")
+    DPMSolverMultistepScheduler(**scheduler_cfg).save_pretrained(folder / "scheduler")
     torch.manual_seed(seed + 1)
     transformer = SanaTransformer2DModel(**transformer_cfg)
     transformer.save_config(folder / "transformer")

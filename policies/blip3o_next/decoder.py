@@ -7,7 +7,9 @@ tokens) of hidden size ``H``:
    batch (it does not depend on the diffusion step); the unconditional branch is the connector applied
    to an all-zeros hidden state, computed once;
 2. Euler flow matching over ``FlowMatchEulerDiscreteScheduler`` with
-   ``sigmas = linspace(1, 1/steps, steps)`` (the scheduler applies its configured shift), both CFG
+   ``sigmas = linspace(1, 1/steps, steps)`` (then the scheduler's ``shift``: 1.0, i.e. none, for the
+   real SANA 1.5 folder, whose ``DPMSolverMultistepScheduler`` config has ``flow_shift`` but no
+   ``shift``; timesteps 1000, 966.7, ..., 33.3 for 30 steps), both CFG
    branches in one SANA batch: ``v = v_uncond + g * (v_cond - v_uncond)``;
 3. DC-AE decode of ``latents / scaling_factor (+ shift_factor)``, mapped from [-1, 1] to 8-bit RGB.
 
@@ -116,7 +118,7 @@ class Blip3oNextDecoder(nn.Module):
         return self.condition(torch.zeros(1, num_positions, hidden, device=self.device, dtype=self.dtype))
 
     def sigmas(self, num_inference_steps: int) -> np.ndarray:
-        """The official sigma schedule before the scheduler's shift: ``linspace(1, 1/steps, steps)``."""
+        """The official sigma schedule, given to the scheduler: ``linspace(1, 1/steps, steps)``."""
         return np.linspace(1.0, 1.0 / num_inference_steps, num_inference_steps)
 
     @torch.no_grad()

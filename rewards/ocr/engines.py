@@ -1,13 +1,20 @@
 """OCR engines for the OCR reward: images in, ``(text, confidence)`` lines out.
 
-Two engines, both configured like the reference (PaddleOCR 2.x, English, angle classifier off,
-detector input limited to 960 px on its longer side, lines under 0.5 confidence dropped):
+Three engines; every result names its engine (`describe`: engine, version, models, settings):
 
 - ``"rapidocr"`` (default): the PP-OCR models bundled as ONNX in the `rapidocr` wheel, run by
-  onnxruntime on CPU, offline. Its bundled models (PP-OCRv6 small, multilingual) are NOT the
-  reference's PaddleOCR 2.x English models, so its scores are close to, not equal to, published ones.
-- ``"paddleocr"``: PaddleOCR 2.x itself (``pip install 'blip3o-rl[paddle]'``), the engine behind
-  published OCR numbers. It downloads its models on first use.
+  onnxruntime on CPU, offline; configured like Flow-GRPO's reference (English, angle classifier off,
+  detector input limited to 960 px on its longer side, lines under 0.5 confidence dropped). Its
+  bundled models (PP-OCRv6 small, multilingual) are NOT the reference's PaddleOCR models, so its
+  scores are close to, not equal to, published ones.
+- ``"paddleocr"``: PaddleOCR 3.x (``pip install 'blip3o-rl[paddle]'``: paddleocr 3.1+ / paddlepaddle
+  3.0+), the engine of BLIP3o-NEXT's official text RL run, with that run's settings by default:
+  English, document orientation / unwarping / text-line orientation off, PaddleOCR's own detector
+  and recognition-score defaults (no confidence filter of ours), images passed as BGR arrays, a
+  batch through one ``predict()`` call, ``rec_texts`` / ``rec_scores`` read from each result.
+  It downloads its models on first use.
+- ``"paddleocr2"``: PaddleOCR 2.x (Flow-GRPO's reference engine), for users who install
+  ``'paddleocr<3' 'paddlepaddle<3'`` themselves.
 
 `get_ocr_engine` builds an engine once per process and configuration and then reuses it.
 """
@@ -21,7 +28,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -183,13 +190,13 @@ class RapidOCREngine:
 
 
 class PaddleOCREngine:
-    """PaddleOCR 2.x, English, no angle classifier: the reference's engine, one image at a time.
+    """PaddleOCR 2.x, English, no angle classifier: Flow-GRPO's reference engine, one image at a time.
 
     Images go in as ``numpy.array(pil_image)`` (RGB), exactly as the reference passes them, although
     PaddleOCR reads arrays as BGR: reproducing published numbers means reproducing that too.
     """
 
-    name = "paddleocr"
+    name = "paddleocr2"
 
     def __init__(
         self,
@@ -205,8 +212,9 @@ class PaddleOCREngine:
             from paddleocr import PaddleOCR
         except ImportError as exc:
             raise ImportError(
-                f"the OCR reward's 'paddleocr' engine needs PaddleOCR 2.x ({exc}); install it with "
-                "pip install 'blip3o-rl[paddle]', or use engine='rapidocr' (the default, no extra needed)"
+                f"the OCR reward's 'paddleocr2' engine needs PaddleOCR 2.x ({exc}); install it with "
+                "pip install 'paddleocr>=2.7,<3' 'paddlepaddle>=2.6,<3', or use engine='paddleocr' (PaddleOCR "
+                "3.x: pip install 'blip3o-rl[paddle]') or engine='rapidocr' (the default, no extra needed)"
             ) from exc
         self.settings = {
             "use_angle_cls": False,
@@ -251,7 +259,134 @@ class PaddleOCREngine:
         return results
 
 
-ENGINES: dict[str, type] = {"rapidocr": RapidOCREngine, "paddleocr": PaddleOCREngine}
+def _result_lines(result: Any) -> OCRLines:
+    """``(text, score)`` lines of one PaddleOCR 3.x ``predict()`` result (a dict-like ``OCRResult``)."""
+    res = result
+    if not _has_key(res, "rec_texts") and _has_key(getattr(res, "json", None), "res"):
+        res = res.json["res"]  # the result's JSON form: {"res": {"rec_texts": [...], ...}}
+    if not _has_key(res, "rec_texts"):
+        raise ValueError(f"PaddleOCR result has no 'rec_texts' (got {type(result).__name__})")
+    texts, scores = list(res["rec_texts"] or []), list(res["rec_scores"] or [])
+    if len(texts) != len(scores):
+        raise ValueError(f"PaddleOCR result has {len(texts)} rec_texts but {len(scores)} rec_scores")
+    return [(str(t), float(c)) for t, c in zip(texts, scores, strict=True)]
+
+
+def _has_key(obj: Any, key: str) -> bool:
+    try:
+        return key in obj
+    except TypeError:
+        return False
+
+
+class PaddleOCR3Engine:
+    """PaddleOCR 3.x through ``predict()``, with the official BLIP3o-NEXT text run's settings by default.
+
+    Args:
+        device: PaddleOCR's device string (``"cpu"``, ``"gpu:0"``); None: PaddleOCR's default.
+        bgr: pass images as BGR arrays (``np.array(rgb)[:, :, ::-1]``), as the official run does.
+        text_det_limit_side_len, text_det_limit_type, text_rec_score_thresh: PaddleOCR 3.x settings;
+            None (default) leaves PaddleOCR's own defaults, as the official run did (no confidence filter).
+        params: further PaddleOCR keyword arguments (e.g. ``text_recognition_model_name``), applied last.
+    """
+
+    name = "paddleocr"
+
+    #: The official text run's PaddleOCR(...) arguments (BLIP3o-NEXT ``trl/trl/trainer/grpo_trainer.py``).
+    REFERENCE_SETTINGS: ClassVar[dict[str, Any]] = {
+        "lang": "en",
+        "use_doc_orientation_classify": False,
+        "use_doc_unwarping": False,
+        "use_textline_orientation": False,
+    }
+
+    def __init__(
+        self,
+        *,
+        device: str | None = None,
+        bgr: bool = True,
+        text_det_limit_side_len: int | None = None,
+        text_det_limit_type: str | None = None,
+        text_rec_score_thresh: float | None = None,
+        params: dict[str, Any] | None = None,
+    ):
+        try:
+            import paddleocr
+        except ImportError as exc:
+            raise ImportError(
+                f"the OCR reward's 'paddleocr' engine needs PaddleOCR 3.x ({exc}); install it with "
+                "pip install 'blip3o-rl[paddle]' (paddleocr>=3.1,<4, paddlepaddle>=3.0,<4), or use "
+                "engine='rapidocr' (the default, no extra needed)"
+            ) from exc
+        version = getattr(paddleocr, "__version__", None) or _version("paddleocr")
+        if version is not None and not str(version).startswith("3."):
+            raise ImportError(
+                f"the OCR reward's 'paddleocr' engine needs PaddleOCR 3.x, found {version}; "
+                "pip install 'blip3o-rl[paddle]', or use engine='paddleocr2' for PaddleOCR 2.x"
+            )
+        optional = {
+            "device": device,
+            "text_det_limit_side_len": text_det_limit_side_len,
+            "text_det_limit_type": text_det_limit_type,
+            "text_rec_score_thresh": text_rec_score_thresh,
+        }
+        self.bgr = bgr
+        self.version = version
+        self.settings = {
+            **self.REFERENCE_SETTINGS,
+            **{k: v for k, v in optional.items() if v is not None},
+            **(params or {}),
+        }
+        self._ocr = paddleocr.PaddleOCR(**self.settings)
+        self._models = {
+            "det": str(self.settings.get("text_detection_model_name") or "PaddleOCR default"),
+            "rec": str(self.settings.get("text_recognition_model_name") or "PaddleOCR default"),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "version": self.version,
+            "paddlepaddle": _version("paddlepaddle") or _version("paddlepaddle-gpu"),
+            "models": dict(self._models),
+            "settings": {**self.settings, "bgr": self.bgr},
+        }
+
+    def _array(self, image: Image.Image) -> np.ndarray:
+        rgb = np.array(image.convert("RGB"))
+        return np.ascontiguousarray(rgb[:, :, ::-1]) if self.bgr else rgb
+
+    def read(self, image: Image.Image) -> OCRLines:
+        results = list(self._ocr.predict(self._array(image)))
+        if len(results) != 1:
+            raise ValueError(f"PaddleOCR predict() returned {len(results)} results for one image")
+        return _result_lines(results[0])
+
+    def read_batch(self, images: Sequence[Image.Image]) -> list[OCRLines | Exception]:
+        """One ``predict()`` call over the batch (as the official run); if it fails, image by image."""
+        try:
+            arrays = [self._array(image) for image in images]
+            results = list(self._ocr.predict(arrays))
+            if len(results) != len(arrays):
+                raise ValueError(f"PaddleOCR predict() returned {len(results)} results for {len(arrays)} images")
+            out: list[OCRLines | Exception] = []
+            for result in results:
+                try:
+                    out.append(_result_lines(result))
+                except Exception as exc:
+                    out.append(exc)
+            return out
+        except Exception:  # find the image(s) it failed on; the others are still scored
+            out = []
+            for image in images:
+                try:
+                    out.append(self.read(image))
+                except Exception as exc:
+                    out.append(exc)
+            return out
+
+
+ENGINES: dict[str, type] = {"rapidocr": RapidOCREngine, "paddleocr": PaddleOCR3Engine, "paddleocr2": PaddleOCREngine}
 
 _cache: dict[tuple[int, str, str], OCREngine] = {}
 _cache_lock = threading.Lock()

@@ -15,7 +15,7 @@ from blip3o_rl.rewards.ocr.metric import OCRPromptError, extract_target, recogni
 class OCRReward:
     """Scores how well each image renders the double-quoted text of its prompt (see `ocr_reward`).
 
-    ``load_reward("ocr", engine="rapidocr" | "paddleocr", **engine_kwargs)`` builds it; the engine
+    ``load_reward("ocr", engine="rapidocr" | "paddleocr" | "paddleocr2", **engine_kwargs)`` builds it; the engine
     is created once per process and configuration (`get_ocr_engine`) and ``engine_kwargs`` go to it
     (e.g. ``num_workers``, ``det_limit_side_len``).
 

@@ -34,6 +34,8 @@ class Rollout:
     sampler_logprobs: torch.Tensor  # [B, N] log-probs the engine sampled with (logged, never trained on)
     seeds: list[int]  # [prompts] the seed of each prompt's group
     hidden_states: torch.Tensor | None = None  # [B, N + 1, H] conditioning states, if the engine gives them
+    # [B, N] sizes of the sampler's kept sets (truncated sampling only; the trainer scores against them)
+    kept_sizes: torch.Tensor | None = None
 
 
 def stream_seed(*parts: int | str) -> int:

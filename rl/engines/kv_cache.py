@@ -15,7 +15,7 @@ import torch
 from blip3o_rl.policies.base import PromptBatch
 from blip3o_rl.policies.model import StepOutput
 from blip3o_rl.rl.engines.base import Rollout, RolloutEngine, SamplingParams
-from blip3o_rl.rl.sampling import sample_codes
+from blip3o_rl.rl.sampling import is_truncated, sample_codes
 
 
 def prefill(lm, prompts: PromptBatch) -> StepOutput:
@@ -60,10 +60,14 @@ class KVCacheEngine(RolloutEngine):
 
         codes = torch.empty(b, n, dtype=torch.long, device=h.device)
         logprobs = torch.empty(b, n, dtype=torch.float32, device=h.device)
+        truncated = params.temperature > 0 and is_truncated(params.top_k, params.top_p)
+        kept = torch.empty(b, n, dtype=torch.long, device=h.device) if truncated else None  # kept-set sizes
         hidden = [h] if return_hidden else None
         for j in range(n):
-            c, lp = sample_codes(logits, params.temperature, params.top_k, params.top_p, generators, g)
+            c, lp, k = sample_codes(logits, params.temperature, params.top_k, params.top_p, generators, g)
             codes[:, j], logprobs[:, j] = c, lp
+            if kept is not None:
+                kept[:, j] = k
             # The last code's hidden state is needed only as a conditioning state: one extra step.
             if j < n - 1 or return_hidden:
                 step = decode_one_token(lm, c, cache, mask[:, : p + j + 1], next_pos + j)
@@ -72,4 +76,4 @@ class KVCacheEngine(RolloutEngine):
                     hidden.append(step.hidden)
         states = torch.stack(hidden, 1) if hidden is not None else None  # [B, N + 1, H]
         return Rollout(prompts=group, codes=codes, sampler_logprobs=logprobs, seeds=[int(s) for s in seeds],
-                       hidden_states=states)
+                       hidden_states=states, kept_sizes=kept)

@@ -3,7 +3,8 @@
 - the prompt is the training-time ChatML text ending with ``<im_start><S0>``, left padded;
 - the N + 1 conditioning hidden states are the post-norm states at ``<S0>`` and the N image tokens;
 - the unconditional CFG branch is the connector applied to zeros; the velocity is
-  ``u + g * (c - u)`` and the Euler step uses the scheduler's shifted sigmas;
+  ``u + g * (c - u)`` and the Euler step uses the official sigmas ``linspace(1, 1/steps, steps)``
+  unshifted (SANA 1.5's DPM-Solver config loaded as flow-matching Euler has shift 1.0);
 - the refiner gets no gradient and is never in the optimizer.
 """
 
@@ -153,10 +154,9 @@ def test_cfg_batches_both_branches_and_euler_steps_the_guided_velocity(policy):
     finally:
         rec.handle.remove()
 
-    # The shifted schedule, by hand: sigma' = s * sigma / (1 + (s - 1) * sigma), then 0 at the end.
-    shift = decoder.scheduler.config.shift
-    sigma = np.linspace(1.0, 1.0 / steps, steps)
-    sigmas = [*(shift * sigma / (1 + (shift - 1) * sigma)), 0.0]
+    # The real folder's scheduler has shift 1.0: the sigmas are linspace(1, 1/steps, steps), then 0.
+    assert decoder.scheduler.config.shift == 1.0
+    sigmas = [*np.linspace(1.0, 1.0 / steps, steps), 0.0]
     x = torch.randn(b, *latents.shape[1:], generator=torch.Generator().manual_seed(7))
     assert len(rec.calls) == steps
     for i, call in enumerate(rec.calls):

@@ -92,6 +92,24 @@ def test_script_writes_the_official_layout(folders):
     assert config["vocab_size"] == len(tok)
 
 
+def test_scheduler_folder_is_sana_15s_and_loads_unshifted(folders):
+    """The real SANA 1.5 ``scheduler/`` holds a DPMSolverMultistepScheduler config (flow_shift 3.0, no
+    ``shift``); loaded as FlowMatchEulerDiscreteScheduler its effective shift is 1.0 (REFERENCE §1)."""
+    import numpy as np
+
+    raw = json.loads((folders["tied"] / "sana_tiny" / "scheduler" / "scheduler_config.json").read_text())
+    assert raw["_class_name"] == "DPMSolverMultistepScheduler"
+    assert raw["flow_shift"] == 3.0 and "shift" not in raw
+    assert raw["prediction_type"] == "flow_prediction" and raw["use_flow_sigmas"] is True
+    scheduler = Blip3oNextPolicy.from_pretrained(folders["tied"]).decoder.scheduler
+    assert type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    assert scheduler.config.shift == 1.0
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / 30, 30))
+    assert scheduler.timesteps[:3].tolist() == pytest.approx([1000.0, 966.6667, 933.3333], abs=1e-3)
+    assert scheduler.timesteps[-1].item() == pytest.approx(33.3333, abs=1e-3)
+
+
+
 @pytest.mark.parametrize("variant", ["tied", "untied"])
 def test_loads_every_tensor_from_the_folder(folders, variant):
     folder = folders[variant]

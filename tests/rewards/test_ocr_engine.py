@@ -182,11 +182,85 @@ def test_worker_default_is_this_ranks_share_of_the_cores(monkeypatch):
 
 def test_paddleocr_missing_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "paddleocr", None)  # import fails as if not installed
-    with pytest.raises(ImportError, match=r"pip install 'blip3o-rl\[paddle\]'"):
+    with pytest.raises(ImportError, match=r"PaddleOCR 3.x.*pip install 'blip3o-rl\[paddle\]'"):
         OCRReward(engine="paddleocr")
+    with pytest.raises(ImportError, match=r"PaddleOCR 2.x.*pip install 'paddleocr>=2.7,<3'"):
+        OCRReward(engine="paddleocr2")
 
 
-def test_paddleocr_adapter_reads_the_2x_result_format(monkeypatch):
+class FakeOCRResult(dict):
+    """Shaped like PaddleOCR 3.x's ``OCRResult``: a dict with ``rec_texts``/``rec_scores`` (and more)."""
+
+
+def fake_paddleocr3(calls, version="3.1.0"):
+    class FakePaddleOCR:
+        def __init__(self, **kwargs):
+            calls.append(("init", kwargs))
+
+        def predict(self, images):
+            batch = images if isinstance(images, list) else [images]
+            calls.append(("predict", batch))
+            out = []
+            for img in batch:
+                if img.size == 0:
+                    raise ValueError("empty image")
+                if img.max() == img.min():  # nothing detected
+                    out.append(FakeOCRResult(rec_texts=[], rec_scores=[], rec_polys=[]))
+                else:
+                    out.append(FakeOCRResult(input_path=None, rec_texts=["Hello", "World"],
+                                             rec_scores=[0.98, 0.01], rec_polys=[[0, 0]] * 2))
+            return out
+
+    module = types.ModuleType("paddleocr")
+    module.PaddleOCR, module.__version__ = FakePaddleOCR, version
+    return module
+
+
+def test_paddleocr3_adapter_reads_predict_output_with_the_official_settings(monkeypatch):
+    """Our 3.x adapter against a stand-in shaped like PaddleOCR 3.1's predict() output (not installable here)."""
+    from blip3o_rl.rewards.ocr.engines import PaddleOCR3Engine
+
+    calls = []
+    monkeypatch.setitem(sys.modules, "paddleocr", fake_paddleocr3(calls))
+    engine = PaddleOCR3Engine()
+    # the official text run's PaddleOCR(...) arguments, nothing else (no confidence filter of ours)
+    assert calls[0][1] == {"lang": "en", "use_doc_orientation_classify": False, "use_doc_unwarping": False,
+                           "use_textline_orientation": False}
+    info = engine.describe()
+    assert info["engine"] == "paddleocr" and info["version"] == "3.1.0" and info["settings"]["bgr"] is True
+    text = Image.new("RGB", (8, 8), "white")
+    text.putpixel((0, 0), (255, 0, 0))
+    results = engine.read_batch([text, Image.new("L", (8, 8), 255)])
+    assert results == [[("Hello", 0.98), ("World", 0.01)], []]  # low-confidence lines kept
+    (_, batch), = [c for c in calls if c[0] == "predict"]
+    assert len(batch) == 2 and tuple(batch[0][0, 0]) == (0, 0, 255)  # one predict() call, BGR arrays
+    # a failing image fails that sample only
+    calls.clear()
+    results = engine.read_batch([text, Image.new("RGB", (0, 0))])
+    assert results[0] == [("Hello", 0.98), ("World", 0.01)] and isinstance(results[1], Exception)
+
+
+def test_paddleocr3_reward_names_its_engine_and_joins_all_lines(monkeypatch):
+    calls = []
+    monkeypatch.setitem(sys.modules, "paddleocr", fake_paddleocr3(calls))
+    reward = OCRReward(engine="paddleocr", text_det_limit_side_len=736, params={"device": "cpu"})
+    assert calls[0][1]["text_det_limit_side_len"] == 736 and calls[0][1]["device"] == "cpu"
+    text = Image.new("RGB", (8, 8), "white")
+    text.putpixel((0, 0), (255, 0, 0))
+    out = reward([text], ['a sign that says "hello world"'])
+    assert out.scores == [1.0]  # "Hello" + "World" joined, spaces removed, lower-cased
+    assert out.details[0]["engine"] == "paddleocr" and out.details[0]["engine_version"] == "3.1.0"
+
+
+def test_paddleocr3_engine_refuses_paddleocr_2(monkeypatch):
+    from blip3o_rl.rewards.ocr.engines import PaddleOCR3Engine
+
+    monkeypatch.setitem(sys.modules, "paddleocr", fake_paddleocr3([], version="2.9.1"))
+    with pytest.raises(ImportError, match=r"found 2.9.1.*engine='paddleocr2'"):
+        PaddleOCR3Engine()
+
+
+def test_paddleocr2_adapter_reads_the_2x_result_format(monkeypatch):
     """Our adapter against a stand-in with PaddleOCR 2.x's documented API (PaddleOCR is not installed here)."""
     calls = []
 

@@ -49,15 +49,16 @@ def test_excluded_sample_leaves_numerator_and_normaliser(loss_type):
     assert stats.clip_low == 0.0  # the excluded sample's low clip is not counted
 
 
-def test_uneven_micro_batches_weigh_micro_batches_or_tokens():
-    # This micro-batch holds 4 of the step's 6 valid tokens (another micro-batch holds 2).
-    # grpo / bnpo / dr_grpo: each micro-batch's mean counts equally: (-2.9 / 4) / 2 micro-batches.
-    # dapo: every token counts equally: -2.9 / 6.
-    for t in ("grpo", "bnpo", "dr_grpo"):
-        loss, _ = loss_of(t, num_micro_batches=2, global_valid_tokens=6)
-        assert loss.item() == pytest.approx(-2.9 / 8, abs=1e-6), t
-    loss, _ = loss_of("dapo", num_micro_batches=2, global_valid_tokens=6)
-    assert loss.item() == pytest.approx(-2.9 / 6, abs=1e-6)
+def test_micro_batch_share_uses_the_whole_steps_counts():
+    # This micro-batch holds 4 of the step's 6 valid tokens (3 valid samples of 2 tokens in all).
+    # bnpo / dapo: every token of the step counts equally: -2.9 / 6.
+    # grpo: per-sample means [-2.3, 0.85] summed, / 3 valid samples of the step.
+    # dr_grpo: sum / (3 valid samples * 2 tokens) = -2.9 / 6.
+    for t in ("bnpo", "dapo", "dr_grpo"):
+        loss, _ = loss_of(t, global_valid_tokens=6, global_valid_samples=3)
+        assert loss.item() == pytest.approx(-2.9 / 6, abs=1e-6), t
+    loss, _ = loss_of("grpo", global_valid_tokens=6, global_valid_samples=3)
+    assert loss.item() == pytest.approx((-2.3 + 0.85) / 3, abs=1e-6)
 
 
 def test_grpo_differs_from_bnpo_when_a_micro_batch_has_excluded_samples():
@@ -124,28 +125,68 @@ def test_multi_iteration_ratio_clips_gradient():
     assert g[1, 1].item() == pytest.approx(0.9 / 4, abs=1e-6)
 
 
-def test_gradient_accumulation_over_micro_batches_equals_full_batch():
-    torch.manual_seed(0)
-    logp = torch.randn(6, 5)
-    old = logp + 0.1 * torch.randn(6, 5)
-    adv = torch.randn(6)
-    mask = torch.tensor([True, True, False, True, True, True])
+class LinearPolicy:
+    """Log-probs of fixed codes under ``log_softmax(h @ W)``: a parametric stand-in for the trainer's forward."""
+
+    def __init__(self, b=16, n=6, h=5, k=7, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        dt = torch.float64
+        self.hidden = torch.randn(b, n, h, generator=g, dtype=dt)
+        self.codes = torch.randint(0, k, (b, n), generator=g)
+        self.w = torch.randn(h, k, generator=g, dtype=dt)
+        self.w_old = self.w + 0.3 * torch.randn(h, k, generator=g, dtype=dt)  # μ > 1: ratios away from 1
+        self.w_ref = self.w + 0.3 * torch.randn(h, k, generator=g, dtype=dt)
+        self.adv = torch.randn(b, generator=g, dtype=dt)
+
+    def logprobs(self, w, rows):
+        logits = self.hidden[rows] @ w  # [b, n, k]
+        return torch.log_softmax(logits, -1).gather(-1, self.codes[rows, :, None]).squeeze(-1)
+
+    def grad(self, loss_type, mask, splits):
+        """dL/dW accumulated over micro-batches ``splits`` (row slices), as the trainer does."""
+        w = self.w.clone().requires_grad_(True)
+        n = self.codes.shape[1]
+        s_valid = int(mask.sum())
+        adv = torch.where(mask, self.adv, torch.full_like(self.adv, math.nan))  # NaN on excluded rows
+        for sl in splits:
+            loss, _ = policy_loss(
+                self.logprobs(w, sl), self.logprobs(self.w_old, sl), adv[sl], mask[sl], loss_type=loss_type,
+                epsilon=0.2, beta=0.04, ref_logprobs=self.logprobs(self.w_ref, sl),
+                global_valid_tokens=s_valid * n, global_valid_samples=s_valid,
+            )
+            loss.backward()
+        return w.grad
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_micro_batch_size_is_a_memory_setting_only(loss_type):
+    """The update for micro_batch_size 16 equals that of an uneven split (5 + 7 + 4) with excluded samples.
+
+    float64, so the tolerance (rtol 1e-10, atol 1e-12) bounds only summation-order rounding; the old
+    per-micro-batch normalisation differed by up to 0.51 relative (issue 10).
+    """
+    pol = LinearPolicy()
+    mask = torch.ones(16, dtype=torch.bool)
+    mask[[1, 2, 6, 13]] = False  # 4 excluded samples: 2 / 3 / 1 valid-sample gaps across the split
+    whole = pol.grad(loss_type, mask, [slice(0, 16)])
+    split = pol.grad(loss_type, mask, [slice(0, 5), slice(5, 12), slice(12, 16)])
+    assert torch.isfinite(whole).all() and whole.abs().max() > 1e-3
+    torch.testing.assert_close(split, whole, rtol=1e-10, atol=1e-12)
+
+
+def test_nan_inputs_of_excluded_rows_give_finite_gradients():
+    # NaN advantage, log-probs and reference on an excluded row: zeroed before any arithmetic.
+    logp = torch.tensor([[-1.0, -2.0], [math.nan, math.inf]], requires_grad=True)
+    old = torch.tensor([[-1.1, -2.0], [math.nan, 0.0]])
+    ref = torch.tensor([[-1.0, -1.5], [math.inf, math.nan]])
+    mask = torch.tensor([True, False])
     for t in loss_types():
-        full = logp.clone().requires_grad_(True)
-        lf, _ = policy_loss(full, old, adv, mask, loss_type=t, global_valid_tokens=25)
-        lf.backward()
-        acc = logp.clone().requires_grad_(True)
-        for sl in (slice(0, 3), slice(3, 6)):  # two micro-batches with 2 and 3 valid samples
-            lm, _ = policy_loss(acc[sl], old[sl], adv[sl], mask[sl], loss_type=t, num_micro_batches=2,
-                                global_valid_tokens=25)
-            lm.backward()
-        if t == "dapo":  # token-level normalisation is exact under accumulation
-            torch.testing.assert_close(acc.grad, full.grad)
-        else:
-            # Each micro-batch's mean counts 1/2: micro-batch 1 has 10 valid tokens, micro-batch 2 has 15,
-            # the full batch 25, so the tokens weigh 25/20 and 25/30 of their full-batch weight.
-            torch.testing.assert_close(acc.grad[:3], full.grad[:3] * 25 / 20)
-            torch.testing.assert_close(acc.grad[3:], full.grad[3:] * 25 / 30)
+        logp.grad = None
+        loss, st = policy_loss(logp, old, torch.tensor([1.0, math.nan]), mask, loss_type=t, beta=0.1,
+                               ref_logprobs=ref)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(logp.grad).all(), t
+        assert (logp.grad[1] == 0).all() and st.valid_tokens == 2
 
 
 def test_unknown_loss_type():

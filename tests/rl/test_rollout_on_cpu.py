@@ -40,6 +40,11 @@ def test_truncated_sampling_matches_truncated_trainer_logprobs(tiny_policy):
     fwd = sequence_logprobs(tiny_policy.lm, ro.prompts, ro.codes, 0.7, top_k=5, top_p=0.9)
     torch.testing.assert_close(fwd.logprobs, ro.sampler_logprobs, atol=1e-5, rtol=0)
     assert torch.isfinite(fwd.logprobs).all()
+    # The engine reports its kept-set sizes; scoring against them gives the same log-probs.
+    assert ro.kept_sizes.shape == ro.codes.shape and (ro.kept_sizes <= 5).all() and (ro.kept_sizes >= 1).all()
+    exact = sequence_logprobs(tiny_policy.lm, ro.prompts, ro.codes, 0.7, top_k=5, top_p=0.9, kept=ro.kept_sizes)
+    torch.testing.assert_close(exact.logprobs, ro.sampler_logprobs, atol=1e-5, rtol=0)
+    assert _generate(tiny_policy).kept_sizes is None  # untruncated: no sizes
 
 
 def test_left_padding_does_not_change_a_prompt_s_distribution(tiny_policy):
