@@ -66,7 +66,7 @@ class KVCacheEngine(RolloutEngine):
         for j in range(n):
             c, lp, k = sample_codes(logits, params.temperature, params.top_k, params.top_p, generators, g)
             codes[:, j], logprobs[:, j] = c, lp
-            if kept is not None:
+            if kept is not None and k is not None:
                 kept[:, j] = k
             # The last code's hidden state is needed only as a conditioning state: one extra step.
             if j < n - 1 or return_hidden:
