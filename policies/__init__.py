@@ -2,33 +2,36 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import torch
 
+from blip3o_rl import registry
 from blip3o_rl.policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBatch
-
-# kind -> "module:Class"; each class has `from_pretrained(path, dtype=...)`. Imported on first use.
-POLICIES: dict[str, str] = {
-    "tiny": "blip3o_rl.tiny.world:TinyWorldPolicy",
-    "blip3o_next": "blip3o_rl.policies.blip3o_next:Blip3oNextPolicy",
-}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def policy_class(kind: str) -> type[ImageTokenPolicy]:
+    """The policy class ``kind`` names: a registered name (entry points ``blip3o_rl.policy``: "tiny",
+    "blip3o_next"), "package.module:Class" or "path/to/file.py:Class"."""
+    return registry.resolve("policy", kind)
+
+
+def can_build(cls: type) -> bool:
+    """Whether ``cls`` overrides `ImageTokenPolicy.build` (can write a new model folder)."""
+    build = getattr(cls, "build", None)
+    return callable(build) and getattr(build, "__func__", None) is not ImageTokenPolicy.build.__func__
+
+
 def load_policy(kind: str, path: str | Path, dtype: str = "float32", **kwargs) -> ImageTokenPolicy:
-    """Load the policy ``kind`` ("tiny", "blip3o_next", or "package.module:Class") from a local folder.
+    """Load the policy ``kind`` (see `policy_class`) from a local folder.
 
     ``kwargs`` go to the class's ``from_pretrained`` (e.g. ``diffusion_path`` for BLIP3o-NEXT).
     """
-    target = POLICIES.get(kind, kind)
-    module_name, sep, attr = target.partition(":")
-    if not sep:
-        raise ValueError(f"unknown policy {kind!r}: use one of {sorted(POLICIES)} or 'package.module:Class'")
-    cls = getattr(importlib.import_module(module_name), attr)
+    cls = policy_class(kind)
+    registry.check_kwargs("policy", kind, cls.from_pretrained, {"dtype": None, **kwargs})
     return cls.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
 
 
-__all__ = ["POLICIES", "ImageTokenLayout", "ImageTokenPolicy", "PromptBatch", "load_policy"]
+__all__ = ["DTYPES", "ImageTokenLayout", "ImageTokenPolicy", "PromptBatch", "can_build", "load_policy", "policy_class"]

@@ -14,7 +14,10 @@ Image *codes* are 0-based indices into the codebook; token ids are ``image_token
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -110,3 +113,12 @@ class ImageTokenPolicy(ABC):
         weight = head.weight[start : start + k]
         bias = head.bias[start : start + k] if getattr(head, "bias", None) is not None else None
         return nn.functional.linear(hidden.to(weight.dtype), weight, bias)
+
+    @classmethod
+    def build(cls, path: str | Path, prompts: Sequence[Any], progress: bool = True, **kwargs: Any) -> Path:
+        """Optional: write a new model folder at ``path`` to train from (when ``model.name_or_path`` is null).
+
+        ``prompts`` are the training rows (``.prompt``, ``.metadata``); ``kwargs`` are the recipe's
+        ``model.build``. The tiny world implements it; a policy that loads checkpoints need not.
+        """
+        raise NotImplementedError(f"{cls.__name__} cannot build a model folder: set model.name_or_path")

@@ -121,7 +121,7 @@ def export_run(
 
 def _base_model(cfg: TrainConfig, run_dir: Path) -> Path:
     name = cfg.model.name_or_path
-    path = run_dir / "base_model" if name is None else Path(name)  # None: the tiny world made on the fly
+    path = run_dir / "base_model" if name is None else Path(name)  # None: the folder the policy built (model.build)
     if not path.is_dir():
         raise FileNotFoundError(
             f"{run_dir / RUN_CONFIG}: model.name_or_path = {name!r}: base model folder {path} not found "

@@ -11,10 +11,11 @@ ratio's old log-probs always come from the trainer's forward (`rl/logprobs.py`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
+from blip3o_rl import registry
 from blip3o_rl.policies.base import ImageTokenPolicy, PromptBatch
 from blip3o_rl.rl.sampling import sample_codes
 
@@ -99,14 +100,11 @@ class KVCacheEngine:
         return Rollout(prompts=group, codes=codes, sampler_logprobs=logprobs, hidden_states=states)
 
 
-ENGINES = {"kv_cache": KVCacheEngine}
-
-
-def build_engine(name: str) -> RolloutEngine:
+def build_engine(name: str, **kwargs: Any) -> RolloutEngine:
+    """The rollout engine ``name``: a registered ``blip3o_rl.engine`` name ("kv_cache"), or
+    "package.module:Class" / "path/to/file.py:Class", built with ``kwargs``."""
     if name == "vllm":
         raise NotImplementedError(
             "the vLLM rollout engine is not implemented yet; use rollout.engine=kv_cache (see README)"
         )
-    if name not in ENGINES:
-        raise ValueError(f"unknown rollout engine {name!r}; choose from {sorted(ENGINES)}")
-    return ENGINES[name]()
+    return registry.build("engine", name, **kwargs)

@@ -22,17 +22,17 @@ import torch
 import yaml
 from accelerate import Accelerator
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
-from blip3o_rl.policies import load_policy
+from blip3o_rl.policies import can_build, load_policy, policy_class
 from blip3o_rl.rewards import WeightedRewards, load_reward
 from blip3o_rl.rl.advantages import count_groups_without_baseline, group_advantages
 from blip3o_rl.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from blip3o_rl.rl.config import RewardSpec, TrainConfig, config_to_dict
+from blip3o_rl.rl.config import ConfigError, RewardSpec, TrainConfig, config_to_dict
 from blip3o_rl.rl.data import PromptSampler, load_prompts
 from blip3o_rl.rl.finetune import FinetuneSetup
 from blip3o_rl.rl.logprobs import sequence_logprobs
 from blip3o_rl.rl.loss import policy_loss
+from blip3o_rl.rl.optim import build_optimizer, build_scheduler
 from blip3o_rl.rl.rollout import Rollout, SamplingParams, build_engine
 from blip3o_rl.rl.tracking import RunLogger, image_grid, plot_reward_curve, read_metrics, timed
 
@@ -82,15 +82,8 @@ class GRPOTrainer:
         frozen = {id(p) for p in getattr(self.policy, "frozen_parameters", list)()}
         if any(id(p) in frozen for p in self.params):
             raise RuntimeError("a frozen (decoder) parameter is trainable: it must not enter the optimizer")
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_epsilon,
-            weight_decay=o.weight_decay,
-        )
-        self.scheduler = get_scheduler(
-            o.lr_scheduler_type, self.optimizer, num_warmup_steps=o.warmup_steps,
-            num_training_steps=cfg.max_steps * cfg.grpo.num_iterations,
-        )
+        self.optimizer = build_optimizer(self.params, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.max_steps * cfg.grpo.num_iterations)
         self.optimizer = self.acc.prepare(self.optimizer)
 
         self.engine = build_engine(cfg.rollout.engine)
@@ -111,17 +104,16 @@ class GRPOTrainer:
             self.log = RunLogger(self.out, cfg.logging, config_to_dict(cfg), self.start_step)
 
     def _model_path(self) -> Path:
+        """``model.name_or_path``; when null, the folder the policy class builds (`ImageTokenPolicy.build`)."""
         m = self.cfg.model
         if m.name_or_path is not None:
             return Path(m.name_or_path)
-        if m.policy != "tiny":
-            raise ValueError("model.name_or_path is required (only the tiny world can be made on the fly)")
+        cls = policy_class(m.policy)
+        if not can_build(cls):
+            raise ConfigError(f"model.name_or_path is required: policy {m.policy!r} cannot build a model folder")
         path = self.out / "base_model"
         if self.acc.is_main_process and not (path / "config.json").is_file():
-            from blip3o_rl.tiny.warm_start import build_tiny_world
-
-            build_tiny_world(path, load_prompts(self.cfg.data.train_file), m.tiny_world,
-                             progress=self.cfg.logging.progress_bar)
+            cls.build(path, load_prompts(self.cfg.data.train_file), progress=self.cfg.logging.progress_bar, **m.build)
         self.acc.wait_for_everyone()
         return path
 
