@@ -2,35 +2,38 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from blip3o_rl import registry
 from blip3o_rl.policies.base import ImageTokenPolicy, PromptBatch
 from blip3o_rl.policies.model import ImageTokenLayout, ImageTokenLM, SamplingParams
-
-# kind -> "module:Class"; each class has `from_pretrained(path, dtype=...)`. Imported on first use.
-POLICIES: dict[str, str] = {
-    "tiny": "blip3o_rl.tiny.world:TinyWorldPolicy",
-    "blip3o_next": "blip3o_rl.policies.blip3o_next:Blip3oNextPolicy",
-}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def policy_class(kind: str) -> type[ImageTokenPolicy]:
+    """The policy class ``kind`` names: a registered name (entry points ``blip3o_rl.policy``: "tiny",
+    "blip3o_next"), "package.module:Class" or "path/to/file.py:Class"."""
+    return registry.resolve("policy", kind)
+
+
+def can_build(cls: type) -> bool:
+    """Whether ``cls`` overrides `ImageTokenPolicy.build` (can write a new model folder)."""
+    return any("build" in vars(k) for k in cls.__mro__ if k not in (ImageTokenPolicy, object))
+
+
 def load_policy(kind: str, path: str | Path, dtype: str = "float32", **kwargs) -> ImageTokenPolicy:
-    """Load the policy ``kind`` ("tiny", "blip3o_next", or "package.module:Class") from a local folder.
+    """Load the policy ``kind`` (see `policy_class`) from a local folder.
 
     ``kwargs`` go to the class's ``from_pretrained`` (e.g. ``diffusion_path`` for BLIP3o-NEXT).
     """
-    target = POLICIES.get(kind, kind)
-    module_name, sep, attr = target.partition(":")
-    if not sep:
-        raise ValueError(f"unknown policy {kind!r}: use one of {sorted(POLICIES)} or 'package.module:Class'")
-    cls = getattr(importlib.import_module(module_name), attr)
+    cls: Any = policy_class(kind)  # subclasses define from_pretrained with their own keywords
+    registry.check_kwargs("policy", kind, cls.from_pretrained, {"dtype": None, **kwargs})
     return cls.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
 
 
-__all__ = ["DTYPES", "POLICIES", "ImageTokenLM", "ImageTokenLayout", "ImageTokenPolicy", "PromptBatch",
-           "SamplingParams", "load_policy"]
+__all__ = ["DTYPES", "ImageTokenLM", "ImageTokenLayout", "ImageTokenPolicy", "PromptBatch", "SamplingParams",
+           "can_build", "load_policy", "policy_class"]

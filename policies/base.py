@@ -56,7 +56,8 @@ class PromptBatch:
 class ImageTokenPolicy(ABC):
     """Adapter around a causal LM that writes images as image tokens.
 
-    Subclasses set ``layout`` first, then ``model`` (the ``*ForCausalLM``; assigning it builds `lm`),
+    Subclasses provide a classmethod ``from_pretrained(path, dtype=..., **policy_kwargs)`` loading a local
+    folder, set ``layout`` first, then ``model`` (the ``*ForCausalLM``; assigning it builds `lm`),
     ``tokenizer``, and implement `tokenize_prompts` and `decode`.
     """
 
@@ -107,5 +108,9 @@ class ImageTokenPolicy(ABC):
 
     @classmethod
     def build(cls, path: str | Path, prompts: Sequence[Any], progress: bool = True, **kwargs: Any) -> Path:
-        """Write a model folder at ``path`` for a run without ``model.name_or_path`` (optional)."""
-        raise NotImplementedError(f"{cls.__name__} cannot build a model: set model.name_or_path")
+        """Optional: write a new model folder at ``path`` to train from (when ``model.name_or_path`` is null).
+
+        ``prompts`` are the training rows (``.prompt``, ``.metadata``); ``kwargs`` are the recipe's
+        ``model.build``. The tiny world implements it; a policy that loads checkpoints need not.
+        """
+        raise NotImplementedError(f"{cls.__name__} cannot build a model folder: set model.name_or_path")

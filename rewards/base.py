@@ -12,20 +12,18 @@ list of scores; `load_reward` wraps them.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import logging
 import math
-import sys
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
+
+from blip3o_rl import registry
 
 logger = logging.getLogger(__name__)
 
@@ -72,50 +70,16 @@ class Reward(Protocol):
     ) -> RewardOutput: ...
 
 
-_REGISTRY: dict[str, str] = {
-    # name -> "module:attribute", imported on first use so heavy backends stay lazy.
-    "tiny_layout": "blip3o_rl.tiny.layout_reward:TinyLayoutReward",
-    "geneval": "blip3o_rl.rewards.geneval.reward:GenEvalReward",
-    "ocr": "blip3o_rl.rewards.ocr:OCRReward",
-}
+def register_reward(name: str, target: Any) -> None:
+    """Register ``name`` for ``target`` (an object or "package.module:attribute") so `load_reward(name)` finds it.
 
-
-def register_reward(name: str, target: str) -> None:
-    """Register ``name`` for ``target`` ("package.module:attribute") so `load_reward(name)` finds it."""
-    if name in _REGISTRY and _REGISTRY[name] != target:
-        raise ValueError(f"reward {name!r} is already registered for {_REGISTRY[name]}")
-    _REGISTRY[name] = target
+    Built-in names are the ``blip3o_rl.reward`` entry points (tiny_layout, geneval, ocr).
+    """
+    registry.register("reward", name, target)
 
 
 def registered_rewards() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def _import_target(spec: str) -> Any:
-    """Resolve "pkg.module:attr" or "path/to/file.py:attr" to the attribute."""
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        known = ", ".join(registered_rewards())
-        raise ValueError(
-            f"unknown reward {spec!r}: use a registered name ({known}), 'package.module:function' "
-            "or 'path/to/file.py:function'"
-        )
-    if module_name.endswith(".py"):
-        path = Path(module_name)
-        if not path.is_file():
-            raise FileNotFoundError(f"reward file {path} (from reward spec {spec!r}) does not exist")
-        mod_name = f"blip3o_rl_user_reward_{abs(hash(str(path.resolve())))}"
-        module_spec = importlib.util.spec_from_file_location(mod_name, path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[mod_name] = module
-        module_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(module_name)
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise AttributeError(f"reward spec {spec!r}: {module_name} has no attribute {attr!r}") from None
+    return registry.names("reward")
 
 
 class FunctionReward:
@@ -136,7 +100,8 @@ def load_reward(spec: str, **kwargs: Any) -> Reward:
     A class (or any attribute that is not a plain function) is called with ``kwargs`` and must return
     a reward; a plain function is the reward itself, called with ``kwargs`` on every batch.
     """
-    target = _import_target(_REGISTRY.get(spec, spec))
+    target = registry.resolve("reward", spec)
+    registry.check_kwargs("reward", spec, target, kwargs)  # unknown keys fail now, not on the first batch
     if inspect.isfunction(target):
         return FunctionReward(target, **kwargs)
     reward = target(**kwargs)

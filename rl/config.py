@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from blip3o_rl import registry
 from blip3o_rl.rl.advantages import SCALE_REWARDS
 from blip3o_rl.rl.loss import loss_types
 
@@ -39,8 +40,8 @@ def _path_field(default: Any = None) -> Any:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    policy: str = "tiny"  # "tiny", "blip3o_next", or "package.module:PolicyClass"
-    name_or_path: str | None = _path_field()  # model folder; tiny + null: a random tiny world is made
+    policy: str | None = None  # required: a registered policy name, or "package.module:PolicyClass"
+    name_or_path: str | None = _path_field()  # model folder; null: the policy class builds one (model.build)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     policy_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the policy's from_pretrained
     finetune: str = "lora"  # lora | full
@@ -49,9 +50,9 @@ class ModelConfig:
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     gradient_checkpointing: bool = False
-    # policy "tiny" with name_or_path null: the tiny world to make (keys of tiny/warm_start.py:
-    # seed, grid, hidden_size, num_layers, ..., sft_steps, sft_accuracy, sft_targets)
-    tiny_world: dict[str, Any] = field(default_factory=dict)
+    # name_or_path null: kwargs of the policy class's `build(path, prompts, progress, **build)`, which
+    # writes the model folder <output_dir>/base_model (a policy without `build` needs name_or_path)
+    build: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,9 @@ class OptimConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
-    lr_scheduler_type: str = "constant"  # constant | cosine | linear
+    optimizer: str = "adamw"  # registered name (adamw, adam, sgd) or "package.module:Class"; see rl/optim.py
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments
+    lr_scheduler_type: str = "constant"  # registered name (constant, cosine, linear, ...) or "module:function"
     warmup_steps: int = 0
     max_grad_norm: float | None = 1.0  # None: no clipping
     max_nonfinite_steps: int = 3  # non-finite updates in a row (each skipped) that stop the run
@@ -373,8 +376,9 @@ def validate(cfg: TrainConfig, source: str) -> None:
     check(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unsupported dtype {m.dtype!r}")
     check("lm_head" not in m.lora_target_modules, "model.lora_target_modules",
           "lm_head cannot be a LoRA target (image log-probs read its weight rows directly)")
-    check(o.lr_scheduler_type in ("constant", "cosine", "linear"), "optim.lr_scheduler_type",
-          "must be constant, cosine or linear")
+    for key, kind, spec in (("optimizer", "optimizer", o.optimizer), ("lr_scheduler_type", "lr_scheduler", o.lr_scheduler_type)):
+        check(":" in spec or spec in registry.names(kind), f"optim.{key}",
+              f"unknown {spec!r}: one of {registry.names(kind)} or 'package.module:attr'")
     check(o.learning_rate > 0, "optim.learning_rate", "must be > 0")
     check(o.max_nonfinite_steps >= 1, "optim.max_nonfinite_steps", "must be >= 1")
     check(cfg.max_steps >= 1, "max_steps", "must be >= 1")
@@ -386,3 +390,7 @@ def validate(cfg: TrainConfig, source: str) -> None:
     check(cfg.eval.eval_every == 0 or cfg.eval.prompts_file is not None, "eval.prompts_file",
           "needed when eval.eval_every > 0")
     check(cfg.eval.num_generations >= 1, "eval.num_generations", "must be >= 1")
+    check(m.policy is not None, "model.policy",
+          f"required: one of {registry.names('policy')} or 'package.module:PolicyClass'")
+    check(not (m.build and m.name_or_path is not None), "model.build",
+          "is read only when model.name_or_path is null (the policy then builds the model folder)")

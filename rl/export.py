@@ -69,6 +69,8 @@ def load_run_policy(
     if not weights_file.is_file():
         raise FileNotFoundError(f"{weights_file} is missing: incomplete checkpoint")
 
+    if m.policy is None:
+        raise ValueError(f"{run_dir / RUN_CONFIG}: model.policy is not set")
     policy = load_policy(m.policy, base, "float32", **m.policy_kwargs)
     weights = load_file(weights_file)
     if m.finetune == "lora":
@@ -122,7 +124,7 @@ def export_run(
 
 def _base_model(cfg: TrainConfig, run_dir: Path) -> Path:
     name = cfg.model.name_or_path
-    path = run_dir / "base_model" if name is None else Path(name)  # None: the tiny world made on the fly
+    path = run_dir / "base_model" if name is None else Path(name)  # None: the folder the policy built (model.build)
     if not path.is_dir():
         raise FileNotFoundError(
             f"{run_dir / RUN_CONFIG}: model.name_or_path = {name!r}: base model folder {path} not found "

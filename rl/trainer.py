@@ -22,13 +22,12 @@ import torch
 import yaml
 from accelerate import Accelerator
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
-from blip3o_rl.policies import load_policy
+from blip3o_rl.policies import can_build, load_policy, policy_class
 from blip3o_rl.rewards import WeightedRewards, load_reward
 from blip3o_rl.rl.advantages import count_groups_without_baseline, group_advantages
 from blip3o_rl.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from blip3o_rl.rl.config import RewardSpec, TrainConfig, config_to_dict
+from blip3o_rl.rl.config import ConfigError, RewardSpec, TrainConfig, config_to_dict
 from blip3o_rl.rl.data import PromptSampler, load_prompts
 from blip3o_rl.rl.engines import Rollout, SamplingParams, build_engine, stream_seed
 from blip3o_rl.rl.finetune import FinetuneSetup
@@ -36,6 +35,7 @@ from blip3o_rl.rl.generate import sample_and_decode
 from blip3o_rl.rl.guard import FiniteUpdateGuard
 from blip3o_rl.rl.logprobs import micro_batches, score_rollout, sequence_logprobs
 from blip3o_rl.rl.loss import policy_loss
+from blip3o_rl.rl.optim import build_optimizer, build_scheduler
 from blip3o_rl.rl.tracking import RunLogger, image_grid, plot_reward_curve, read_metrics, timed
 
 logger = logging.getLogger(__name__)
@@ -70,25 +70,20 @@ class GRPOTrainer:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed + self.rank)
 
-        self.policy = load_policy(cfg.model.policy, self._model_path(), cfg.model.dtype, **cfg.model.policy_kwargs)
+        kind, train_file = cfg.model.policy, cfg.data.train_file
+        assert kind is not None and train_file is not None  # validate() requires both
+        self.policy = load_policy(kind, self._model_path(kind, train_file), cfg.model.dtype, **cfg.model.policy_kwargs)
         self.policy.lm.to(self.acc.device)
         self.finetune = FinetuneSetup(self.policy, cfg.model, need_reference=cfg.grpo.beta > 0)
         self.params = self.finetune.trainable_parameters()
         frozen = {id(p) for p in self.policy.frozen_parameters()}
         if any(id(p) in frozen for p in self.params):
             raise RuntimeError("a frozen (decoder) parameter is trainable: it must not enter the optimizer")
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_epsilon,
-            weight_decay=o.weight_decay,
-        )
-        self.scheduler = get_scheduler(
-            o.lr_scheduler_type, self.optimizer, num_warmup_steps=o.warmup_steps,
-            num_training_steps=cfg.max_steps * cfg.grpo.num_iterations,
-        )
+        self.optimizer = build_optimizer(self.params, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.max_steps * cfg.grpo.num_iterations)
         # The one module every trainer forward runs through (wrapped here when distributed).
         self.lm, self.optimizer = self.acc.prepare(self.policy.lm, self.optimizer)
-        self.guard = FiniteUpdateGuard(o.max_nonfinite_steps)  # every optimizer step goes through it
+        self.guard = FiniteUpdateGuard(cfg.optim.max_nonfinite_steps)  # every optimizer step goes through it
 
         self.engine = build_engine(cfg.rollout.engine)
         self.engine.setup(self.policy)
@@ -97,7 +92,7 @@ class GRPOTrainer:
         self.rewards = _build_rewards(cfg.rewards)
         self.eval_rewards = _build_rewards(cfg.eval.rewards) if cfg.eval.rewards else self.rewards
         self.sampler = PromptSampler(
-            load_prompts(cfg.data.train_file), cfg.prompts_per_step, cfg.seed, cfg.data.shuffle, self.rank, self.world
+            load_prompts(train_file), cfg.prompts_per_step, cfg.seed, cfg.data.shuffle, self.rank, self.world
         )
         self.eval_rows = load_prompts(cfg.eval.prompts_file)[: cfg.eval.num_prompts] if cfg.eval.prompts_file else []
 
@@ -107,18 +102,17 @@ class GRPOTrainer:
             (self.out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
             self.log = RunLogger(self.out, cfg.logging, config_to_dict(cfg), self.start_step)
 
-    def _model_path(self) -> Path:
+    def _model_path(self, kind: str, train_file: str) -> Path:
+        """``model.name_or_path``; when null, the folder the policy class builds (`ImageTokenPolicy.build`)."""
         m = self.cfg.model
         if m.name_or_path is not None:
             return Path(m.name_or_path)
-        if m.policy != "tiny":
-            raise ValueError("model.name_or_path is required (only the tiny world can be made on the fly)")
+        cls = policy_class(kind)
+        if not can_build(cls):
+            raise ConfigError(f"model.name_or_path is required: policy {kind!r} cannot build a model folder")
         path = self.out / "base_model"
         if self.acc.is_main_process and not (path / "config.json").is_file():
-            from blip3o_rl.tiny.warm_start import build_tiny_world
-
-            build_tiny_world(path, load_prompts(self.cfg.data.train_file), m.tiny_world,
-                             progress=self.cfg.logging.progress_bar)
+            cls.build(path, load_prompts(train_file), progress=self.cfg.logging.progress_bar, **m.build)
         self.acc.wait_for_everyone()
         return path
 
@@ -159,7 +153,7 @@ class GRPOTrainer:
 
     def step(self, step: int) -> dict[str, float]:
         """One GRPO step: prompts → rollouts → images → rewards → advantages → μ updates."""
-        g, t = self.cfg.grpo, {}
+        g, t = self.cfg.grpo, dict[str, float]()
         with timed("step", t):
             # 1. Prompts for this rank; each is repeated for its group of G rows below.
             rows = self.sampler.next_batch()
@@ -204,7 +198,7 @@ class GRPOTrainer:
             self.engine.update_weights(self.policy)
 
         metrics = {**t, **upd, **self._reward_metrics(scored, all_rewards, adv, mask)}
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["lr"] = float(self.scheduler.get_last_lr()[0])
         if self.acc.is_main_process and self.cfg.logging.image_every and step % self.cfg.logging.image_every == 0:
             self._log_samples(step, images, texts, rewards, scored)
         return metrics

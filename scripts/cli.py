@@ -230,12 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from blip3o_rl.registry import ComponentError
     from blip3o_rl.rl.config import ConfigError
     from blip3o_rl.rl.data import PromptFileError
 
     try:
         return args.fn(args)
-    except (ConfigError, PromptFileError, FileNotFoundError) as exc:
+    except (ConfigError, ComponentError, PromptFileError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -87,8 +87,9 @@ def add_scorer_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--detector", help="Mask2Former hub id or local folder "
                                           "(default: facebook/mask2former-swin-small-coco-instance)")
     group.add_argument("--clip", help="CLIP hub id or local folder, for colours (default: openai/clip-vit-large-patch14)")
-    group.add_argument("--detector-backend", default="transformers", choices=("transformers", "mmdet", "tiny_world"),
-                       help="tiny_world: the built-in tiny objects world, read from pixels (no models)")
+    group.add_argument("--detector-backend", default="transformers",
+                       help="transformers (Mask2Former + CLIP), mmdet, tiny_world (the built-in tiny objects "
+                            "world, read from pixels, no models), or package.module:function")
     group.add_argument("--tile", type=int,
                        help="tiny_world cell size in pixels (default: the tiny policy's tile, else 8)")
     group.add_argument("--mmdet-config", help="mmdet config file (--detector-backend mmdet)")
@@ -108,22 +109,28 @@ def add_scorer_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_scorer_from_args(args: argparse.Namespace):
+    from blip3o_rl import registry
     from blip3o_rl.rewards.geneval.scorer import build_scorer
 
-    models = {k: v for k, v in (("detector", args.detector), ("clip", args.clip)) if v is not None}
-    return build_scorer(
-        **models,
-        detector_backend=args.detector_backend,
-        device=args.device,
-        dtype=args.scorer_dtype,
-        detector_batch_size=args.scorer_batch_size,
-        clip_batch_size=max(args.scorer_batch_size, 16),
-        detector_shortest_edge=args.detector_shortest_edge or None,
-        mmdet_config=args.mmdet_config,
-        mmdet_checkpoint=args.mmdet_checkpoint,
-        mmdet_reference_channel_order=args.mmdet_reference_channel_order,
-        tile=args.tile or 8,
-    )
+    options = {
+        "detector": args.detector,
+        "clip": args.clip,
+        "device": args.device,
+        "dtype": args.scorer_dtype,
+        "detector_batch_size": args.scorer_batch_size,
+        "clip_batch_size": max(args.scorer_batch_size, 16),
+        "detector_shortest_edge": args.detector_shortest_edge or None,  # None: the checkpoint's own
+        "mmdet_config": args.mmdet_config,
+        "mmdet_checkpoint": args.mmdet_checkpoint,
+        "mmdet_reference_channel_order": args.mmdet_reference_channel_order,
+        "tile": args.tile,
+    }
+    # These options cover every built-in backend: each gets those it takes (a builder with **kwargs gets
+    # all); an option left unset (None) keeps the backend's default.
+    accepted = registry.parameters(registry.resolve("detector", args.detector_backend))
+    kwargs = {k: v for k, v in options.items()
+              if (accepted is None or k in accepted) and (v is not None or k == "detector_shortest_edge")}
+    return build_scorer(args.detector_backend, **kwargs)
 
 
 def configure_eval(parser: argparse.ArgumentParser) -> None:

@@ -37,7 +37,7 @@ print(f"wheel smoke: blip3o_rl {blip3o_rl.__version__}; imported {len(names)} mo
 PY
 "$work/venv/bin/blip3o-rl" --help >/dev/null
 "$work/venv/bin/blip3o-rl" config demo max_steps=2 >/dev/null
-"$work/venv/bin/blip3o-rl" train demo max_steps=2 output_dir="$work/run" model.tiny_world.sft_steps=2 \
+"$work/venv/bin/blip3o-rl" train demo max_steps=2 output_dir="$work/run" model.build.sft_steps=2 \
     eval.eval_every=0 logging.progress_bar=false >"$work/train.log" 2>&1 || { cat "$work/train.log"; exit 1; }
 test -s "$work/run/metrics.jsonl" && test -s "$work/run/reward_curve.png"
 echo "wheel smoke: 'blip3o-rl train demo' ran 2 steps from the installed wheel"

@@ -22,8 +22,10 @@ import numpy as np
 from PIL import Image
 
 from blip3o_rl.rewards.geneval.metadata import GENEVAL_OBJECTS
+from blip3o_rl.rewards.geneval.scorer import GenEvalScorer
 from blip3o_rl.tiny.objects import BACKGROUND, DEFAULT_CLASSES, GENEVAL_RGB, shape_masks
 
+DEFAULT_TILE = 8  # cell size in pixels: the tiny world's default tile
 _COLOUR_NAMES = list(GENEVAL_RGB)
 _COLOUR_RGB = np.asarray(list(GENEVAL_RGB.values()), dtype=np.float32)  # [10, 3]
 
@@ -33,7 +35,7 @@ class TinyWorldDetector:
 
     def __init__(
         self,
-        tile: int = 8,
+        tile: int = DEFAULT_TILE,
         classes: Sequence[Sequence[str]] | None = None,
         background: Sequence[int] = BACKGROUND,
         tolerance: int = 24,
@@ -86,3 +88,9 @@ class TinyWorldDetector:
     def detect(self, images: Sequence[Image.Image]) -> list[list[dict[str, Any]]]:
         """Detections of each image, in raster order of their cells."""
         return [self.detect_one(image) for image in images]
+
+
+def tiny_world_scorer(*, tile: int = DEFAULT_TILE) -> GenEvalScorer:
+    """The ``tiny_world`` detector backend: `TinyWorldDetector` in ``tile``-pixel cells; colours come from
+    the pixels, so no CLIP model is loaded."""
+    return GenEvalScorer(TinyWorldDetector(tile=tile), colours=None)

@@ -3,7 +3,7 @@
 Prompts are GenEval metadata rows over the objects world's classes and colours (all six tasks);
 `write_geneval_prompts` writes the train / held-out files shipped in ``configs/data``.
 `geneval_target_codes` draws an image the official GenEval verdict accepts, for the supervised warm
-start (``model.tiny_world.sft_targets: geneval``).
+start (``model.build.sft_targets: geneval``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def geneval_prompts(seed: int = 0, eval_fraction: float = 0.25) -> tuple[list[di
 
 
 def prompt_words(rows: list[dict]) -> list[str]:
-    """The distinct words of the rows' prompts (for ``model.tiny_world.extra_words``)."""
+    """The distinct words of the rows' prompts (for ``model.build.extra_words``)."""
     return sorted({w for r in rows for w in r["prompt"].lower().split()})
 
 

@@ -7,7 +7,7 @@ in the Flow-GRPO OCR format, so the same files drive training, the trainer's hel
 
 Prompt words are spelled one character per token by the tiny tokenizer (its WordPiece falls back to
 characters for unknown words) once ``sign``, ``that`` and ``says`` are known words (`PROMPT_WORDS`, the
-recipe's ``tiny_world.extra_words``); words that would start with a known word (``ant`` → ``an`` +
+recipe's ``model.build.extra_words``); words that would start with a known word (``ant`` → ``an`` +
 ``##t``) are left out, so that every letter reaches the model as a token of its own.
 """
 

@@ -9,7 +9,6 @@ learns to read the prompt but paints only about ``accuracy`` of each image right
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from blip3o_rl import registry
 from blip3o_rl.rl.data import PromptRow
 from blip3o_rl.rl.logprobs import sequence_logprobs
 from blip3o_rl.tiny.world import TinyWorldPolicy, make_tiny_world
@@ -56,15 +56,10 @@ def warm_start(
     policy.model.eval()
 
 
-# name -> "module:function(row, (rows, cols)) -> codes [rows * cols]": the image a prompt asks for, where
-# row = {"prompt": ..., **metadata} is the prompt file's row.
-WARM_START_TARGETS: dict[str, str] = {
-    "layout": "blip3o_rl.tiny.layout:layout_target_codes",
-    "geneval": "blip3o_rl.tiny.geneval:geneval_target_codes",
-    "glyphs": "blip3o_rl.tiny.signs:glyph_target_codes",
-}
-WORLD_KEYS = ("seed", "grid", "tile", "hidden_size", "num_layers", "extra_words", "renderer", "renderer_spec",
-              "initializer_range")
+# Warm-start targets are registry kind "tiny_targets" (entry points: layout, geneval, glyphs; or
+# "module:function"): function(row, (rows, cols)) -> codes [rows * cols], the image a prompt asks for,
+# where row = {"prompt": ..., **metadata} is the prompt file's row.
+WORLD_KEYS = tuple(sorted((registry.parameters(make_tiny_world) or frozenset()) - {"out_dir"}))  # seed, grid, tile, ...
 WARM_KEYS = ("sft_steps", "sft_accuracy", "sft_targets", "sft_learning_rate")
 
 
@@ -75,18 +70,14 @@ def build_tiny_world(out_dir: str | Path, rows: list[PromptRow], spec: dict[str,
     """
     unknown = sorted(set(spec) - set(WORLD_KEYS) - set(WARM_KEYS))
     if unknown:
-        raise ValueError(f"model.tiny_world: unknown keys {unknown}; known: {[*WORLD_KEYS, *WARM_KEYS]}")
+        raise ValueError(f"model.build: unknown keys {unknown}; known: {[*WORLD_KEYS, *WARM_KEYS]}")
     out = make_tiny_world(out_dir, **{k: v for k, v in spec.items() if k in WORLD_KEYS})
     steps = int(spec.get("sft_steps", 0))
     if steps:
-        name = spec.get("sft_targets", "layout")
-        if name not in WARM_START_TARGETS:
-            raise ValueError(f"model.tiny_world.sft_targets: unknown {name!r}; known: {sorted(WARM_START_TARGETS)}")
-        module, _, attr = WARM_START_TARGETS[name].partition(":")
-        targets = getattr(importlib.import_module(module), attr)
+        targets = registry.resolve("tiny_targets", spec.get("sft_targets", "layout"))
+        given = {"accuracy": ("sft_accuracy", float), "learning_rate": ("sft_learning_rate", float), "seed": ("seed", int)}
+        options = {arg: cast(spec[key]) for arg, (key, cast) in given.items() if key in spec}  # else warm_start's defaults
         policy = TinyWorldPolicy.from_pretrained(out)
-        warm_start(policy, rows, targets, steps=steps, accuracy=float(spec.get("sft_accuracy", 0.3)),
-                   learning_rate=float(spec.get("sft_learning_rate", 3e-3)), seed=int(spec.get("seed", 0)),
-                   progress=progress)
+        warm_start(policy, rows, targets, steps=steps, progress=progress, **options)
         policy.save_pretrained(out)
     return out

@@ -15,7 +15,6 @@ world's settings) and loaded with ``from_pretrained``, the same code path as rea
 
 from __future__ import annotations
 
-import importlib
 import string
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from blip3o_rl import registry
 from blip3o_rl.policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBatch
 
 CHAT_TEMPLATE = (
@@ -77,13 +77,11 @@ class PaletteRenderer:
         return pix.repeat(self.tile, axis=1).repeat(self.tile, axis=2)
 
 
-# renderer name -> "module:Class"; a class takes the config's `tiny_world` dict and has `num_codes`,
-# `render(codes [B, rows, cols]) -> uint8 [B, H, W, 3]` and a static `default_spec()`.
-RENDERERS: dict[str, str] = {
-    "palette": "blip3o_rl.tiny.world:PaletteRenderer",
-    "objects": "blip3o_rl.tiny.objects:ObjectsRenderer",  # GenEval-style sprites
-    "glyphs": "blip3o_rl.tiny.glyphs:GlyphRenderer",  # letters, for the OCR task
-}
+# Renderers are registry kind "tiny_renderer" (entry points: palette; objects, GenEval-style sprites;
+# glyphs, letters for the OCR task; or "module:Class"). A class takes the world dict stored in config.json
+# under `tiny_world` and has `num_codes`, `render(codes [B, rows, cols]) -> uint8 [B, H, W, 3]` and a
+# static `default_spec()`.
+DEFAULT_RENDERER = "palette"
 
 
 def grid_shape(grid: int | Sequence[int]) -> tuple[int, int]:
@@ -100,11 +98,7 @@ def grid_shape(grid: int | Sequence[int]) -> tuple[int, int]:
 
 
 def build_renderer(spec: dict[str, Any]):
-    name = spec.get("renderer", "palette")
-    if name not in RENDERERS:
-        raise ValueError(f"unknown tiny-world renderer {name!r}; known: {sorted(RENDERERS)}")
-    module, _, attr = RENDERERS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)(spec)
+    return registry.resolve("tiny_renderer", spec.get("renderer", DEFAULT_RENDERER))(spec)
 
 
 def build_tokenizer(num_codes: int, extra_words: Sequence[str] = ()) -> PreTrainedTokenizerFast:
@@ -137,13 +131,13 @@ def make_tiny_world(
     num_layers: int = 2,
     seed: int = 0,
     extra_words: Sequence[str] = (),
-    renderer: str = "palette",
+    renderer: str = DEFAULT_RENDERER,
     renderer_spec: dict[str, Any] | None = None,
     initializer_range: float = 0.02,
 ) -> Path:
     """Write a random-initialised tiny world model folder (``save_pretrained`` format) to ``out_dir``.
 
-    ``grid`` is an int (a square image) or ``[rows, cols]``; ``renderer`` names an entry of `RENDERERS`;
+    ``grid`` is an int (a square image) or ``[rows, cols]``; ``renderer`` names a ``tiny_renderer``;
     ``renderer_spec`` (default: the renderer's ``default_spec()``) is stored in ``config.json`` under
     ``tiny_world`` and fixes the codebook size.
     ``initializer_range`` is the std of the random weights: at Hugging Face's 0.02 a 64-wide model's
@@ -151,12 +145,10 @@ def make_tiny_world(
     random model prompt-dependent features that training can pick up much sooner.
     """
     out = Path(out_dir)
-    if renderer not in RENDERERS:
-        raise ValueError(f"unknown tiny-world renderer {renderer!r}; known: {sorted(RENDERERS)}")
+    renderer_class = registry.resolve("tiny_renderer", renderer)
     rows, cols = grid_shape(grid)  # fails early on a malformed grid
     world = {"renderer": renderer, "grid": grid if isinstance(grid, int) else list(grid), "tile": tile}
-    module, _, attr = RENDERERS[renderer].partition(":")
-    world.update(renderer_spec or getattr(importlib.import_module(module), attr).default_spec())
+    world.update(renderer_spec or renderer_class.default_spec())
     num_codes = build_renderer(world).num_codes
     tok = build_tokenizer(num_codes, extra_words)
     ids = tok.convert_tokens_to_ids
@@ -225,6 +217,14 @@ class TinyWorldPolicy(ImageTokenPolicy):
         model = Qwen3ForCausalLM.from_pretrained(path, dtype=dtype)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
         return cls(model, tokenizer)
+
+    @classmethod
+    def build(cls, path: str | Path, prompts: Sequence[Any], progress: bool = True, **kwargs: Any) -> Path:
+        """Make a tiny world at ``path`` from the recipe's ``model.build`` keys (`make_tiny_world`'s, plus
+        the ``sft_*`` warm start on ``prompts``: `blip3o_rl.tiny.warm_start.build_tiny_world`)."""
+        from blip3o_rl.tiny.warm_start import build_tiny_world  # it imports this module
+
+        return build_tiny_world(path, list(prompts), kwargs, progress=progress)
 
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(path, safe_serialization=True)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from blip3o_rl import registry
 from blip3o_rl.rewards.geneval.color import DEFAULT_CLIP, ColourClassifier, masked_crop
 from blip3o_rl.rewards.geneval.detector import DEFAULT_DETECTOR, SCORE_FLOOR, Mask2FormerDetector
 from blip3o_rl.rewards.geneval.metadata import MetadataError, validate_metadata
@@ -94,55 +95,64 @@ class GenEvalScorer:
         return {id(det): c for det, c in zip(owners, self.colours.classify(crops, names), strict=True)}
 
 
-def build_scorer(
+def build_scorer(detector_backend: str = "transformers", **options: Any) -> GenEvalScorer:
+    """A `GenEvalScorer` from a detector backend and that backend's options.
+
+    ``detector_backend``: a registered ``blip3o_rl.detector`` builder, "transformers" (Mask2Former + CLIP,
+    default: `transformers_scorer`), "mmdet" (GenEval's own detector: `mmdet_scorer`) or "tiny_world"
+    (the tiny objects world read from pixels, no models: `blip3o_rl.tiny.detector.tiny_world_scorer`),
+    or "package.module:function" / "path/to/file.py:function". An option the backend does not take fails.
+    """
+    return registry.build("detector", detector_backend, **options)
+
+
+def transformers_scorer(
     *,
     detector: str = DEFAULT_DETECTOR,
     clip: str = DEFAULT_CLIP,
-    detector_backend: str = "transformers",
     device: str | None = None,
     dtype: str | None = None,
     detector_batch_size: int = 8,
     clip_batch_size: int = 64,
     score_floor: float = SCORE_FLOOR,
     detector_shortest_edge: int | None = 800,
+) -> GenEvalScorer:
+    """Mask2Former (``detector``) and CLIP (``clip``; hub ids or local folders) as a `GenEvalScorer`."""
+    det = Mask2FormerDetector(
+        detector,
+        device=device,
+        dtype=dtype,
+        batch_size=detector_batch_size,
+        score_floor=score_floor,
+        shortest_edge=detector_shortest_edge,
+    )
+    return GenEvalScorer(det, ColourClassifier(clip, device=device, dtype=dtype, batch_size=clip_batch_size))
+
+
+def mmdet_scorer(
+    *,
     mmdet_config: str | None = None,
     mmdet_checkpoint: str | None = None,
+    clip: str = DEFAULT_CLIP,
+    device: str | None = None,
+    dtype: str | None = None,
+    clip_batch_size: int = 64,
+    score_floor: float = SCORE_FLOOR,
     mmdet_reference_channel_order: bool = False,
-    tile: int = 8,
 ) -> GenEvalScorer:
-    """Load the detector and CLIP (hub ids or local folders) into a `GenEvalScorer`.
+    """GenEval's own mmdet detector (needs an environment with mmdet, see `mmdet_backend`) and CLIP.
 
-    ``detector_backend``: "transformers" (Mask2Former, default) or "mmdet" (GenEval's own detector;
-    needs ``mmdet_config`` and ``mmdet_checkpoint`` and an environment with mmdet, see `mmdet_backend`;
-    ``mmdet_reference_channel_order`` reproduces the reference reward server's RGB-as-BGR input), or
-    "tiny_world" (the built-in tiny objects world, read from pixels in ``tile``-pixel cells; no model
-    is loaded and colours come from the pixels, so ``detector`` and ``clip`` are not used).
+    ``mmdet_reference_channel_order`` reproduces the reference reward server's RGB-as-BGR input.
     """
-    if detector_backend == "tiny_world":
-        from blip3o_rl.tiny.detector import TinyWorldDetector
+    if not mmdet_config or not mmdet_checkpoint:
+        raise ValueError("detector_backend='mmdet' needs mmdet_config and mmdet_checkpoint")
+    from blip3o_rl.rewards.geneval.mmdet_backend import MMDetDetector
 
-        return GenEvalScorer(TinyWorldDetector(tile=tile), colours=None)
-    if detector_backend == "transformers":
-        det: Detector = Mask2FormerDetector(
-            detector,
-            device=device,
-            dtype=dtype,
-            batch_size=detector_batch_size,
-            score_floor=score_floor,
-            shortest_edge=detector_shortest_edge,
-        )
-    elif detector_backend == "mmdet":
-        if not mmdet_config or not mmdet_checkpoint:
-            raise ValueError("detector_backend='mmdet' needs mmdet_config and mmdet_checkpoint")
-        from blip3o_rl.rewards.geneval.mmdet_backend import MMDetDetector
-
-        det = MMDetDetector(
-            mmdet_config,
-            mmdet_checkpoint,
-            device=device or "cuda",
-            score_floor=score_floor,
-            reference_channel_order=mmdet_reference_channel_order,
-        )
-    else:
-        raise ValueError(f"unknown detector_backend {detector_backend!r} (use 'transformers', 'mmdet' or 'tiny_world')")
+    det = MMDetDetector(
+        mmdet_config,
+        mmdet_checkpoint,
+        device=device or "cuda",
+        score_floor=score_floor,
+        reference_channel_order=mmdet_reference_channel_order,
+    )
     return GenEvalScorer(det, ColourClassifier(clip, device=device, dtype=dtype, batch_size=clip_batch_size))

@@ -33,6 +33,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from blip3o_rl import registry
+
 OCRLines = list[tuple[str, float]]
 
 # PaddleOCR 2.x inference defaults, which the reference reward ran with.
@@ -386,8 +388,6 @@ class PaddleOCR3Engine:
             return out
 
 
-ENGINES: dict[str, type] = {"rapidocr": RapidOCREngine, "paddleocr": PaddleOCR3Engine, "paddleocr2": PaddleOCREngine}
-
 _cache: dict[tuple[int, str, str], OCREngine] = {}
 _cache_lock = threading.Lock()
 
@@ -395,13 +395,16 @@ _cache_lock = threading.Lock()
 def get_ocr_engine(name: str = "rapidocr", **kwargs: Any) -> OCREngine:
     """The process's engine ``name`` built with ``kwargs``: created on first request, then reused.
 
+    ``name``: a registered name (entry points ``blip3o_rl.ocr_engine``: "rapidocr", "paddleocr"),
+    "package.module:Class" or "path/to/file.py:Class".
+
     The key includes the process id: a forked child builds its own engine (thread pools and
     inference sessions do not survive a fork).
     """
-    if name not in ENGINES:
-        raise ValueError(f"unknown OCR engine {name!r}; choose one of {sorted(ENGINES)}")
+    cls = registry.resolve("ocr_engine", name)
+    registry.check_kwargs("ocr_engine", name, cls, kwargs)
     key = (os.getpid(), name, json.dumps(kwargs, sort_keys=True, default=str))
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = ENGINES[name](**kwargs)
+            _cache[key] = cls(**kwargs)
         return _cache[key]

@@ -16,7 +16,7 @@ from blip3o_rl.scripts.cli import main
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "configs" / "demo_geneval.yaml"
 EVAL_FILE = REPO / "configs" / "data" / "tiny_geneval_eval.jsonl"
-SHORT = ["max_steps=2", "model.tiny_world.sft_steps=2", "grpo.batch_size=16", "grpo.micro_batch_size=16",
+SHORT = ["max_steps=2", "model.build.sft_steps=2", "grpo.batch_size=16", "grpo.micro_batch_size=16",
          "logging.image_every=0", "logging.progress_bar=false", "logging.tensorboard=false", "checkpoint.save_every=0"]
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-FAST = ["max_steps=3", "model.tiny_world.sft_steps=5", "eval.eval_every=2", "logging.image_every=2",
+FAST = ["max_steps=3", "model.build.sft_steps=5", "eval.eval_every=2", "logging.image_every=2",
         "checkpoint.save_every=2", "grpo.batch_size=16", "grpo.num_generations=4", "logging.progress_bar=false"]
 
 

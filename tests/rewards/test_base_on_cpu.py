@@ -3,6 +3,7 @@ import math
 import pytest
 from PIL import Image
 
+from blip3o_rl.registry import ComponentError
 from blip3o_rl.rewards import RewardOutput, WeightedRewards, load_reward, score_batch
 
 IMAGES = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255), (0, 0, 0))]
@@ -63,13 +64,20 @@ def test_weighted_combination_fails_a_sample_if_any_reward_fails():
 
 
 @pytest.mark.parametrize(
-    ("spec", "exc", "match"),
+    ("spec", "match"),
     [
-        ("nope", ValueError, "unknown reward 'nope'"),
-        ("/no/such/file.py:f", FileNotFoundError, "does not exist"),
-        (f"{__name__}:missing", AttributeError, "has no attribute 'missing'"),
+        ("nope", "unknown reward 'nope'.*registered reward names: geneval, ocr, tiny_layout"),
+        ("/no/such/file.py:f", "does not exist"),
+        (f"{__name__}:missing", "has no attribute 'missing'"),
+        ("tiny_layout", "takes no argument 'colour'"),
     ],
 )
-def test_bad_specs(spec, exc, match):
-    with pytest.raises(exc, match=match):
-        load_reward(spec)
+def test_bad_specs(spec, match):
+    kwargs = {"colour": "red"} if spec == "tiny_layout" else {}
+    with pytest.raises(ComponentError, match=match):
+        load_reward(spec, **kwargs)
+
+
+def test_unknown_kwargs_of_a_function_reward_fail_at_load():
+    with pytest.raises(ComponentError, match="takes no argument 'scal'"):
+        load_reward(f"{__name__}:redness", scal=2.0)

@@ -37,15 +37,15 @@ def _write(tmp_path, text):
     return str(p)
 
 
-BASE = "rewards: [{reward: tiny_layout}]\ndata: {train_file: x.jsonl}\n"
+BASE = "rewards: [{reward: tiny_layout}]\ndata: {train_file: x.jsonl}\nmodel: {policy: tiny}\n"
 
 
 @pytest.mark.parametrize(
     ("text", "overrides", "match"),
     [
-        (BASE + "grpo:\n  betta: 0.1\n", [], r"r\.yaml, line 4: unknown key 'grpo\.betta'"),
-        (BASE + "grpo:\n  beta: high\n", [], r"line 4: grpo\.beta must be a number, got str 'high'"),
-        (BASE + "max_steps: 1.5\n", [], r"line 3: max_steps must be an integer"),
+        (BASE + "grpo:\n  betta: 0.1\n", [], r"r\.yaml, line 5: unknown key 'grpo\.betta'"),
+        (BASE + "grpo:\n  beta: high\n", [], r"line 5: grpo\.beta must be a number, got str 'high'"),
+        (BASE + "max_steps: 1.5\n", [], r"line 4: max_steps must be an integer"),
         (BASE + "logging: {tensorboard: 1}\n", [], r"logging\.tensorboard must be true or false"),
         (BASE, ["grpo.num_generations=1"], r"grpo\.num_generations: group size must be >= 2"),
         (BASE, ["grpo.batch_size=10", "grpo.num_generations=4"], r"grpo\.batch_size: 10 samples do not split"),
@@ -56,6 +56,11 @@ BASE = "rewards: [{reward: tiny_layout}]\ndata: {train_file: x.jsonl}\n"
         ("data: {train_file: x.jsonl}\n", [], r"rewards: at least one reward"),
         (BASE + "rewards: [{weight: 1}]\n", [], r"rewards"),
         ("- 1\n- 2\n", [], r"must be a mapping"),
+        (BASE.replace("model: {policy: tiny}\n", ""), [], r"model\.policy: required: one of \['blip3o_next', 'tiny'\]"),
+        (BASE, ["model.name_or_path=m", "model.build.seed=1"], r"model\.build: is read only when model\.name_or_path is null"),
+        (BASE, ["model.tiny_world.seed=1"], r"unknown key 'model\.tiny_world'"),
+        (BASE, ["optim.optimizer=adamx"], r"optim\.optimizer: unknown 'adamx': one of \['adam', 'adamw', 'sgd'\]"),
+        (BASE, ["optim.lr_scheduler_type=cosin"], r"optim\.lr_scheduler_type: unknown 'cosin'"),
         ("a: [1,\n", [], r"invalid YAML"),
     ],
 )

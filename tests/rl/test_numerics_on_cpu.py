@@ -57,7 +57,7 @@ def test_trainer_skips_a_nan_update_and_counts_it(tmp_path, monkeypatch):
         return (loss * math.nan if poisoned["on"] else loss), stats
 
     monkeypatch.setattr(trainer_module, "policy_loss", policy_loss)
-    cfg = load_config("demo", [f"output_dir={tmp_path / 'run'}", "max_steps=3", "model.tiny_world.sft_steps=0",
+    cfg = load_config("demo", [f"output_dir={tmp_path / 'run'}", "max_steps=3", "model.build.sft_steps=0",
                                "grpo.batch_size=16", "grpo.micro_batch_size=8", "optim.lr_scheduler_type=cosine",
                                *QUIET])
     trainer = GRPOTrainer(cfg)
@@ -83,7 +83,7 @@ def test_trainer_skips_a_nan_update_and_counts_it(tmp_path, monkeypatch):
 def test_repeated_nonfinite_updates_stop_the_run(tmp_path, monkeypatch):
     real = trainer_module.policy_loss
     monkeypatch.setattr(trainer_module, "policy_loss", lambda *a, **k: (lambda r: (r[0] * math.nan, r[1]))(real(*a, **k)))
-    cfg = load_config("demo", [f"output_dir={tmp_path / 'run'}", "max_steps=5", "model.tiny_world.sft_steps=0",
+    cfg = load_config("demo", [f"output_dir={tmp_path / 'run'}", "max_steps=5", "model.build.sft_steps=0",
                                "grpo.batch_size=16", "optim.max_nonfinite_steps=2", *QUIET])
     with pytest.raises(NonFiniteUpdateError, match="2 optimizer updates in a row"):
         train(cfg)

@@ -25,7 +25,7 @@ def test_short_run_scores_with_the_real_ocr_engine(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", threads.append)  # the recipe's num_threads
     out = tmp_path / "run"
     cfg = load_config("demo_ocr", [
-        f"output_dir={out}", "max_steps=2", "model.tiny_world.sft_steps=10", "grpo.num_generations=4",
+        f"output_dir={out}", "max_steps=2", "model.build.sft_steps=10", "grpo.num_generations=4",
         "grpo.batch_size=16", "grpo.micro_batch_size=16", "eval.eval_every=2", "eval.num_prompts=4",
         "eval.num_generations=1", *QUIET,
     ])

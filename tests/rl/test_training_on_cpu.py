@@ -29,7 +29,7 @@ def test_short_grpo_run_learns(tmp_path, seed):
     0.386 / 0.382 / 0.393 / 0.415 / 0.371 for seeds 0 / 1 / 2 / 3 / 4 (~10 s each on 2 cores).
     """
     out = tmp_path / "run"
-    cfg = load_config("demo", [f"output_dir={out}", f"seed={seed}", f"model.tiny_world.seed={seed}", *LEARN])
+    cfg = load_config("demo", [f"output_dir={out}", f"seed={seed}", f"model.build.seed={seed}", *LEARN])
     train(cfg)
     rewards = [m["reward/mean"] for m in _metrics(out)]
     assert len(rewards) == 40
@@ -109,7 +109,7 @@ def test_grad_norm_clipping_is_applied(tmp_path):
     the logged grad_norm is the norm before clipping, so it is the same in both runs."""
 
     def one_step(name, max_norm):
-        cfg = load_config("demo", [f"output_dir={tmp_path / name}", "max_steps=1", "model.tiny_world.sft_steps=0",
+        cfg = load_config("demo", [f"output_dir={tmp_path / name}", "max_steps=1", "model.build.sft_steps=0",
                                    f"optim.max_grad_norm={max_norm}", "eval.eval_every=0", *QUIET])
         trainer = GRPOTrainer(cfg)
         trainer.setup()

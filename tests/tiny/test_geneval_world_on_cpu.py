@@ -137,7 +137,7 @@ def test_shipped_prompt_files_are_the_generator_output(tmp_path):
 
 def test_recipe_world_knows_every_prompt_word():
     cfg = load_config(str(REPO / "configs" / "demo_geneval.yaml"))
-    world = cfg.model.tiny_world
+    world = cfg.model.build
     assert world["renderer"] == "objects"
     train, held_out = geneval_prompts()
     tokenizer = build_tokenizer(RENDERER.num_codes, world["extra_words"])

@@ -18,7 +18,7 @@ from blip3o_rl.tiny.signs import SIGN_PROMPT, glyph_target_codes, spelled_by_cha
 from blip3o_rl.tiny.world import TinyWorldPolicy, build_tokenizer, grid_shape, make_tiny_world
 
 RECIPE = yaml.safe_load(packaged_recipe("demo_ocr").read_text())
-WORLD = RECIPE["model"]["tiny_world"]
+WORLD = RECIPE["model"]["build"]
 DATA = packaged_recipe("demo_ocr").parent / "data"
 
 

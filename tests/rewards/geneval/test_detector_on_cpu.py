@@ -158,7 +158,9 @@ def test_mmdet_backend_without_mmdet_says_what_to_do():
 def test_build_scorer_rejects_bad_backend_options():
     from blip3o_rl.rewards.geneval.scorer import build_scorer
 
-    with pytest.raises(ValueError, match="unknown detector_backend"):
+    with pytest.raises(ValueError, match=r"unknown detector 'yolo'.*mmdet, tiny_world, transformers"):
         build_scorer(detector_backend="yolo")
     with pytest.raises(ValueError, match="needs mmdet_config and mmdet_checkpoint"):
         build_scorer(detector_backend="mmdet")
+    with pytest.raises(ValueError, match="detector 'tiny_world' takes no argument 'detector'"):
+        build_scorer(detector_backend="tiny_world", detector="facebook/mask2former")
