@@ -55,6 +55,7 @@ def generation_policy(args: argparse.Namespace, command: str):
     """``(policy, SamplingParams)`` from the options of `add_generation_arguments`; sampling options not given
     take the policy's own inference values. Raises `GenerationArgsError` (message starting with ``command``)."""
     from blip3o_rl.policies import SamplingParams
+    from blip3o_rl.registry import ComponentError
     from blip3o_rl.rl.generate import inference_policy
 
     if min(args.batch_size, 1 if args.steps is None else args.steps) < 1:
@@ -72,9 +73,9 @@ def generation_policy(args: argparse.Namespace, command: str):
     try:
         policy = inference_policy(args.model, policy=kind, run=run, checkpoint=getattr(args, "checkpoint", None),
                                   dtype=args.dtype, policy_kwargs=kwargs)
-    except TypeError as exc:  # a policy that takes none of the decode options
-        raise GenerationArgsError(f"{command}: --steps, --guidance and --diffusion-path do not apply to policy "
-                                  f"{kind!r} ({exc})") from None
+    except ComponentError as exc:  # e.g. a policy that takes none of the decode options
+        hint = "--steps, --guidance and --diffusion-path do not apply to policy " f"{kind!r}: " if kwargs else ""
+        raise GenerationArgsError(f"{command}: {hint}{exc}") from None
     except ValueError as exc:  # a folder that is not a usable checkpoint (config, weights) or a bad option
         raise GenerationArgsError(f"{command}: {exc}") from None
     d = policy.inference_sampling
