@@ -108,7 +108,7 @@ def test_registered_and_engine_built_once_per_process(reward):
     other = load_reward("ocr", engine="rapidocr", det_limit_side_len=640)
     assert other.engine is not reward.engine
     assert other.engine.describe()["settings"]["Det.limit_side_len"] == 640
-    with pytest.raises(ValueError, match=r"unknown ocr_engine 'tesseract'.*paddleocr, rapidocr"):
+    with pytest.raises(ValueError, match=r"unknown ocr_engine 'tesseract'.*paddleocr, paddleocr2, rapidocr"):
         load_reward("ocr", engine="tesseract")
 
 

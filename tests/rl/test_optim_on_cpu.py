@@ -72,4 +72,4 @@ def test_trainer_asks_for_name_or_path_when_the_policy_cannot_build(tmp_path):
     cfg = config_from_dict({"output_dir": str(tmp_path), "model": {"policy": "blip3o_next"},
                             "rewards": [{"reward": "ocr"}], "data": {"train_file": "x.jsonl"}})
     with pytest.raises(ConfigError, match=r"model\.name_or_path is required: policy 'blip3o_next' cannot build"):
-        GRPOTrainer(cfg)._model_path()
+        GRPOTrainer(cfg)._model_path("blip3o_next", "x.jsonl")
