@@ -34,7 +34,9 @@ from blip3o_rl.rl.finetune import FinetuneSetup
 from blip3o_rl.rl.guard import FiniteUpdateGuard
 from blip3o_rl.rl.logprobs import sequence_logprobs
 from blip3o_rl.rl.loss import policy_loss
-from blip3o_rl.rl.rollout import Rollout, SamplingParams, build_engine
+from blip3o_rl.rl.presets import describe as describe_sampling
+from blip3o_rl.rl.presets import eval_sampling, lr_schedule_steps, rollout_sampling
+from blip3o_rl.rl.rollout import Rollout, build_engine
 from blip3o_rl.rl.tracking import RunLogger, image_grid, plot_reward_curve, read_metrics, timed
 
 logger = logging.getLogger(__name__)
@@ -88,20 +90,25 @@ class GRPOTrainer:
             self.params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_epsilon,
             weight_decay=o.weight_decay,
         )
+        train_rows = load_prompts(cfg.data.train_file)
+        horizon = lr_schedule_steps(o, cfg.max_steps, len(train_rows), cfg.prompts_per_step * self.world)
         self.scheduler = get_scheduler(
             o.lr_scheduler_type, self.optimizer, num_warmup_steps=o.warmup_steps,
-            num_training_steps=cfg.max_steps * cfg.grpo.num_iterations,
+            num_training_steps=horizon * cfg.grpo.num_iterations,  # rl/presets.py: schedule_steps / _epochs
         )
         self.optimizer = self.acc.prepare(self.optimizer)
         self.guard = FiniteUpdateGuard(o.max_nonfinite_steps)  # every optimizer step goes through it
 
         self.engine = build_engine(cfg.rollout.engine)
-        r = cfg.rollout
-        self.sampling = SamplingParams(r.temperature, r.top_k, r.top_p)
+        self.sampling, how = rollout_sampling(cfg.rollout, self.policy)  # rl/presets.py
+        self.eval_sampling, eval_how = eval_sampling(cfg.eval, self.policy, self.sampling)
+        if self.acc.is_main_process and (cfg.rollout.sampling_from != "config" or cfg.eval.sampling != "rollout"):
+            print(f"rollout sampling: {describe_sampling(self.sampling)}, from {how}\n"
+                  f"eval sampling: {describe_sampling(self.eval_sampling)}, {eval_how}", flush=True)
         self.rewards = _build_rewards(cfg.rewards)
         self.eval_rewards = _build_rewards(cfg.eval.rewards) if cfg.eval.rewards else self.rewards
         self.sampler = PromptSampler(
-            load_prompts(cfg.data.train_file), cfg.prompts_per_step, cfg.seed, cfg.data.shuffle, self.rank, self.world
+            train_rows, cfg.prompts_per_step, cfg.seed, cfg.data.shuffle, self.rank, self.world
         )
         self.eval_rows = load_prompts(cfg.eval.prompts_file)[: cfg.eval.num_prompts] if cfg.eval.prompts_file else []
         self.generator = torch.Generator(self.acc.device).manual_seed(cfg.seed * 7919 + self.rank)
@@ -227,9 +234,9 @@ class GRPOTrainer:
         return [slice(s, min(s + mb, n)) for s in range(0, n, mb)]
 
     def _forward(self, policy, ro: Rollout, sl: slice, return_hidden: bool = False):
-        r = self.cfg.rollout
+        r, s = self.cfg.rollout, self.sampling  # the resolved rollout sampling (rl/presets.py)
         kept = None if ro.kept_sizes is None else ro.kept_sizes[sl]  # the sampler's kept sets (truncated sampling)
-        return sequence_logprobs(policy, ro.prompts.slice(sl), ro.codes[sl], r.temperature, r.top_k, r.top_p,
+        return sequence_logprobs(policy, ro.prompts.slice(sl), ro.codes[sl], s.temperature, s.top_k, s.top_p,
                                  return_hidden=return_hidden, chunk_size=r.logprob_chunk_size, kept=kept)
 
     @torch.no_grad()
@@ -333,7 +340,7 @@ class GRPOTrainer:
         for s in range(0, len(self.eval_rows), per_call):
             rows = self.eval_rows[s : s + per_call]
             ro = self.engine.generate(self.policy, self.policy.prompt_batch([r.prompt for r in rows]),
-                                      cfg.eval.num_generations, self.sampling, gen,
+                                      cfg.eval.num_generations, self.eval_sampling, gen,
                                       return_hidden=self.policy.needs_hidden_states)
             images = self.policy.decode(ro.codes, ro.hidden_states)
             n = cfg.eval.num_generations

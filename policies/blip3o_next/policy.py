@@ -18,11 +18,12 @@ from blip3o_rl.policies.blip3o_next.decoder import Blip3oNextDecoder, DecodeSett
 from blip3o_rl.policies.blip3o_next.export import save_blip3o_next
 from blip3o_rl.policies.blip3o_next.loader import load_blip3o_next
 from blip3o_rl.policies.blip3o_next.prompt import chat_text, encode_prompts
+from blip3o_rl.policies.blip3o_next.sampling import INFERENCE, SamplingValues, checkpoint_sampling
 
 #: AR sampling of the official inference script (for `generate`; RL samples untruncated by default).
-INFERENCE_TEMPERATURE = 1.0
-INFERENCE_TOP_K = 1200
-INFERENCE_TOP_P = 0.95
+INFERENCE_TEMPERATURE = INFERENCE.temperature  # 1.0
+INFERENCE_TOP_K = INFERENCE.top_k  # 1200
+INFERENCE_TOP_P = INFERENCE.top_p  # 0.95
 
 
 def _decode_settings(value: DecodeSettings | Mapping[str, Any] | None) -> DecodeSettings | None:
@@ -53,6 +54,8 @@ class Blip3oNextPolicy(ImageTokenPolicy):
     """
 
     needs_hidden_states = True
+    #: AR sampling of the official inference script (``eval.sampling: inference``).
+    inference_sampling: SamplingValues = INFERENCE
 
     def __init__(
         self,
@@ -95,6 +98,12 @@ class Blip3oNextPolicy(ImageTokenPolicy):
             decoder_dtype=_dtype(decoder_dtype),
         )
         return cls(parts.model, parts.tokenizer, parts.config, parts.decoder)
+
+    @property
+    def checkpoint_sampling(self) -> SamplingValues:
+        """What the official rollout's ``generate(do_sample=True)`` sampled with for this checkpoint: its
+        ``generation_config.json`` values, transformers' defaults (top-k 50) where it has none."""
+        return checkpoint_sampling(Path(self.config.source).parent)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the AR model (in its current dtype) with the source checkpoint's refiner, tokenizer and
