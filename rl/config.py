@@ -61,6 +61,9 @@ class RolloutConfig:
     temperature: float = 1.0
     top_k: int = 0  # 0 = untruncated (the RL default); the trainer applies the same truncation
     top_p: float = 1.0
+    # "config": temperature / top_k / top_p above; "checkpoint": top_k / top_p as the official rollout's
+    # generate() resolved them (the checkpoint's generation_config.json, else transformers' top-k 50)
+    sampling_from: str = "config"
     logprob_chunk_size: int = 128  # positions per chunk of image-head logits in the trainer's forward
 
 
@@ -89,6 +92,10 @@ class OptimConfig:
     lr_scheduler_type: str = "constant"  # registered name (constant, cosine, linear, ...) or "module:function"
     warmup_steps: int = 0
     max_grad_norm: float | None = 1.0  # None: no clipping
+    # LR-schedule horizon in GRPO steps (x num_iterations optimizer steps); null: max_steps. Or
+    # schedule_epochs: that many passes over data.train_file, as TRL's TrainingArguments count them
+    schedule_steps: int | None = None
+    schedule_epochs: float | None = None
     max_nonfinite_steps: int = 3  # non-finite updates in a row (each skipped) that stop the run
 
 
@@ -117,6 +124,9 @@ class EvalConfig:
     num_prompts: int | None = None  # None: all
     num_generations: int = 1
     rewards: tuple[RewardSpec, ...] = ()  # empty: the training rewards
+    # "rollout": sample like training; "inference": the policy's inference values (BLIP3o-NEXT: top-k
+    # 1200, top-p 0.95, as published GenEval / OCR numbers)
+    sampling: str = "rollout"
 
 
 @dataclass(frozen=True)
@@ -372,6 +382,14 @@ def validate(cfg: TrainConfig, source: str) -> None:
     check(r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
     check(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
     check(r.logprob_chunk_size >= 1, "rollout.logprob_chunk_size", "must be >= 1")
+    check(r.sampling_from in ("config", "checkpoint"), "rollout.sampling_from", "must be 'config' or 'checkpoint'")
+    check(r.sampling_from == "config" or (r.top_k, r.top_p) == (0, 1.0), "rollout.sampling_from",
+          "'checkpoint' takes top_k / top_p from the checkpoint: leave rollout.top_k / top_p unset")
+    check(o.schedule_steps is None or o.schedule_steps >= 1, "optim.schedule_steps", "must be >= 1 (or null)")
+    check(o.schedule_epochs is None or o.schedule_epochs > 0, "optim.schedule_epochs", "must be > 0 (or null)")
+    check(o.schedule_steps is None or o.schedule_epochs is None, "optim.schedule_epochs",
+          "set optim.schedule_steps or optim.schedule_epochs, not both")
+    check(cfg.eval.sampling in ("rollout", "inference"), "eval.sampling", "must be 'rollout' or 'inference'")
     check(m.finetune in ("lora", "full"), "model.finetune", f"must be 'lora' or 'full', got {m.finetune!r}")
     check(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unsupported dtype {m.dtype!r}")
     check("lm_head" not in m.lora_target_modules, "model.lora_target_modules",

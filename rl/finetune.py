@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -35,7 +36,10 @@ class FinetuneSetup:
                 bias="none",
             )
             # Injects the adapter into policy.model in place and freezes its base weights.
-            self.peft_model = get_peft_model(policy.model, lora)
+            with warnings.catch_warnings():  # peft 0.21 reads transformers 5's deprecated is_gradient_checkpointing
+                warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)
+                self.peft_model = get_peft_model(policy.model, lora)
         else:
             if need_reference:
                 self._reference = copy.deepcopy(policy.lm).requires_grad_(False).eval()

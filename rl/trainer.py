@@ -36,6 +36,8 @@ from blip3o_rl.rl.guard import FiniteUpdateGuard
 from blip3o_rl.rl.logprobs import micro_batches, score_rollout, sequence_logprobs
 from blip3o_rl.rl.loss import policy_loss
 from blip3o_rl.rl.optim import build_optimizer, build_scheduler
+from blip3o_rl.rl.presets import describe as describe_sampling
+from blip3o_rl.rl.presets import eval_sampling, lr_schedule_steps, rollout_sampling
 from blip3o_rl.rl.tracking import RunLogger, image_grid, plot_reward_curve, read_metrics, timed
 
 logger = logging.getLogger(__name__)
@@ -79,20 +81,26 @@ class GRPOTrainer:
         frozen = {id(p) for p in self.policy.frozen_parameters()}
         if any(id(p) in frozen for p in self.params):
             raise RuntimeError("a frozen (decoder) parameter is trainable: it must not enter the optimizer")
+        train_rows = load_prompts(train_file)
+        horizon = lr_schedule_steps(cfg.optim, cfg.max_steps, len(train_rows), cfg.prompts_per_step * self.world)
         self.optimizer = build_optimizer(self.params, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.max_steps * cfg.grpo.num_iterations)
+        # rl/presets.py: the LR horizon is optim.schedule_steps / schedule_epochs, else max_steps
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, horizon * cfg.grpo.num_iterations)
         # The one module every trainer forward runs through (wrapped here when distributed).
         self.lm, self.optimizer = self.acc.prepare(self.policy.lm, self.optimizer)
         self.guard = FiniteUpdateGuard(cfg.optim.max_nonfinite_steps)  # every optimizer step goes through it
 
         self.engine = build_engine(cfg.rollout.engine)
         self.engine.setup(self.policy)
-        r = cfg.rollout
-        self.sampling = SamplingParams(r.temperature, r.top_k, r.top_p)
+        self.sampling, how = rollout_sampling(cfg.rollout, self.policy)  # rl/presets.py
+        self.eval_sampling, eval_how = eval_sampling(cfg.eval, self.policy, self.sampling)
+        if self.acc.is_main_process and (cfg.rollout.sampling_from != "config" or cfg.eval.sampling != "rollout"):
+            print(f"rollout sampling: {describe_sampling(self.sampling)}, from {how}\n"
+                  f"eval sampling: {describe_sampling(self.eval_sampling)}, {eval_how}", flush=True)
         self.rewards = _build_rewards(cfg.rewards)
         self.eval_rewards = _build_rewards(cfg.eval.rewards) if cfg.eval.rewards else self.rewards
         self.sampler = PromptSampler(
-            load_prompts(train_file), cfg.prompts_per_step, cfg.seed, cfg.data.shuffle, self.rank, self.world
+            train_rows, cfg.prompts_per_step, cfg.seed, cfg.data.shuffle, self.rank, self.world
         )
         self.eval_rows = load_prompts(cfg.eval.prompts_file)[: cfg.eval.num_prompts] if cfg.eval.prompts_file else []
 
@@ -204,10 +212,10 @@ class GRPOTrainer:
         return metrics
 
     def _forward(self, ro: Rollout, sl: slice):
-        r = self.cfg.rollout
+        s = self.sampling  # the resolved rollout sampling (rl/presets.py)
         kept = None if ro.kept_sizes is None else ro.kept_sizes[sl]  # the sampler's kept sets (truncated sampling)
-        return sequence_logprobs(self.lm, ro.prompts.slice(sl), ro.codes[sl], r.temperature, r.top_k, r.top_p,
-                                 chunk_size=r.logprob_chunk_size, kept=kept)
+        return sequence_logprobs(self.lm, ro.prompts.slice(sl), ro.codes[sl], s.temperature, s.top_k, s.top_p,
+                                 chunk_size=self.cfg.rollout.logprob_chunk_size, kept=kept)
 
     def _no_grad_logprobs(self, lm, ro: Rollout) -> torch.Tensor:
         """Log-probs ``[B, N]`` of the rollout under ``lm`` (the policy's, or the frozen reference's)."""
@@ -300,7 +308,7 @@ class GRPOTrainer:
         for s in range(0, len(self.eval_rows), per_call):
             rows = self.eval_rows[s : s + per_call]
             seeds = [stream_seed(cfg.seed, "eval", s + j) for j in range(len(rows))]
-            gen = sample_and_decode(self.policy, self.engine, [r.prompt for r in rows], n, self.sampling, seeds,
+            gen = sample_and_decode(self.policy, self.engine, [r.prompt for r in rows], n, self.eval_sampling, seeds,
                                     cfg.grpo.micro_batch_size, cfg.rollout.logprob_chunk_size)
             scored = self.eval_rewards.submit(gen.images, [r.prompt for r in rows for _ in range(n)],
                                               [r.metadata for r in rows for _ in range(n)]).result()

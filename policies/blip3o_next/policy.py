@@ -18,9 +18,10 @@ from blip3o_rl.policies.blip3o_next.decoder import Blip3oNextDecoder, DecodeSett
 from blip3o_rl.policies.blip3o_next.export import save_blip3o_next
 from blip3o_rl.policies.blip3o_next.loader import load_blip3o_next
 from blip3o_rl.policies.blip3o_next.prompt import chat_text, encode_prompts
+from blip3o_rl.policies.blip3o_next.sampling import INFERENCE, SamplingValues, checkpoint_sampling
 
-#: AR sampling of the official inference script (for `generate`; RL samples as its recipe says).
-INFERENCE_SAMPLING = SamplingParams(temperature=1.0, top_k=1200, top_p=0.95)
+#: AR sampling of the official inference script (``generate``, ``eval.sampling: inference``).
+INFERENCE_SAMPLING = SamplingParams(INFERENCE.temperature, INFERENCE.top_k, INFERENCE.top_p)
 
 
 def _decode_settings(value: DecodeSettings | Mapping[str, Any] | None) -> DecodeSettings | None:
@@ -94,6 +95,12 @@ class Blip3oNextPolicy(ImageTokenPolicy):
             decoder_dtype=_dtype(decoder_dtype),
         )
         return cls(parts.model, parts.tokenizer, parts.config, parts.decoder)
+
+    @property
+    def checkpoint_sampling(self) -> SamplingValues:
+        """What the official rollout's ``generate(do_sample=True)`` sampled with for this checkpoint: its
+        ``generation_config.json`` values, transformers' defaults (top-k 50) where it has none."""
+        return checkpoint_sampling(Path(self.config.source).parent)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the AR model (in its current dtype) with the source checkpoint's refiner, tokenizer and

@@ -35,7 +35,15 @@ def test_recipes_follow_the_official_runs(recipe, finetune, lr, steps, reward):
     assert g.num_iterations == 1 and g.batch_size % 16 == 0
     assert (o.lr_scheduler_type, o.warmup_steps) == ("cosine", 0)
     assert cfg.max_steps == steps and [r.reward for r in cfg.rewards] == [reward]
-    assert (cfg.rollout.top_k, cfg.rollout.top_p, cfg.rollout.temperature) == (0, 1.0, 1.0)
+    # The official sampler: generate(do_sample=True, temperature=1.0), top-k/top-p from the checkpoint.
+    assert cfg.rollout.sampling_from == "checkpoint" and cfg.rollout.temperature == 1.0
+    assert (cfg.rollout.top_k, cfg.rollout.top_p) == (0, 1.0)  # unset: the checkpoint's values apply
+    assert cfg.eval.sampling == "inference"  # held-out numbers comparable with published ones
+    if recipe == "blip3o_next_ocr":
+        # official text run: no max_steps, cosine over TrainingArguments' default 3 epochs
+        assert (o.schedule_epochs, o.schedule_steps) == (3, None)
+    else:
+        assert (o.schedule_epochs, o.schedule_steps) == (None, None)  # cosine over max_steps
     decode = cfg.model.policy_kwargs["decode_settings"]
     assert (decode["num_inference_steps"], decode["guidance_scale"]) == (30, 2.0)
     if finetune == "full":
@@ -44,3 +52,22 @@ def test_recipes_follow_the_official_runs(recipe, finetune, lr, steps, reward):
         assert cfg.model.dtype == "float32" and cfg.model.policy_kwargs["decoder_dtype"] == "bfloat16"
     else:
         assert cfg.model.dtype == "bfloat16"
+
+
+def test_ocr_recipe_lr_horizon_matches_the_official_text_run():
+    """TRL: floor(prompts / prompts per step) steps per epoch, x 3 epochs. The released run: 8 GPUs x one
+    prompt group of 16 = 8 prompts per step; on ~20K prompts that is 7,500 steps (LR ~97% of peak at 900)."""
+    import math
+
+    from blip3o_rl.rl.presets import lr_schedule_steps
+
+    cfg = load_config(str(CONFIGS / "blip3o_next_ocr.yaml"))
+    ranks = 8
+    per_step = cfg.prompts_per_step * ranks
+    assert per_step == 8
+    assert lr_schedule_steps(cfg.optim, cfg.max_steps, 20_000, per_step) == 7_500
+    assert lr_schedule_steps(cfg.optim, cfg.max_steps, 20_003, per_step) == 3 * (20_003 // 8)  # floor per epoch
+    lr_at_900 = 0.5 * (1 + math.cos(math.pi * 900 / 7_500))
+    assert lr_at_900 > 0.96
+    geneval = load_config(str(CONFIGS / "blip3o_next_geneval.yaml"))
+    assert lr_schedule_steps(geneval.optim, geneval.max_steps, 50_000, 16) == 400
