@@ -29,7 +29,7 @@ from blip3o_rl.rl.advantages import count_groups_without_baseline, group_advanta
 from blip3o_rl.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from blip3o_rl.rl.config import ConfigError, RewardSpec, TrainConfig, config_to_dict
 from blip3o_rl.rl.data import PromptSampler, load_prompts
-from blip3o_rl.rl.engines import Rollout, SamplingParams, build_engine, stream_seed
+from blip3o_rl.rl.engines import Rollout, build_engine, stream_seed
 from blip3o_rl.rl.finetune import FinetuneSetup
 from blip3o_rl.rl.generate import sample_and_decode
 from blip3o_rl.rl.guard import FiniteUpdateGuard
