@@ -25,8 +25,8 @@ def test_short_grpo_run_learns(tmp_path, seed):
     """Last 10 steps' mean reward beats the first 10 steps' by > 0.25.
 
     Measured with the demo recipe cut to 40 steps (warm-started tiny world, full fine-tuning, lr 1e-3,
-    8 prompts x 8 samples), the tiny world's seed following the run's: gains of
-    0.386 / 0.382 / 0.393 / 0.415 / 0.371 for seeds 0 / 1 / 2 / 3 / 4 (~10 s each on 2 cores).
+    8 prompts x 8 samples), the tiny world's seed following the run's: gains of 0.394 / 0.375 / 0.389 for
+    seeds 0 / 1 / 2 (~10 s each on 2 cores).
     """
     out = tmp_path / "run"
     cfg = load_config("demo", [f"output_dir={out}", f"seed={seed}", f"model.build.seed={seed}", *LEARN])
@@ -35,7 +35,7 @@ def test_short_grpo_run_learns(tmp_path, seed):
     assert len(rewards) == 40
     assert all(0.0 <= r <= 1.0 for r in rewards)
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
-    assert last - first > 0.08, (first, last)
+    assert last - first > 0.25, (first, last)
 
 
 # The demo recipe's first three steps, pinned (measured on torch 2.13.0+cpu with this code). A change in the
