@@ -7,7 +7,12 @@ Layout of ``<output_dir>/checkpoints/step_000010/``:
   loaded with ``weights_only=True`` (step, data position, RNG states);
 - ``trainer_state.json``: the same step and data position, for people and scripts;
 - ``config.yaml``: the resolved configuration that wrote the checkpoint (what ``--resume`` compares);
+- ``rank_00000.pt`` ...: one per process (its RNG states), written by every rank (rl/checkpoint_shards.py);
+- ``deepspeed/``: DeepSpeed's own sharded model / optimizer files, under DeepSpeed only;
 - ``manifest.json``, written last: the sha256 and size of every other file, checked on load.
+
+Several processes stage their files into the same temporary folder (`staging_dir`, on a filesystem
+every node shares); rank 0 then writes its files and the manifest and renames the folder into place.
 
 A checkpoint is written into a temporary folder and renamed into place, then ``latest`` (a text
 file naming the folder) is replaced atomically: a crash mid-save never leaves a corrupt latest
@@ -81,6 +86,11 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def staging_dir(root: Path, step: int) -> Path:
+    """The temporary folder checkpoint ``step`` is written into before it is renamed into place."""
+    return root / f".step_{step:06d}.tmp"
+
+
 def save_checkpoint(
     root: Path,
     step: int,
@@ -90,16 +100,19 @@ def save_checkpoint(
     state: dict[str, Any],
     keep_last: int = 2,
     config_text: str | None = None,
+    staged: bool = False,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically and prune older ones down to ``keep_last``.
 
-    A failed write (disk full, ...) removes the partial folder and raises `CheckpointError` naming the
-    file and the previous checkpoint, which is untouched.
+    ``staged``: other processes already wrote their files into `staging_dir` (kept, and listed in the
+    manifest with the rest). A failed write (disk full, ...) removes the partial folder and raises
+    `CheckpointError` naming the file and the previous checkpoint, which is untouched.
     """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
-    tmp = root / f".step_{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(root, step)
+    if not staged:
+        shutil.rmtree(tmp, ignore_errors=True)
     summary = {k: v for k, v in state.items() if isinstance(v, (int, float, str)) or k == "data"}
     writers: list[tuple[str, Callable[[Path], object]]] = [
         # safetensors refuses tensors that share storage (tied embeddings): store contiguous copies.
@@ -113,12 +126,15 @@ def save_checkpoint(
         writers.append((CONFIG, lambda p: p.write_text(config_text)))
     current = tmp
     try:
-        tmp.mkdir()
-        files = {}
+        tmp.mkdir(exist_ok=staged)
         for name, write in writers:
             current = tmp / name
             write(current)
-            files[name] = {"sha256": sha256(current), "bytes": current.stat().st_size}
+        current = tmp
+        files = {}
+        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):  # rank 0's files and those staged by others
+            current = f
+            files[f.relative_to(tmp).as_posix()] = {"sha256": sha256(f), "bytes": f.stat().st_size}
         current = tmp / MANIFEST
         current.write_text(json.dumps({"format": 1, "step": step, "files": files}, indent=2))
         if final.exists():

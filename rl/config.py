@@ -50,6 +50,9 @@ class ModelConfig:
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     gradient_checkpointing: bool = False
+    # "no": compute in `dtype`; "bf16" / "fp16": autocast compute with the weights (and optimizer) kept
+    # in `dtype` (float32 for full fine-tuning: bf16 compute with fp32 master weights)
+    mixed_precision: str = "no"
     # name_or_path null: kwargs of the policy class's `build(path, prompts, progress, **build)`, which
     # writes the model folder <output_dir>/base_model (a policy without `build` needs name_or_path)
     build: dict[str, Any] = field(default_factory=dict)
@@ -150,6 +153,17 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    # auto: what the launcher's accelerate config asks for (FSDP -> fsdp2, DeepSpeed -> deepspeed), else ddp;
+    # fsdp2: torch's fully_shard per decoder layer (rl/distributed.py); ddp on one process is no wrapper
+    strategy: str = "auto"
+    timeout_minutes: float = 30.0  # a collective waiting longer (a dead peer) fails, naming the rank
+    # ZeRO-3: gather the partitioned weights once per rollout instead of per layer and per decoded token
+    # (faster sampling; needs the full model's memory on each GPU while sampling)
+    zero3_gather_for_rollout: bool = True
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = 0
@@ -164,6 +178,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property
     def prompts_per_step(self) -> int:
@@ -391,7 +406,8 @@ def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
     check(
         g.batch_size > 0 and g.batch_size % g.num_generations == 0,
         "grpo.batch_size",
-        f"{g.batch_size} samples do not split into groups of num_generations={g.num_generations}",
+        f"{g.batch_size} samples do not split into groups of num_generations={g.num_generations} (batch_size "
+        "is per process and a group is never split across processes: each process holds whole groups)",
     )
     check(g.micro_batch_size >= 1, "grpo.micro_batch_size", "must be >= 1")
     check(g.loss_type in loss_types(), "grpo.loss_type", f"must be one of {loss_types()}, got {g.loss_type!r}")
@@ -413,6 +429,12 @@ def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
     check(cfg.eval.sampling in ("rollout", "inference"), "eval.sampling", "must be 'rollout' or 'inference'")
     check(m.finetune in ("lora", "full"), "model.finetune", f"must be 'lora' or 'full', got {m.finetune!r}")
     check(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unsupported dtype {m.dtype!r}")
+    check(m.mixed_precision in ("no", "bf16", "fp16"), "model.mixed_precision",
+          f"must be 'no', 'bf16' or 'fp16', got {m.mixed_precision!r}")
+    d = cfg.distributed
+    check(d.strategy in ("auto", "ddp", "fsdp2", "deepspeed"), "distributed.strategy",
+          f"must be auto, ddp, fsdp2 or deepspeed, got {d.strategy!r}")
+    check(d.timeout_minutes > 0, "distributed.timeout_minutes", f"must be > 0, got {d.timeout_minutes}")
     check("lm_head" not in m.lora_target_modules, "model.lora_target_modules",
           "lm_head cannot be a LoRA target (image log-probs read its weight rows directly)")
     for key, kind, spec in (("optimizer", "optimizer", o.optimizer), ("lr_scheduler_type", "lr_scheduler", o.lr_scheduler_type)):

@@ -54,16 +54,31 @@ class FinetuneSetup:
             if self.peft_model is not None:
                 policy.model.enable_input_require_grads()
 
+    @property
+    def reference_module(self) -> nn.Module | None:
+        """The frozen full-fine-tuning reference (None with LoRA, whose reference is the adapter off)."""
+        return self._reference
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.policy.lm.parameters() if p.requires_grad]
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint must hold to restore training: the adapter, or all policy weights."""
+    def trainable_state_dict(self, lm_state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold to restore training: the adapter, or all policy weights.
+
+        ``lm_state``: a full state dict of ``policy.lm`` gathered elsewhere (a sharded run), used instead
+        of the module's own (which then holds only this rank's shards).
+        """
+        model_state = None
+        if lm_state is not None:
+            model_state = {k.removeprefix("causal_lm."): v for k, v in lm_state.items()}
         if self.peft_model is not None:
             from peft import get_peft_model_state_dict
 
-            return get_peft_model_state_dict(self.peft_model)
-        return self.policy.model.state_dict()
+            if model_state is None:
+                return get_peft_model_state_dict(self.peft_model)
+            return get_peft_model_state_dict(self.peft_model, state_dict={
+                f"base_model.model.{k}": v for k, v in model_state.items()})
+        return self.policy.model.state_dict() if model_state is None else model_state
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if self.peft_model is not None:

@@ -12,16 +12,15 @@ with μ = ``num_iterations`` optimizer passes over each rollout batch (π_old = 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator
 
 from blip3o_rl.policies import can_build, load_policy, policy_class
 from blip3o_rl.rewards import WeightedRewards, load_reward
@@ -32,12 +31,22 @@ from blip3o_rl.rl.checkpoint import (
     previous_intact,
     resolve_checkpoint,
     save_checkpoint,
+    staging_dir,
     verify_checkpoint,
+)
+from blip3o_rl.rl.checkpoint_shards import (
+    check_world_size,
+    load_optimizer_state,
+    optimizer_state,
+    restore_rank_state,
+    stage_rank_files,
+    trainable_state,
 )
 from blip3o_rl.rl.config import ConfigError, RewardSpec, TrainConfig, config_to_dict
 from blip3o_rl.rl.data import PromptSampler, check_prompt_lengths, load_prompts
+from blip3o_rl.rl.distributed import Distributed, make_accelerator, resolve_strategy
 from blip3o_rl.rl.engines import Rollout, build_engine, stream_seed
-from blip3o_rl.rl.errors import CheckpointError, ResumeError, TrainingStopped
+from blip3o_rl.rl.errors import CheckpointError, ResumeError, RunError, TrainingStopped
 from blip3o_rl.rl.finetune import FinetuneSetup
 from blip3o_rl.rl.generate import sample_and_decode
 from blip3o_rl.rl.guard import FiniteUpdateGuard
@@ -83,31 +92,29 @@ class GRPOTrainer:
         refuses a changed config except the ``allow_config_change`` keys (rl/resume.py).
         """
         cfg = self.cfg
-        self.acc = Accelerator()
+        # rl/distributed.py: the launcher's world size checked, the strategy from the launcher or the recipe
+        d = cfg.distributed
+        strategy = resolve_strategy(d.strategy)
+        self.acc = make_accelerator(strategy, cfg.model.mixed_precision, d.timeout_minutes)
+        self.dist = Distributed(self.acc, strategy)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
-        if self.world > 1:
-            # Rewards, advantages and data are already rank-aware, but gradients are not yet all-reduced:
-            # refuse rather than train N diverging copies.
-            raise NotImplementedError(
-                f"multi-process training ({self.world} processes) is not supported yet: gradients are not "
-                "synchronised across processes. Run a single process (see README, 'What runs where')."
-            )
-        self.lock, archived = claim_run_dir(self.out, resume=bool(resume), overwrite=overwrite)
-        if archived is not None:
-            print(f"--overwrite: moved the previous contents of {self.out} to {archived}", flush=True)
+        self._claim_run_dir(resume, overwrite)
         self.show_bars = show_bars(cfg.logging.progress_bar)
         if not self.show_bars:
             quiet_library_bars()  # transformers' "Loading weights" / "Writing model shards" bars
         self.resume_from = self._check_resume(resume, allow_config_change) if resume else None
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
-        torch.manual_seed(cfg.seed + self.rank)
+        torch.manual_seed(cfg.seed)  # the same initialisation on every rank (FSDP2 / ZeRO shard, not broadcast)
 
         kind, train_file = cfg.model.policy, cfg.data.train_file
         assert kind is not None and train_file is not None  # validate() requires both
         self.policy = load_policy(kind, self._model_path(kind, train_file), cfg.model.dtype, **cfg.model.policy_kwargs)
         self.policy.lm.to(self.acc.device)
         self.finetune = FinetuneSetup(self.policy, cfg.model, need_reference=cfg.grpo.beta > 0)
+        if self.resume_from is not None:  # before any sharding: every rank loads the full weights
+            self.finetune.load_trainable_state_dict(load_checkpoint(self.resume_from, verify=False).weights)
+        self.dist.shard(self.policy.lm, self.finetune.reference_module)  # FSDP2: in place (rl/distributed.py)
         self.params = self.finetune.trainable_parameters()
         frozen = {id(p) for p in self.policy.frozen_parameters()}
         if any(id(p) in frozen for p in self.params):
@@ -118,11 +125,15 @@ class GRPOTrainer:
         self.optimizer = build_optimizer(self.params, cfg.optim)
         # rl/presets.py: the LR horizon is optim.schedule_steps / schedule_epochs, else max_steps
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, horizon * cfg.grpo.num_iterations)
-        # The one module every trainer forward runs through (wrapped here when distributed).
-        self.lm, self.optimizer = self.acc.prepare(self.policy.lm, self.optimizer)
+        # The one module every trainer forward runs through (wrapped here when distributed); the engine
+        # samples through policy.lm, the same module inside the wrapper.
+        g = cfg.grpo
+        self.lm, self.optimizer = self.dist.prepare(self.policy.lm, self.optimizer, g.micro_batch_size,
+                                                    -(-g.batch_size // g.micro_batch_size), cfg.optim.max_grad_norm)
         self.guard = FiniteUpdateGuard(cfg.optim.max_nonfinite_steps)  # every optimizer step goes through it
 
-        self.engine = build_engine(cfg.rollout.engine, **cfg.rollout.engine_kwargs)
+        engine = build_engine(cfg.rollout.engine, **cfg.rollout.engine_kwargs)
+        self.engine = self.dist.rollout_engine(engine, self.lm, d.zero3_gather_for_rollout)
         self.engine.setup(self.policy)
         self.sampling, how = rollout_sampling(cfg.rollout, self.policy)  # rl/presets.py
         self.eval_sampling, eval_how = eval_sampling(cfg.eval, self.policy, self.sampling)
@@ -144,6 +155,22 @@ class GRPOTrainer:
         if self.acc.is_main_process:
             (self.out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
             self.log = RunLogger(self.out, cfg.logging, config_to_dict(cfg), self.start_step)
+
+    def _claim_run_dir(self, resume: str | bool | None, overwrite: bool) -> None:
+        """Rank 0 locks the run folder (rl/run_dir.py); the others learn its verdict."""
+        error: BaseException | None = None
+        if self.acc.is_main_process:
+            try:
+                self.lock, archived = claim_run_dir(self.out, resume=bool(resume), overwrite=overwrite)
+                if archived is not None:
+                    print(f"--overwrite: moved the previous contents of {self.out} to {archived}", flush=True)
+            except RunError as exc:
+                error = exc
+        shared = self.dist.broadcast_object(None if error is None else (type(error), str(error)))
+        if error is not None:
+            raise error
+        if shared is not None:
+            raise shared[0](shared[1])
 
     def _model_path(self, kind: str, train_file: str) -> Path:
         """``model.name_or_path``; when null, the folder the policy class builds (`ImageTokenPolicy.build`)."""
@@ -174,7 +201,9 @@ class GRPOTrainer:
                     else "; no earlier intact checkpoint exists")
             raise CheckpointError(f"{exc}{hint}") from None
         state_json = path / "trainer_state.json"
-        step = int(json.loads(state_json.read_text())["step"]) if state_json.is_file() else None
+        saved_state = json.loads(state_json.read_text()) if state_json.is_file() else {}
+        step = int(saved_state["step"]) if "step" in saved_state else None
+        check_world_size(path, saved_state.get("world_size"), self.world)  # rl/checkpoint_shards.py
         if step is not None and step >= self.cfg.max_steps:
             raise ResumeError(f"--resume: checkpoint {path} is at step {step} and max_steps is {self.cfg.max_steps}: "
                               f"nothing to train; raise max_steps (e.g. max_steps={2 * step}) to continue the run")
@@ -193,18 +222,16 @@ class GRPOTrainer:
                              self.policy.layout.tokens_per_image, context if isinstance(context, int) else None)
 
     def _resume(self, path: Path) -> None:
+        """Optimizer, schedule, data position and this rank's RNG (the weights loaded before wrapping)."""
         ckpt = load_checkpoint(path, verify=False)  # verified in _check_resume
-        self.finetune.load_trainable_state_dict(ckpt.weights)
         fresh = optimizer_hyperparameters(self.optimizer)  # the configured values, before the saved ones load
-        self.optimizer.load_state_dict(ckpt.optimizer)
+        load_optimizer_state(self.dist, self.lm, self.optimizer, ckpt.optimizer, path)  # rl/checkpoint_shards.py
         self.scheduler.load_state_dict(ckpt.scheduler)
         changes = getattr(self, "config_changes", {})
         apply_optimizer_config(self.optimizer, self.scheduler, fresh,  # allowed changes really apply
                                recompute=any(k.startswith("optim.") or k == "max_steps" for k in changes))
         self.sampler.load_state_dict(ckpt.state["data"])
-        torch.set_rng_state(ckpt.state["rng_cpu"])  # sampling needs none: its seeds follow from the step
-        if torch.cuda.is_available() and "rng_cuda" in ckpt.state:
-            torch.cuda.set_rng_state_all(ckpt.state["rng_cuda"])
+        restore_rank_state(path, self.rank)  # sampling needs none: its seeds follow from the step
         self.start_step = int(ckpt.state["step"])
         if self.acc.is_main_process:
             record_changes(self.out, self.start_step, changes, getattr(self, "allowed_changes", ()))
@@ -218,8 +245,10 @@ class GRPOTrainer:
         """Steps ``start_step + 1 .. max_steps``; SIGINT / SIGTERM end it after the current step with a
         checkpoint (`TrainingStopped`), and a reward that fails every sample stops it (rl/reward_watch.py)."""
         cfg, main = self.cfg, self.acc.is_main_process
-        if self.start_step == 0 and cfg.eval.eval_every and main:
-            self.log.log(0, self.evaluate())
+        if self.start_step == 0 and cfg.eval.eval_every:
+            evaluation = self.evaluate()  # every rank: sharded and gathered, as at later steps
+            if main:
+                self.log.log(0, evaluation)
         progress = Progress(self.start_step, cfg.max_steps, bar=self.show_bars, enabled=main)  # rl/progress.py
         with StopSignals() as stop:  # rl/signals.py
             for step in range(self.start_step + 1, cfg.max_steps + 1):
@@ -236,10 +265,10 @@ class GRPOTrainer:
                 ):
                     saved = self.save_checkpoint(step)
                 self.rewards.check(step, last=step == cfg.max_steps)
-                if stop.received is not None and step < cfg.max_steps:
+                if self.dist.any_rank(stop.received is not None) and step < cfg.max_steps:
                     path = saved or self.save_checkpoint(step)
                     progress.close()
-                    raise TrainingStopped(stop.name, stop.received, step, path)
+                    raise TrainingStopped(stop.name or "SIGTERM", stop.received or 15, step, path)
         progress.close()
         return self._summarise() if main else {}
 
@@ -289,7 +318,7 @@ class GRPOTrainer:
                 upd = self._update(ro, adv, mask, old, ref, global_valid)
             self.engine.update_weights(self.policy)
 
-        metrics = {**t, **upd, **self._reward_metrics(scored, all_rewards, adv, mask)}
+        metrics = {**t, **upd, **self._reward_metrics(scored, all_rewards)}
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])
         if self.acc.is_main_process and self.cfg.logging.image_every and step % self.cfg.logging.image_every == 0:
             self._log_samples(step, images, texts, rewards, scored)
@@ -311,7 +340,7 @@ class GRPOTrainer:
         slices = micro_batches(ro.codes.shape[0], g.micro_batch_size)
         self.lm.train()
         sums: dict[str, float] = {}
-        if not bool(mask.any()):  # host sync: nothing to learn from, and Adam would still move the weights
+        if global_valid == 0:  # nothing to learn from on any rank, and Adam would still move the weights
             return {"update/skipped": 1.0, "loss": 0.0, "kl": 0.0, "entropy": math.nan, "grad_norm": 0.0,
                     "update/skipped_nonfinite": 0.0}
         global_samples = global_valid // ro.codes.shape[1]  # valid samples of the step (all ranks)
@@ -319,8 +348,8 @@ class GRPOTrainer:
         for it in range(g.num_iterations):
             step_loss = 0.0  # Σ of the micro-batches' shares = this update's loss (rl/loss.py)
             for i, sl in enumerate(slices):
-                ctx = self.acc.no_sync(self.lm) if i < len(slices) - 1 else contextlib.nullcontext()
-                with ctx:
+                last = i == len(slices) - 1
+                with self.dist.no_sync(self.lm, last):  # gradients all-reduced once per update
                     fwd = self._forward(ro, sl)
                     loss, st = policy_loss(
                         fwd.logprobs, fwd.logprobs.detach() if old is None else old[sl], adv[sl], mask[sl],
@@ -328,7 +357,7 @@ class GRPOTrainer:
                         ref_logprobs=None if ref is None else ref[sl],
                         global_valid_tokens=global_valid, global_valid_samples=global_samples,
                     )
-                    self.acc.backward(loss)
+                    self.dist.backward(self.lm, loss, last)  # x world size: wrappers average (rl/distributed.py)
                 w = st.valid_tokens
                 m = mask[sl]
                 step_loss += float(loss.detach())
@@ -345,11 +374,16 @@ class GRPOTrainer:
                 sums["ratio/min"] = min(sums.get("ratio/min", math.inf), st.ratio_min)
                 sums["ratio/max"] = max(sums.get("ratio/max", -math.inf), st.ratio_max)
             max_norm = o.max_grad_norm if o.max_grad_norm is not None else math.inf
-            sums["grad_norm"] = float(self.acc.clip_grad_norm_(self.params, max_norm))
-            # optimizer + scheduler step, or a skipped non-finite update (rl/guard.py); grads cleared
-            skipped += not self.guard.step(self.optimizer, self.scheduler, step_loss, sums["grad_norm"])
+            norm = self.dist.clip_grad_norm(self.params, max_norm)  # global: the gradients are synchronised
+            step_loss = self.dist.all_sum([step_loss])[0]  # every rank's share: the update's global loss
+            # optimizer step, or a skipped non-finite update on every rank at once (rl/guard.py); the LR
+            # schedule steps either way; grads cleared
+            skipped += not self.guard.step(self.dist.optimizer_for_guard(self.lm, self.optimizer), self.scheduler,
+                                           step_loss, norm, agree=self.dist.all_ranks)
+            sums["grad_norm"] = self.dist.grad_norm_after_step(self.lm, norm)
             step_losses.append(step_loss)
-        out = {k: v / sums[f"_w/{k}"] for k, v in sums.items() if f"_w/{k}" in sums}
+        sums = self._reduce_update_sums(sums)
+        out = {k: v / sums[f"_w/{k}"] for k, v in sums.items() if f"_w/{k}" in sums and sums[f"_w/{k}"] > 0}
         out.update({k: v for k, v in sums.items() if k in ("ratio/min", "ratio/max", "grad_norm",
                                                                "rollout/logprob_diff_max")})
         out["clip/fraction"] = out["clip/low"] + out["clip/high"]
@@ -357,15 +391,48 @@ class GRPOTrainer:
         out["update/skipped_nonfinite"] = float(skipped)
         return out
 
-    def _reward_metrics(self, scored, all_rewards, adv, mask) -> dict[str, float]:
-        m = scored.metrics("reward")
+    _WEIGHTED = ("kl", "clip/low", "clip/high", "ratio/mean", "entropy", "rollout/logprob_diff_mean")
+
+    def _reduce_update_sums(self, sums: dict[str, float]) -> dict[str, float]:
+        """Token-weighted sums and weights added over ranks, minima and maxima taken over ranks."""
+        if self.world == 1:
+            return sums
+        keys = [k for name in self._WEIGHTED for k in (name, f"_w/{name}")]
+        total = self.dist.all_sum([sums.get(k, 0.0) for k in keys])
+        lo, hi = self.dist.all_min_max([sums.get("ratio/min", math.inf)],
+                                       [sums.get("ratio/max", -math.inf), sums.get("rollout/logprob_diff_max", 0.0)])
+        out = dict(zip(keys, total, strict=True))  # a weight of 0 (no valid token anywhere) drops its metric
+        out.update({"ratio/min": lo[0], "ratio/max": hi[0], "rollout/logprob_diff_max": hi[1],
+                    "grad_norm": sums["grad_norm"]})
+        return out
+
+    def _reward_metrics(self, scored, all_rewards) -> dict[str, float]:
+        """Reward, exclusion and advantage metrics over the global batch (every rank's samples)."""
+        g = self.cfg.grpo
+        m = self._global_reward_metrics(scored)
+        mask = ~torch.isnan(all_rewards)  # [world * B]
         m["samples/excluded"] = float((~mask).sum())
-        m["groups/no_baseline"] = float(count_groups_without_baseline(all_rewards, self.cfg.grpo.num_generations))
-        a = adv[mask]
+        m["groups/no_baseline"] = float(count_groups_without_baseline(all_rewards, g.num_generations))
+        a = group_advantages(all_rewards, g.num_generations, g.scale_rewards)[mask]
         m["advantage/mean"] = float(a.mean()) if a.numel() else 0.0
         m["advantage/std"] = float(a.std()) if a.numel() > 1 else 0.0
         m["advantage/abs_max"] = float(a.abs().max()) if a.numel() else 0.0
         return m
+
+    def _global_reward_metrics(self, scored) -> dict[str, float]:
+        """``scored.metrics("reward")`` over every rank's samples (gathered scores, NaN for a failure)."""
+        if self.world == 1:
+            return scored.metrics("reward")
+        from blip3o_rl.rewards.base import CombinedScores, RewardOutput
+
+        def nan(xs):
+            return torch.tensor([math.nan if x is None else float(x) for x in xs], dtype=torch.float64)
+
+        def back(t):
+            return [None if math.isnan(x) else x for x in self.acc.gather(t.to(self.acc.device)).cpu().tolist()]
+
+        outputs = {n: RewardOutput(back(nan(o.scores))) for n, o in scored.outputs.items()}
+        return CombinedScores(back(nan(scored.total)), outputs).metrics("reward")
 
     def _log_samples(self, step, images, texts, rewards, scored) -> None:
         g, k = self.cfg.grpo.num_generations, self.cfg.logging.num_images
@@ -389,9 +456,11 @@ class GRPOTrainer:
         totals: dict[str, list[float]] = {}
         failed: dict[str, int] = {}
         per_call = max(1, cfg.grpo.batch_size // n)
-        for s in range(0, len(self.eval_rows), per_call):
-            rows = self.eval_rows[s : s + per_call]
-            seeds = [stream_seed(cfg.seed, "eval", s + j) for j in range(len(rows))]
+        mine = list(range(self.rank, len(self.eval_rows), self.world))  # prompt i on rank i % world
+        for s in range(0, len(mine), per_call):
+            index = mine[s : s + per_call]
+            rows = [self.eval_rows[i] for i in index]
+            seeds = [stream_seed(cfg.seed, "eval", i) for i in index]  # by global index: any world size
             gen = sample_and_decode(self.policy, self.engine, [r.prompt for r in rows], n, self.eval_sampling, seeds,
                                     cfg.grpo.micro_batch_size, cfg.rollout.logprob_chunk_size)
             scored = self.eval_rewards.submit(gen.images, [r.prompt for r in rows for _ in range(n)],
@@ -400,23 +469,44 @@ class GRPOTrainer:
                 totals.setdefault(name, []).extend(x for x in out.scores if x is not None)
                 failed[name] = failed.get(name, 0) + out.num_failed
         res = {}
-        for name, vals in totals.items():
-            res[f"eval/{name}/mean"] = sum(vals) / len(vals) if vals else math.nan
-            res[f"eval/{name}/failed"] = float(failed[name])
+        gathered = self.dist.all_gather_objects((totals, failed))  # every rank's scores, on every rank
+        for name in gathered[0][0]:
+            vals = [v for t, _ in gathered for v in t.get(name, [])]
+            res[f"eval/{name}/mean"] = math.fsum(vals) / len(vals) if vals else math.nan  # order-independent
+            res[f"eval/{name}/failed"] = float(sum(f.get(name, 0) for _, f in gathered))
         return res
 
     # ------------------------------------------------------------------ checkpoints and the end
     def save_checkpoint(self, step: int) -> Path | None:
-        self.acc.wait_for_everyone()
-        if not self.acc.is_main_process:
-            return None
-        state = {"step": step, "data": self.sampler.state_dict(), "rng_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
-        return save_checkpoint(self.out / "checkpoints", step, self.finetune.trainable_state_dict(),
-                               self.optimizer.state_dict(), self.scheduler.state_dict(), state,
-                               self.cfg.checkpoint.keep_last,
-                               config_text=yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
+        """Every rank stages its own files (RNG; DeepSpeed shards), rank 0 the gathered weights and optimizer,
+        then rank 0 seals the folder (manifest, atomic rename, ``latest``; rl/checkpoint.py). Collective."""
+        root, main = self.out / "checkpoints", self.acc.is_main_process
+        staging = staging_dir(root, step)
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.dist.barrier("checkpoint staging")
+        stage_rank_files(self.dist, self.lm, staging)  # rl/checkpoint_shards.py
+        weights = trainable_state(self.dist, self.lm, self.finetune)  # full, on rank 0
+        optim = optimizer_state(self.dist, self.lm, self.optimizer)
+        self.dist.barrier("checkpoint files")
+        result: Path | BaseException | None = None
+        if main:
+            assert weights is not None and optim is not None
+            state = {"step": step, "data": self.sampler.state_dict(), "world_size": self.world,
+                     "strategy": self.dist.strategy, "rng_cpu": torch.get_rng_state()}
+            try:
+                result = save_checkpoint(root, step, weights, optim, self.scheduler.state_dict(), state,
+                                         self.cfg.checkpoint.keep_last, staged=True,
+                                         config_text=yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
+            except CheckpointError as exc:
+                result = exc
+        shared = self.dist.broadcast_object(str(result) if isinstance(result, BaseException) else None)
+        if isinstance(result, BaseException):
+            raise result
+        if shared is not None:
+            raise CheckpointError(f"rank 0 could not save the checkpoint: {shared}")
+        return result
 
     def _summarise(self) -> dict[str, float]:
         metrics = read_metrics(self.log.metrics_path)
@@ -438,7 +528,7 @@ class GRPOTrainer:
             self.log.close()
         if hasattr(self, "acc"):
             self.acc.end_training()
-        if hasattr(self, "lock"):
+        if hasattr(self, "lock"):  # rank 0's
             self.lock.release()
 
 

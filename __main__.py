@@ -1,0 +1,8 @@
+"""``python -m blip3o_rl ...`` (and ``torchrun ... -m blip3o_rl train ...``): the ``blip3o-rl`` command."""
+
+import sys
+
+from blip3o_rl.scripts.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
