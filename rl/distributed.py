@@ -72,8 +72,10 @@ def resolve_strategy(strategy: str) -> str:
 
 def make_accelerator(strategy: str, mixed_precision: str = "no", timeout_minutes: float = 30.0) -> Accelerator:
     """The run's `Accelerator` for ``strategy`` (already resolved), after `check_world_size`."""
-    cpu = not torch.cuda.is_available()
-    kwargs = InitProcessGroupKwargs(backend="gloo" if cpu else "nccl",
+    no_cuda = not torch.cuda.is_available()
+    # DeepSpeed brings its own CPU accelerator (cpu=True would silently drop it); it needs gloo spelt out.
+    cpu = no_cuda and strategy != "deepspeed"
+    kwargs = InitProcessGroupKwargs(backend="gloo" if no_cuda else "nccl",
                                     timeout=datetime.timedelta(minutes=timeout_minutes))
     if strategy == "deepspeed" and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() not in ("1", "true"):
         raise LaunchError("distributed.strategy=deepspeed needs `accelerate launch --config_file "
