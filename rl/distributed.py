@@ -84,8 +84,10 @@ def make_accelerator(strategy: str, mixed_precision: str = "no", timeout_minutes
     if strategy == "fsdp2":
         # FSDP is applied here with torch's fully_shard; accelerate must not wrap the module a second time.
         hidden = {k: os.environ.pop(k) for k in list(os.environ) if k == "ACCELERATE_USE_FSDP"}
+    # One process: no process group at all (accelerate would otherwise look for one for the given backend).
+    handlers = [kwargs] if launcher_world_size() > 1 or strategy == "deepspeed" else []
     try:
-        acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=[kwargs])
+        acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=handlers)
     finally:
         os.environ.update(hidden)
     check_world_size(acc, strategy)
