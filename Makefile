@@ -11,7 +11,7 @@ TORCH_PIP_ARGS ?=
 # The package's own folders (the repository root is the package `blip3o_rl`).
 PACKAGE_DIRS := configs policies rewards rl scripts $(wildcard tiny)
 
-.PHONY: demo test lint typecheck wheel-smoke clean FORCE
+.PHONY: demo test test-deepspeed lint typecheck wheel-smoke clean FORCE
 
 # The dev install is a strict editable install: a tree of links under build/ that type checkers and IDEs
 # follow (setuptools' default editable mode is an import hook they cannot read). A new or removed file
@@ -42,6 +42,12 @@ typecheck: $(VENV)/.installed
 test: lint typecheck $(VENV)/.installed
 	$(BIN)/python -m pytest
 	$(MAKE) wheel-smoke
+
+# DeepSpeed ZeRO-1/2/3 on CPU (2 processes): not part of `make test`, since DeepSpeed compiles its CPU
+# shared-memory op on first use (~80-200 s on 2 cores, needs g++ and ninja; cached in ~/.cache/torch_extensions).
+test-deepspeed: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -c constraints.txt 'deepspeed>=0.19.8,<0.20'
+	$(BIN)/python -m pytest tests/rl/test_distributed_deepspeed_on_cpu.py
 
 wheel-smoke: $(VENV)/.installed
 	PYTHON=$(BIN)/python TORCH_PIP_ARGS="$(TORCH_PIP_ARGS)" bash scripts/wheel_smoke.sh
