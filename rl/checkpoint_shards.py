@@ -83,7 +83,7 @@ def trainable_state(dist: Distributed, lm: nn.Module, finetune: FinetuneSetup) -
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         full = get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return finetune.trainable_state_dict(lm_state=full) if dist.rank == 0 else None
+        return finetune.trainable_state_dict(lm_state=dict(full)) if dist.rank == 0 else None  # type: ignore[arg-type]
     with _zero3_gathered(dist, _inner(lm), True):
         state = finetune.trainable_state_dict() if dist.rank == 0 else None
         return None if state is None else {k: v.detach().cpu().clone() for k, v in state.items()}

@@ -337,7 +337,7 @@ def fully_shard_lm(lm: nn.Module, extra: Sequence[nn.Module] = ()) -> None:
     from torch.distributed.fsdp import fully_shard
 
     for module in (lm, *extra):
-        body = module.causal_lm.get_decoder()  # type: ignore[operator,union-attr]
+        body = module.causal_lm.get_decoder()  # type: ignore[operator]
         for layer in body.layers:
             fully_shard(layer)
         fully_shard(module)

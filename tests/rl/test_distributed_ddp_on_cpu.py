@@ -11,7 +11,16 @@ import pytest
 
 from blip3o_rl.tiny import make_tiny_world
 
-from .distributed_helpers import GLOBAL_BATCH, TOLERANCE, assert_same_metrics, common, launch, max_diff, metrics, results
+from .distributed_helpers import (
+    GLOBAL_BATCH,
+    TOLERANCE,
+    assert_same_metrics,
+    common,
+    launch,
+    max_diff,
+    metrics,
+    results,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,16 @@ from safetensors.torch import load_file
 
 from blip3o_rl.tiny import make_tiny_world
 
-from .distributed_helpers import GLOBAL_BATCH, TOLERANCE, assert_same_metrics, common, launch, max_diff, metrics, results
+from .distributed_helpers import (
+    GLOBAL_BATCH,
+    TOLERANCE,
+    assert_same_metrics,
+    common,
+    launch,
+    max_diff,
+    metrics,
+    results,
+)
 
 pytest.importorskip("deepspeed", reason="needs the [deepspeed] extra (make test-deepspeed)")
 pytestmark = pytest.mark.slow
@@ -28,7 +37,7 @@ def test_zero2_two_processes_equal_one(base, tmp_path):
     out = tmp_path / "zero2"
     launch(2, out, common(base, out, f"grpo.batch_size={GLOBAL_BATCH // 2}"), launcher="accelerate",
            accelerate_config="zero2.yaml")
-    r0, r1 = results(out, 2)
+    r0, _ = results(out, 2)
     assert max_diff(results(ref, 1)[0]["full"], r0["full"]) <= TOLERANCE
     assert_same_metrics(metrics(ref), metrics(out))
     assert (out / "checkpoints" / "step_000003" / "deepspeed").is_dir()
