@@ -93,6 +93,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     policy, sampling = loaded
     images = generate_images(policy, prompts, args.num_images, sampling, seed=args.seed, batch_size=args.batch_size)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     with (out / "images.jsonl").open("w", encoding="utf-8") as index:
         for i, (prompt, group) in enumerate(zip(prompts, images, strict=True)):
             for j, image in enumerate(group):
