@@ -176,12 +176,12 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def verify_checkpoint(path: Path) -> bool:
+def verify_checkpoint(path: Path, required: tuple[str, ...] = FILES) -> bool:
     """Check every file against ``manifest.json``; False for an older checkpoint without one.
 
-    Raises `CheckpointError` naming the first missing or corrupt file.
+    Raises `CheckpointError` naming the first missing (of ``required`` or the manifest's) or corrupt file.
     """
-    missing = [n for n in FILES if not (path / n).is_file()]
+    missing = [n for n in required if not (path / n).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
     manifest = path / MANIFEST

@@ -14,6 +14,7 @@ paths given as command-line overrides are relative to the working directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -470,11 +471,9 @@ def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
     check(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
     check(o.max_grad_norm is None or o.max_grad_norm > 0, "optim.max_grad_norm",
           f"must be > 0 (or null: no clipping), got {o.max_grad_norm}")
-    for i, spec in enumerate(cfg.rewards):
-        check(spec.weight == spec.weight and abs(spec.weight) != float("inf"), f"rewards.{i}.weight", "must be finite")
-    for i, spec in enumerate(cfg.eval.rewards):
-        check(spec.weight == spec.weight and abs(spec.weight) != float("inf"), f"eval.rewards.{i}.weight",
-              "must be finite")
+    for section, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
+        for i, reward in enumerate(specs):
+            check(math.isfinite(reward.weight), f"{section}.{i}.weight", f"must be finite, got {reward.weight}")
     e, lg, c = cfg.eval, cfg.logging, cfg.checkpoint
     check(e.eval_every >= 0, "eval.eval_every", f"must be >= 0 (0: off), got {e.eval_every}")
     check(e.num_prompts is None or e.num_prompts >= 1, "eval.num_prompts", f"must be >= 1 (or null: all), got {e.num_prompts}")

@@ -209,7 +209,7 @@ class Distributed:
         if self.strategy == "fsdp2":
             return lm, self.acc.prepare(optimizer)
         if self.strategy == "deepspeed":
-            ds = self.acc.state.deepspeed_plugin.deepspeed_config  # type: ignore[union-attr]
+            ds = self.acc.state.deepspeed_plugin.deepspeed_config
             # No dataloader: the batch shape DeepSpeed checks comes from the recipe; we call its backward
             # and step ourselves (`backward`, `DeepSpeedStep`), so accumulation and clipping follow the recipe.
             ds["train_micro_batch_size_per_gpu"] = micro_batch_size
@@ -337,7 +337,7 @@ def fully_shard_lm(lm: nn.Module, extra: Sequence[nn.Module] = ()) -> None:
     from torch.distributed.fsdp import fully_shard
 
     for module in (lm, *extra):
-        body = module.causal_lm.get_decoder()  # type: ignore[operator]
+        body = module.causal_lm.get_decoder()  # type: ignore[operator,union-attr]
         for layer in body.layers:
             fully_shard(layer)
         fully_shard(module)

@@ -177,14 +177,20 @@ def claim_output_folder(folder: str | Path, *, overwrite: bool, option: str = "-
             raise RunDirError(f"--overwrite: the working directory is inside {option} {folder}")
         archive = _archive_folder(folder)
         os.replace(folder, archive)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise RunDirError(f"{option} {folder} is not writable: {exc.strerror or exc}") from None
+    _check_writable(folder, option)
     return archive
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """``path`` (or, where it does not exist yet, its nearest existing parent) is a writable folder.
+    Creates nothing, so a command that fails later leaves no empty folder behind."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RunDirError(f"{option} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunDirError(f"{option} {path} is not writable ({probe} is read-only to this user)")
 
 
 def claim_output_file(path: str | Path, *, overwrite: bool, option: str = "--out") -> None:
@@ -194,9 +200,4 @@ def claim_output_file(path: str | Path, *, overwrite: bool, option: str = "--out
         raise RunDirError(f"{option} {path} is a folder; give a file name")
     if path.exists() and not overwrite:
         raise RunDirError(f"{option} {path} exists: choose a new file, or pass --overwrite to replace it")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirError(f"{option} {path}: cannot create {path.parent}: {exc.strerror or exc}") from None
-    if not os.access(path.parent, os.W_OK):
-        raise RunDirError(f"{option} {path}: {path.parent} is not writable")
+    _check_writable(path.parent, option)

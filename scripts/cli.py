@@ -93,6 +93,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     policy, sampling = loaded
     images = generate_images(policy, prompts, args.num_images, sampling, seed=args.seed, batch_size=args.batch_size)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     with (out / "images.jsonl").open("w", encoding="utf-8") as index:
         for i, (prompt, group) in enumerate(zip(prompts, images, strict=True)):
             for j, image in enumerate(group):
@@ -285,7 +286,21 @@ def _expected_error(exc: BaseException) -> str | None:
         return f"no space left writing {exc.filename or 'a file'}"
     if isinstance(exc, PermissionError):
         return f"permission denied: {exc.filename or exc}"
+    if type(exc).__name__ == "SafetensorError":  # a truncated or non-safetensors weights file
+        return f"{_safetensors_file(exc) or 'a .safetensors file'} is not a readable safetensors file: {exc}"
     return None
+
+
+def _safetensors_file(exc: BaseException) -> str | None:
+    """The file a safetensors reader was opening when it failed (from the traceback's frames)."""
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        for name in ("filename", "file", "checkpoint_file", "path"):
+            value = tb.tb_frame.f_locals.get(name)
+            if isinstance(value, (str, Path)) and str(value).endswith(".safetensors"):
+                found = str(value)
+        tb = tb.tb_next
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from blip3o_rl.rl.errors import TrainingStopped
+    from blip3o_rl.rl.progress import on_terminal, quiet_library_bars
+
+    if not on_terminal():  # a log file: no "Loading weights" / "Writing model shards" bar redraws
+        quiet_library_bars()
 
     try:
         return args.fn(args)

@@ -62,16 +62,16 @@ def configure_data(parser: argparse.ArgumentParser) -> None:
 @_report_errors
 def run_data(args: argparse.Namespace) -> int:
     from blip3o_rl.rewards.geneval.prompts import generate_prompts
-
     from blip3o_rl.rl.run_dir import claim_output_file
 
-    claim_output_file(args.out, overwrite=args.overwrite)  # before any work; an existing file needs --overwrite
-    excluded = [row for path in args.exclude for row in load_metadata(path)]
     unknown = [o for o in args.objects if o not in GENEVAL_OBJECTS]
     if unknown:
         raise UsageError(f"--objects: {unknown} are not GenEval object names")
+    claim_output_file(args.out, overwrite=args.overwrite)  # before any work; an existing file needs --overwrite
+    excluded = [row for path in args.exclude for row in load_metadata(path)]
     rows = generate_prompts(args.n, seed=args.seed, exclude=excluded, tags=args.tags, max_count=args.max_count,
                             objects=args.objects, colours=args.colors)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
