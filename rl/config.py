@@ -339,11 +339,12 @@ def config_from_dict(data: dict, source: str = "<dict>", base_dir: Path | None =
     return cfg
 
 
-def load_config(path_or_name: str, overrides: Sequence[str] = (), check_inputs: bool = True) -> TrainConfig:
+def load_config(path_or_name: str, overrides: Sequence[str] = (), check_inputs: bool = False) -> TrainConfig:
     """Load a recipe (a YAML path or a packaged recipe name) and apply ``key=value`` overrides.
 
-    Every value is range-checked (`validate`) and, unless ``check_inputs`` is False, every named
-    implementation resolved and every input file checked (`check_components`)."""
+    Every value is range-checked (`validate`); with ``check_inputs`` (the ``config`` and ``train``
+    commands) every named implementation is resolved and every input file checked as well
+    (`check_components`, which the trainer also runs before loading a model)."""
     path = resolve_recipe(path_or_name)
     try:
         text = path.read_text(encoding="utf-8")
@@ -468,7 +469,7 @@ def check_components(cfg: TrainConfig, where: Any = None) -> None:
     """
 
     def fail(key: str, msg: str) -> None:
-        raise ConfigError(f"{where(key) if where is not None else '<config>'}: {key}: {msg}")
+        raise ConfigError(f"{where(key) if where is not None else 'config'}: {key}: {msg}")
 
     def resolve(kind: str, spec: str, key: str, kwargs: dict | None = None) -> None:
         try:
