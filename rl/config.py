@@ -59,6 +59,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class RolloutConfig:
     engine: str = "kv_cache"
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)  # the engine's constructor arguments
     temperature: float = 1.0
     top_k: int = 0  # 0 = untruncated (the RL default); the trainer applies the same truncation
     top_p: float = 1.0

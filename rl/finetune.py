@@ -45,7 +45,12 @@ class FinetuneSetup:
                 self._reference = copy.deepcopy(policy.lm).requires_grad_(False).eval()
             policy.model.requires_grad_(True)
         if cfg.gradient_checkpointing:
-            policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5 renamed gradient_checkpointing_enable (the old name warns); older ones have only it.
+            model, kwargs = policy.model, {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             if self.peft_model is not None:
                 policy.model.enable_input_require_grads()
 

@@ -123,7 +123,7 @@ class GRPOTrainer:
         self.lm, self.optimizer = self.acc.prepare(self.policy.lm, self.optimizer)
         self.guard = FiniteUpdateGuard(cfg.optim.max_nonfinite_steps)  # every optimizer step goes through it
 
-        self.engine = build_engine(cfg.rollout.engine)
+        self.engine = build_engine(cfg.rollout.engine, **cfg.rollout.engine_kwargs)
         self.engine.setup(self.policy)
         self.sampling, how = rollout_sampling(cfg.rollout, self.policy)  # rl/presets.py
         self.eval_sampling, eval_how = eval_sampling(cfg.eval, self.policy, self.sampling)

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.tiny:
-            from blip3o_rl.scripts.make_tiny_blip3o_next import write_tiny_checkpoint
+            from blip3o_rl.policies.blip3o_next.testing import write_tiny_checkpoint
 
             policy = Blip3oNextPolicy.from_pretrained(
                 write_tiny_checkpoint(Path(tmp) / "tiny"),

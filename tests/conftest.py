@@ -78,8 +78,8 @@ def tiny_blip3o_next(tmp_path_factory) -> Path:
 
     Read-only for tests: copy it before changing anything.
     """
-    from blip3o_rl.scripts.make_tiny_blip3o_next import main as make_tiny
+    from blip3o_rl.policies.blip3o_next.testing import write_tiny_checkpoint
 
     folder = tmp_path_factory.mktemp("tiny_blip3o_next") / "ckpt"
-    assert make_tiny([str(folder)]) == 0
+    write_tiny_checkpoint(folder)
     return folder

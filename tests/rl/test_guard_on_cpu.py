@@ -23,7 +23,7 @@ def _backward(model, scale=1.0):
     loss = model(torch.ones(2, 4)).sum() * scale
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
-    return float(loss), float(norm)
+    return float(loss.detach()), float(norm)
 
 
 def _state(model, opt, sched):

@@ -27,8 +27,8 @@ def test_short_grpo_run_learns(tmp_path, seed):
     """Last 10 steps' mean reward beats the first 10 steps' by > 0.25.
 
     Measured with the demo recipe cut to 40 steps (warm-started tiny world, full fine-tuning, lr 1e-3,
-    8 prompts x 8 samples), the tiny world's seed following the run's: gains of
-    0.386 / 0.382 / 0.393 / 0.415 / 0.371 for seeds 0 / 1 / 2 / 3 / 4 (~10 s each on 2 cores).
+    8 prompts x 8 samples), the tiny world's seed following the run's: gains of 0.394 / 0.375 / 0.389 for
+    seeds 0 / 1 / 2 (~10 s each on 2 cores).
     """
     out = tmp_path / "run"
     cfg = load_config("demo", [f"output_dir={out}", f"seed={seed}", f"model.build.seed={seed}", *LEARN])
@@ -37,7 +37,29 @@ def test_short_grpo_run_learns(tmp_path, seed):
     assert len(rewards) == 40
     assert all(0.0 <= r <= 1.0 for r in rewards)
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
-    assert last - first > 0.08, (first, last)
+    assert last - first > 0.25, (first, last)
+
+
+# The demo recipe's first three steps, pinned (measured on torch 2.13.0+cpu with this code). A change in the
+# rollout, the loss, the warm start or the seeding moves them; update them only for an intended change.
+# Rewards are exact (fractions of 16 tiles); entropy and gradient norm to 1e-4.
+PINNED_DEMO = [  # (step, reward/mean, entropy, grad_norm)
+    (1, 0.3056640625, 2.4737686, 0.5780693),
+    (2, 0.32421875, 2.3901658, 0.5097333),
+    (3, 0.4169921875, 2.2180471, 0.4946259),
+]
+
+
+def test_demo_first_steps_are_pinned(tmp_path):
+    out = tmp_path / "run"
+    train(load_config("demo", [f"output_dir={out}", "max_steps=3", "eval.eval_every=0",
+                               "checkpoint.save_final=false", *QUIET]))
+    rows = _metrics(out)
+    got = [(m["step"], m["reward/mean"], m["entropy"], m["grad_norm"]) for m in rows]
+    for (step, reward, entropy, grad_norm), row in zip(PINNED_DEMO, got, strict=True):
+        assert row[0] == step and row[1] == reward, row
+        assert row[2] == pytest.approx(entropy, abs=1e-4) and row[3] == pytest.approx(grad_norm, abs=1e-4), row
+    assert all(abs(m["loss"]) < 1e-6 for m in rows)  # μ = 1: the clipped objective is 0 at ratio 1
 
 
 RESUMABLE = ["max_steps=6", "checkpoint.save_every=2", "checkpoint.keep_last=5", "grpo.batch_size=16",
