@@ -472,7 +472,7 @@ def check_components(cfg: TrainConfig, where: Any = None) -> None:
     def fail(key: str, msg: str) -> None:
         raise ConfigError(f"{where(key) if where is not None else 'config'}: {key}: {msg}")
 
-    def resolve(kind: str, spec: str, key: str, kwargs: dict | None = None) -> None:
+    def resolve(kind: str, spec: str, key: str, kwargs: dict | None = None, kwargs_key: str = "") -> None:
         try:
             target = registry.resolve(kind, spec)
         except registry.ComponentError as exc:
@@ -483,12 +483,12 @@ def check_components(cfg: TrainConfig, where: Any = None) -> None:
             try:
                 registry.check_kwargs(kind, spec, target, kwargs)
             except registry.ComponentError as exc:
-                fail(key.rsplit(".", 1)[0] + ".kwargs", str(exc))
+                fail(kwargs_key or key.rsplit(".", 1)[0] + ".kwargs", str(exc))
 
     m = cfg.model
     if m.policy is not None:
         resolve("policy", m.policy, "model.policy")
-    resolve("engine", cfg.rollout.engine, "rollout.engine")
+    resolve("engine", cfg.rollout.engine, "rollout.engine", dict(cfg.rollout.engine_kwargs), "rollout.engine_kwargs")
     for prefix, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
         for i, spec in enumerate(specs):
             resolve("reward", spec.reward, f"{prefix}.{i}.reward", dict(spec.kwargs))

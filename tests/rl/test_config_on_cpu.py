@@ -148,6 +148,8 @@ def test_duplicate_yaml_keys_are_errors(tmp_path):
     [
         ("model.policy=tinyy", r"override 'model\.policy=tinyy': model\.policy: unknown policy 'tinyy'"),
         ("rollout.engine=vllmm", r"rollout\.engine: unknown engine 'vllmm'"),
+        ("rollout.engine_kwargs={warp: 1}", r"override 'rollout\.engine_kwargs=\{warp: 1\}': rollout\.engine_kwargs: "
+                                            r"engine 'kv_cache' takes no argument 'warp'"),
         ("rewards=[{reward: tiny_layot}]", r"override 'rewards=\[\{reward: tiny_layot\}\]': rewards\.0\.reward: unknown"),
         ("rewards.0.kwargs={tolerence: 1}", r"rewards\.0\.kwargs: reward 'tiny_layout' takes no argument 'tolerence'"),
         ("data.train_file=nope.jsonl", r"override 'data\.train_file=nope\.jsonl': data\.train_file: prompt file nope"),
