@@ -42,7 +42,7 @@ from blip3o_rl.rl.checkpoint_shards import (
     stage_rank_files,
     trainable_state,
 )
-from blip3o_rl.rl.config import ConfigError, RewardSpec, TrainConfig, config_to_dict
+from blip3o_rl.rl.config import ConfigError, RewardSpec, TrainConfig, check_components, config_to_dict
 from blip3o_rl.rl.data import PromptSampler, check_prompt_lengths, load_prompts
 from blip3o_rl.rl.distributed import Distributed, make_accelerator, resolve_strategy
 from blip3o_rl.rl.engines import Rollout, build_engine, stream_seed
@@ -92,6 +92,7 @@ class GRPOTrainer:
         refuses a changed config except the ``allow_config_change`` keys (rl/resume.py).
         """
         cfg = self.cfg
+        check_components(cfg)  # names resolve and input files exist, before any folder or model is touched
         # rl/distributed.py: the launcher's world size checked, the strategy from the launcher or the recipe
         d = cfg.distributed
         strategy = resolve_strategy(d.strategy)
