@@ -51,9 +51,10 @@ class ModelConfig:
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     gradient_checkpointing: bool = False
-    # "no": compute in `dtype`; "bf16" / "fp16": autocast compute with the weights (and optimizer) kept
-    # in `dtype` (float32 for full fine-tuning: bf16 compute with fp32 master weights)
-    mixed_precision: str = "no"
+    # "none": compute in `dtype`; "bf16" / "fp16": autocast compute with the weights (and optimizer) kept
+    # in `dtype` (float32 for full fine-tuning: bf16 compute with fp32 master weights). ("none", not "no":
+    # YAML reads a bare no as false.)
+    mixed_precision: str = "none"
     # name_or_path null: kwargs of the policy class's `build(path, prompts, progress, **build)`, which
     # writes the model folder <output_dir>/base_model (a policy without `build` needs name_or_path)
     build: dict[str, Any] = field(default_factory=dict)
@@ -431,8 +432,8 @@ def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
     check(cfg.eval.sampling in ("rollout", "inference"), "eval.sampling", "must be 'rollout' or 'inference'")
     check(m.finetune in ("lora", "full"), "model.finetune", f"must be 'lora' or 'full', got {m.finetune!r}")
     check(m.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unsupported dtype {m.dtype!r}")
-    check(m.mixed_precision in ("no", "bf16", "fp16"), "model.mixed_precision",
-          f"must be 'no', 'bf16' or 'fp16', got {m.mixed_precision!r}")
+    check(m.mixed_precision in ("none", "bf16", "fp16"), "model.mixed_precision",
+          f"must be 'none', 'bf16' or 'fp16', got {m.mixed_precision!r}")
     d = cfg.distributed
     check(d.strategy in ("auto", "ddp", "fsdp2", "deepspeed"), "distributed.strategy",
           f"must be auto, ddp, fsdp2 or deepspeed, got {d.strategy!r}")

@@ -70,8 +70,9 @@ def resolve_strategy(strategy: str) -> str:
     return "ddp"
 
 
-def make_accelerator(strategy: str, mixed_precision: str = "no", timeout_minutes: float = 30.0) -> Accelerator:
-    """The run's `Accelerator` for ``strategy`` (already resolved), after `check_world_size`."""
+def make_accelerator(strategy: str, mixed_precision: str = "none", timeout_minutes: float = 30.0) -> Accelerator:
+    """The run's `Accelerator` for ``strategy`` (already resolved; ``mixed_precision`` none | bf16 | fp16),
+    after `check_world_size`."""
     no_cuda = not torch.cuda.is_available()
     # DeepSpeed brings its own CPU accelerator (cpu=True would silently drop it); it needs gloo spelt out.
     cpu = no_cuda and strategy != "deepspeed"
@@ -84,10 +85,17 @@ def make_accelerator(strategy: str, mixed_precision: str = "no", timeout_minutes
     if strategy == "fsdp2":
         # FSDP is applied here with torch's fully_shard; accelerate must not wrap the module a second time.
         hidden = {k: os.environ.pop(k) for k in list(os.environ) if k == "ACCELERATE_USE_FSDP"}
+    if launcher_world_size() == 1:
+        # One process (a test suite, a notebook): accelerate's state is a process-wide singleton, and a second
+        # run with another precision would be refused; nothing is shared with another process to reset.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     # One process: no process group at all (accelerate would otherwise look for one for the given backend).
     handlers = [kwargs] if launcher_world_size() > 1 or strategy == "deepspeed" else []
     try:
-        acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=handlers)
+        acc = Accelerator(cpu=cpu, mixed_precision="no" if mixed_precision == "none" else mixed_precision,
+                          kwargs_handlers=handlers)
     finally:
         os.environ.update(hidden)
     check_world_size(acc, strategy)

@@ -42,7 +42,7 @@ def one_step(mode: str, group: int, micro: int, device: torch.device) -> dict:
     dtype = torch.bfloat16 if mode == "lora" else torch.float32
     policy = full_size_policy(device, dtype)
     cfg = ModelConfig(policy="blip3o_next", finetune=mode, lora_r=32, lora_alpha=64, gradient_checkpointing=True,
-                      mixed_precision="no" if mode == "lora" else "bf16")
+                      mixed_precision="none" if mode == "lora" else "bf16")
     setup = FinetuneSetup(policy, cfg, need_reference=True)
     params = setup.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=1e-6)

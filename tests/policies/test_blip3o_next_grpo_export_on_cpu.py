@@ -44,6 +44,9 @@ def tiny_overrides(run_dir: Path, ckpt: Path, prompts: Path, decoder_dtype: str)
         "max_steps=2",
         f"model.name_or_path={ckpt}",
         "model.dtype=float32",
+        # the full recipe computes in bf16 (autocast, a GPU setting); the bit-exact export checks need the
+        # float32 forward on both sides
+        "model.mixed_precision=none",
         f"model.policy_kwargs={{decode_settings: {{num_inference_steps: 2}}, decoder_dtype: {decoder_dtype}}}",
         "grpo.num_generations=2",
         "grpo.batch_size=4",
