@@ -416,8 +416,8 @@ def validate(cfg: TrainConfig, source: str) -> None:
     check(len(cfg.rewards) > 0, "rewards", "at least one reward is needed")
     check(cfg.data.train_file is not None, "data.train_file", "a prompt file is needed")
     for key, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
-        for i, spec in enumerate(specs):
-            check(spec.timeout_s is None or spec.timeout_s > 0, f"{key}.{i}.timeout_s", "must be > 0 (or null)")
+        for i, rspec in enumerate(specs):
+            check(rspec.timeout_s is None or rspec.timeout_s > 0, f"{key}.{i}.timeout_s", "must be > 0 (or null)")
     names = [s.log_name for s in cfg.rewards]
     check(len(set(names)) == len(names), "rewards", f"reward names must be unique, got {names}")
     check(cfg.eval.eval_every == 0 or cfg.eval.prompts_file is not None, "eval.prompts_file",
