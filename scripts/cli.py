@@ -257,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_serve_reward(sub)
     _add_benchmark_commands(sub)
+    bench = sub.add_parser("bench", help="performance benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("step", help="pipelined vs sequential GRPO steps of a recipe, in the same run")
+    from blip3o_rl.scripts import bench_step
+
+    bench_step.configure(p)
+    p.set_defaults(fn=bench_step.main)
     return parser
 
 
