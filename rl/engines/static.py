@@ -66,6 +66,7 @@ class StaticCacheEngine(RolloutEngine):
         compile_mode: ``torch.compile`` mode (default: "reduce-overhead" (CUDA graphs) on CUDA, "default"
             on the CPU).
         fullgraph: require one graph for the step (default True: a graph break is an error, not a slowdown).
+        compile_backend: ``torch.compile`` backend ("inductor"; "eager"/"aot_eager" only trace, for tests).
         length_bucket: ``S_max`` is rounded up to a multiple of this (fewer distinct shapes to compile).
         attention_window: attend over the written columns rounded up to a multiple of this (about half the
             attention work over a fixed-length loop, a few distinct shapes); None: every step attends over
@@ -76,6 +77,7 @@ class StaticCacheEngine(RolloutEngine):
     provides_hidden_states = True
 
     def __init__(self, compile: bool | None = None, compile_mode: str | None = None, fullgraph: bool = True,
+                 compile_backend: str = "inductor",
                  length_bucket: int = 64, attention_window: int | str | None = "auto"):
         if length_bucket < 1:
             raise ValueError(f"length_bucket must be >= 1, got {length_bucket}")
@@ -85,6 +87,7 @@ class StaticCacheEngine(RolloutEngine):
         self.attention_window = attention_window
         self._window: int | None = None
         self.compile, self.compile_mode, self.fullgraph = compile, compile_mode, fullgraph
+        self.compile_backend = compile_backend
         self.length_bucket = length_bucket
         self._cache: StaticKVCache | None = None
         self._step: Callable[..., StepResult] | None = None
@@ -97,7 +100,10 @@ class StaticCacheEngine(RolloutEngine):
         use_compile = self._on_cuda if self.compile is None else self.compile
         if use_compile:
             mode = self.compile_mode or ("reduce-overhead" if self._on_cuda else "default")
-            self._step = torch.compile(decode_one_token, mode=mode, fullgraph=self.fullgraph)
+            if self.compile_backend != "inductor":
+                self._step = torch.compile(decode_one_token, backend=self.compile_backend, fullgraph=self.fullgraph)
+            else:
+                self._step = torch.compile(decode_one_token, mode=mode, fullgraph=self.fullgraph)
         else:
             self._step = decode_one_token
         auto = None if use_compile else 64
