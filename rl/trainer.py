@@ -260,7 +260,7 @@ class GRPOTrainer:
                     diff = (fwd.logprobs.detach() - ro.sampler_logprobs[sl])[m].abs()
                     vals["rollout/logprob_diff_mean"] = float(diff.mean())
                     sums["rollout/logprob_diff_max"] = max(sums.get("rollout/logprob_diff_max", 0.0), float(diff.max()))
-                    if isw is not None:
+                    if isw is not None and self.is_cap is not None:
                         vals["rollout/is_weight_mean"] = float(isw[m].mean())
                         vals["rollout/is_capped_fraction"] = float((isw[m] >= self.is_cap).float().mean())
                 for k, v in vals.items():

@@ -111,11 +111,11 @@ class StaticCacheEngine(RolloutEngine):
 
     def _decode_cache(self, lm: ImageTokenLM, batch: int, max_len: int) -> StaticKVCache:
         """The decode cache, allocated once per shape (reused across calls: stable addresses for CUDA graphs)."""
-        shape = self._cache.shape if self._cache is not None else None
-        if shape is None or shape[0] != batch or shape[2] != max_len or self._cache.keys[0].device != self.policy.device:
-            self._cache = None  # free the old one first
-            self._cache = lm.new_static_cache(batch, max_len)
-        return self._cache
+        cache = self._cache
+        if cache is None or cache.shape[0] != batch or cache.shape[2] != max_len or cache.keys[0].device != self.policy.device:
+            self._cache = cache = None  # free the old one first
+            self._cache = cache = lm.new_static_cache(batch, max_len)
+        return cache
 
     @torch.no_grad()
     def generate(

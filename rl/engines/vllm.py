@@ -30,6 +30,7 @@ original is put back, with the caller's thread count). An ``LLM`` is never freed
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -117,7 +118,7 @@ def export_for_vllm(model: nn.Module, out_dir: str | Path, dtype: torch.dtype | 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = model.config.to_dict()
+    cfg = model.config.to_dict()  # type: ignore[union-attr,operator]
     cfg["architectures"] = cfg.get("architectures") or [type(model).__name__]
     if dtype is not None:
         cfg["torch_dtype"] = cfg["dtype"] = str(dtype).removeprefix("torch.")
@@ -154,7 +155,7 @@ def check_seeds(seeds: Sequence[int], group_size: int) -> list[int]:
         if not 0 <= s < 2**63 - group_size:
             raise ValueError(f"seed {s} out of range for vLLM (0 <= seed < 2**63 - G)")
     ordered = sorted(out)
-    if any(b - a < group_size for a, b in zip(ordered, ordered[1:], strict=False)):
+    if any(b - a < group_size for a, b in itertools.pairwise(ordered)):
         raise ValueError(f"prompt seeds must be at least G={group_size} apart for vLLM (sample i uses seed + i)")
     return out
 
