@@ -7,6 +7,8 @@ full and LoRA); asserted: 1e-4 for fixed sequences and for ``rollout/logprob_dif
 """
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,7 +18,6 @@ pytest.importorskip("vllm", reason="vLLM is not installed (the CPU route: make v
 from blip3o_rl.rl.config import load_config
 from blip3o_rl.rl.engines import KVCacheEngine, SamplingParams, build_engine, stream_seed
 from blip3o_rl.rl.logprobs import sequence_logprobs
-from blip3o_rl.rl.trainer import train
 
 pytestmark = pytest.mark.vllm
 BOUND = 1e-4
@@ -109,12 +110,18 @@ def test_weight_push_reaches_vllm_and_bad_pushes_are_refused(world):
 @pytest.mark.parametrize("finetune", ["full", "lora"])
 def test_training_with_vllm_learns_and_stays_in_sync(tmp_path, finetune):
     """demo_vllm cut to 20 steps: the reward rises and vLLM's log-probs match the trainer's at every step
-    (weights pushed after every update: a missed sync shows as a diff of ~1 right after step 1)."""
+    (weights pushed after every update: a missed sync shows as a diff of ~1 right after step 1).
+
+    Each run in its own process: an in-process vLLM is never freed and owns the process's
+    torch.distributed group (which the trainer's accelerate teardown destroys), so one LLM per process."""
     out = tmp_path / "run"
     extra = ["model.finetune=lora", "optim.learning_rate=3e-3"] if finetune == "lora" else []
-    cfg = load_config("demo_vllm", [f"output_dir={out}", "max_steps=20", *extra, *QUIET,
-                                    "rollout.engine_kwargs.kv_cache_memory_bytes=134217728"])
-    train(cfg)
+    argv = ["train", "demo_vllm", f"output_dir={out}", "max_steps=20", *extra, *QUIET,
+            "rollout.engine_kwargs.kv_cache_memory_bytes=134217728"]
+    load_config(argv[1], argv[2:])  # fails here, readably, on a bad override
+    code = f"from blip3o_rl.scripts.cli import main; raise SystemExit(main({argv!r}))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "reward/mean" in r]
     assert len(rows) == 20
