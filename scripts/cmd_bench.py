@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from blip3o_rl.rl.engines import SamplingParams, build_engine, stream_seed
 
     torch.set_num_threads(args.threads)
+    if args.json:  # vLLM logs to stdout once it configures logging: keep stdout one JSON object
+        import os
+
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     names = _available(args)
     if args.model is None:
         from blip3o_rl.tiny import make_tiny_world

@@ -367,14 +367,25 @@ class VLLMServerEngine(RolloutEngine):
         port = self.port or _free_port(self.host)
         self.base_url = f"http://{self.host}:{port}"
         n = policy.layout.tokens_per_image
-        cmd = [self.server_python, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(path),
+        entry = "vllm.entrypoints.launchers.api_server.entry"
+        launcher = ["-m", entry]
+        env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+        if not torch.cuda.is_available():
+            # As in-process (`_keep_plain_cpu_linears`): without it a reload leaves the oneDNN-repacked
+            # linears stale (measured: diff 1.35 after a push). The patch must live in the engine's
+            # process, so the server runs its engine in-process too.
+            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            launcher = ["-c", "import runpy, sys; from vllm import _custom_ops; _custom_ops._supports_onednn = False; "
+                              f"sys.argv[0] = {entry!r}; runpy.run_module({entry!r}, run_name='__main__')"]
+        cmd = [self.server_python, *launcher, "--model", str(path),
                "--host", self.host, "--port", str(port), "--skip-tokenizer-init", "--logprobs-mode",
                "processed_logprobs", "--dtype", str(self._dtype).removeprefix("torch."),
                "--max-model-len", str(self.max_model_len or VLLMEngine._default_max_len(policy) or n + 1024),
                *self.server_args]
         if not torch.cuda.is_available() and "--kv-cache-memory-bytes" not in self.server_args:
             cmd += ["--kv-cache-memory-bytes", str(1 << 30)]
-        env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+        if not torch.cuda.is_available():
+            cmd += ["--no-enable-chunked-prefill"]  # see VLLMEngine.setup
         self._log = open(Path(self.weights_dir or ".") / "server.log", "w")  # noqa: SIM115 (lives with the server)
         self._proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         import atexit
@@ -394,8 +405,11 @@ class VLLMServerEngine(RolloutEngine):
     def _post(self, route: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         data = json.dumps(body or {}).encode()
         req = urllib.request.Request(f"{self.base_url}{route}", data=data, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=timeout or self.request_timeout) as resp:
-            text = resp.read().decode()
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.request_timeout) as resp:
+                text = resp.read().decode()
+        except urllib.error.HTTPError as exc:  # the server's reason, not just the status
+            raise RuntimeError(f"vLLM server {route}: HTTP {exc.code}: {exc.read().decode()[:2000]}") from None
         return json.loads(text) if text else None
 
     def _wait_ready(self) -> None:
@@ -413,7 +427,9 @@ class VLLMServerEngine(RolloutEngine):
         raise TimeoutError(f"no vLLM server at {self.base_url} after {self.startup_timeout:.0f} s")
 
     def _complete(self, ids: list[int], kwargs: dict[str, Any]) -> list[tuple[list[int], list[float]]]:
-        body = {"model": self.model_name, "prompt": ids, "return_token_ids": True, **kwargs}
+        # token ids in and out: the server has no tokenizer (--skip-tokenizer-init)
+        body = {"model": self.model_name, "prompt": ids, "return_token_ids": True, "return_tokens_as_token_ids": True,
+                **kwargs}
         out = self._post("/v1/completions", body)
         choices = sorted(out["choices"], key=lambda c: c["index"])
         return [(list(c["token_ids"]), [float(x) for x in c["logprobs"]["token_logprobs"]]) for c in choices]
