@@ -60,8 +60,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: str = "kv_cache"
+    engine: str = "kv_cache"  # kv_cache (alias hf) | static | vllm | vllm_server | "package.module:Class"
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # the engine's constructor arguments
+    # Truncated importance sampling between the engine's and the trainer's log-probs, w = min(π_old / π_engine,
+    # is_cap) on each token's policy-gradient term: "auto" when the engine's numerics differ from the
+    # trainer's (vLLM: its own kernels), "on", or "off"
+    is_correction: str = "auto"
+    is_cap: float = 2.0
     temperature: float = 1.0
     top_k: int = 0  # 0 = untruncated (the RL default); the trainer applies the same truncation
     top_p: float = 1.0
@@ -414,6 +419,8 @@ def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
     check(r.temperature > 0, "rollout.temperature", "must be > 0 for RL sampling")
     check(r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
     check(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+    check(r.is_correction in ("auto", "on", "off"), "rollout.is_correction", "must be 'auto', 'on' or 'off'")
+    check(r.is_cap >= 1, "rollout.is_cap", "must be >= 1")
     check(r.logprob_chunk_size >= 1, "rollout.logprob_chunk_size", "must be >= 1")
     check(r.decode_chunk_size is None or (r.decode_chunk_size > 0 and r.decode_chunk_size % g.num_generations == 0),
           "rollout.decode_chunk_size", f"must be a positive multiple of grpo.num_generations={g.num_generations} "

@@ -42,7 +42,7 @@ from blip3o_rl.rl.finetune import FinetuneSetup
 from blip3o_rl.rl.generate import sample_and_decode
 from blip3o_rl.rl.guard import FiniteUpdateGuard
 from blip3o_rl.rl.logprobs import micro_batches, score_rollout, sequence_logprobs
-from blip3o_rl.rl.loss import policy_loss
+from blip3o_rl.rl.loss import policy_loss, tis_weights
 from blip3o_rl.rl.optim import build_optimizer, build_scheduler
 from blip3o_rl.rl.pipeline import generate_and_score
 from blip3o_rl.rl.presets import describe as describe_sampling
@@ -125,6 +125,8 @@ class GRPOTrainer:
         self.guard = FiniteUpdateGuard(cfg.optim.max_nonfinite_steps)  # every optimizer step goes through it
 
         self.engine = build_engine(cfg.rollout.engine, **cfg.rollout.engine_kwargs)
+        r = cfg.rollout  # truncated IS when the engine's numerics differ from ours (rl/loss.py tis_weights)
+        self.is_cap = r.is_cap if r.is_correction == "on" or (r.is_correction == "auto" and not self.engine.exact_logprobs) else None
         self.engine.setup(self.policy)
         self.sampling, how = rollout_sampling(cfg.rollout, self.policy)  # rl/presets.py
         self.eval_sampling, eval_how = eval_sampling(cfg.eval, self.policy, self.sampling)
@@ -292,7 +294,8 @@ class GRPOTrainer:
             # 6. μ optimizer passes over the batch, accumulating over micro-batches.
             with timed("update", t):
                 upd = self._update(ro, adv, mask, old, ref, global_valid)
-            self.engine.update_weights(self.policy)
+            with timed("weight_sync", t):  # an engine with its own copy of the weights reloads them here
+                self.engine.update_weights(self.policy)
 
         metrics = {**t, **upd, **self._reward_metrics(scored, all_rewards, adv, mask)}
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])
@@ -327,11 +330,13 @@ class GRPOTrainer:
                 ctx = self.acc.no_sync(self.lm) if i < len(slices) - 1 else contextlib.nullcontext()
                 with ctx:
                     fwd = self._forward(ro, sl)
+                    isw = None if self.is_cap is None else tis_weights(
+                        fwd.logprobs if old is None else old[sl], ro.sampler_logprobs[sl], self.is_cap)
                     loss, st = policy_loss(
                         fwd.logprobs, fwd.logprobs.detach() if old is None else old[sl], adv[sl], mask[sl],
                         loss_type=g.loss_type, epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
                         ref_logprobs=None if ref is None else ref[sl],
-                        global_valid_tokens=global_valid, global_valid_samples=global_samples,
+                        global_valid_tokens=global_valid, global_valid_samples=global_samples, is_weights=isw,
                     )
                     self.acc.backward(loss)
                 w = st.valid_tokens
@@ -344,6 +349,9 @@ class GRPOTrainer:
                     diff = (fwd.logprobs.detach() - ro.sampler_logprobs[sl])[m].abs()
                     vals["rollout/logprob_diff_mean"] = float(diff.mean())
                     sums["rollout/logprob_diff_max"] = max(sums.get("rollout/logprob_diff_max", 0.0), float(diff.max()))
+                    if isw is not None and self.is_cap is not None:
+                        vals["rollout/is_weight_mean"] = float(isw[m].mean())
+                        vals["rollout/is_capped_fraction"] = float((isw[m] >= self.is_cap).float().mean())
                 for k, v in vals.items():
                     sums[k] = sums.get(k, 0.0) + v * w
                     sums[f"_w/{k}"] = sums.get(f"_w/{k}", 0.0) + w

@@ -13,6 +13,7 @@
     blip3o-rl eval ocr --model PATH --prompts test.txt     # OCR accuracy of a model on OCR prompts
     blip3o-rl serve-reward --reward ocr --port 8100        # a reward server (remote:http://127.0.0.1:8100)
     blip3o-rl bench step demo_ocr --steps 5                # pipelined vs sequential steps, same run
+    blip3o-rl bench rollout [--json]                       # every rollout engine, same model and seeds
 """
 
 from __future__ import annotations
@@ -291,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_benchmark_commands(sub) -> None:
     """``eval <benchmark>`` and ``data <benchmark>`` groups; each benchmark module mounts its own parsers."""
-    from blip3o_rl.scripts import cmd_geneval
+    from blip3o_rl.scripts import cmd_bench, cmd_geneval
 
     evals = sub.add_parser("eval", help="generate and score a benchmark").add_subparsers(dest="benchmark", required=True)
     data = sub.add_parser("data", help="write benchmark-format prompt files").add_subparsers(dest="benchmark", required=True)
@@ -302,6 +303,10 @@ def _add_benchmark_commands(sub) -> None:
     p = data.add_parser("geneval", help="GenEval-format training prompts for the six tasks")
     cmd_geneval.configure_data(p)
     p.set_defaults(fn=cmd_geneval.run_data)
+    bench = sub.add_parser("bench", help="throughput benchmarks").add_subparsers(dest="benchmark", required=True)
+    p = bench.add_parser("rollout", help="every available rollout engine on one model, batch and seeds")
+    cmd_bench.configure(p)
+    p.set_defaults(fn=cmd_bench.run)
 
 
 def _move_overrides(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> None:
