@@ -281,18 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_serve_reward(sub)
     _add_benchmark_commands(sub)
-    bench = sub.add_parser("bench", help="performance benchmarks").add_subparsers(dest="bench", required=True)
-    p = bench.add_parser("step", help="pipelined vs sequential GRPO steps of a recipe, in the same run")
-    from blip3o_rl.scripts import bench_step
-
-    bench_step.configure(p)
-    p.set_defaults(fn=bench_step.main)
     return parser
 
 
 def _add_benchmark_commands(sub) -> None:
-    """``eval <benchmark>`` and ``data <benchmark>`` groups; each benchmark module mounts its own parsers."""
-    from blip3o_rl.scripts import cmd_bench, cmd_geneval
+    """``eval <benchmark>``, ``data <benchmark>`` and ``bench <what>`` groups; each module mounts its own parsers."""
+    from blip3o_rl.scripts import bench_step, cmd_bench, cmd_geneval
 
     evals = sub.add_parser("eval", help="generate and score a benchmark").add_subparsers(dest="benchmark", required=True)
     data = sub.add_parser("data", help="write benchmark-format prompt files").add_subparsers(dest="benchmark", required=True)
@@ -303,10 +297,13 @@ def _add_benchmark_commands(sub) -> None:
     p = data.add_parser("geneval", help="GenEval-format training prompts for the six tasks")
     cmd_geneval.configure_data(p)
     p.set_defaults(fn=cmd_geneval.run_data)
-    bench = sub.add_parser("bench", help="throughput benchmarks").add_subparsers(dest="benchmark", required=True)
+    bench = sub.add_parser("bench", help="performance benchmarks").add_subparsers(dest="benchmark", required=True)
     p = bench.add_parser("rollout", help="every available rollout engine on one model, batch and seeds")
     cmd_bench.configure(p)
     p.set_defaults(fn=cmd_bench.run)
+    p = bench.add_parser("step", help="pipelined vs sequential GRPO steps of a recipe, in the same run")
+    bench_step.configure(p)
+    p.set_defaults(fn=bench_step.main)
 
 
 def _move_overrides(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> None:
