@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from blip3o_rl import registry
-from blip3o_rl.rl.advantages import SCALE_REWARDS
+from blip3o_rl.rl.advantages import REWARD_AGGREGATIONS, SCALE_REWARDS
 from blip3o_rl.rl.loss import loss_types
 
 
@@ -78,6 +78,9 @@ class GRPOConfig:
     epsilon_high: float | None = None  # None: same as epsilon
     loss_type: str = "bnpo"
     scale_rewards: str = "group"  # group | batch | none
+    # several rewards: "sum" (weighted total, then normalised) or "normalize_then_sum" (each reward
+    # normalised within its group, weighted, summed, then normalised as scale_rewards says; rl/advantages.py)
+    reward_aggregation: str = "sum"
     num_iterations: int = 1  # μ: optimizer passes over each rollout batch
 
 
@@ -376,6 +379,8 @@ def validate(cfg: TrainConfig, source: str) -> None:
     check(g.micro_batch_size >= 1, "grpo.micro_batch_size", "must be >= 1")
     check(g.loss_type in loss_types(), "grpo.loss_type", f"must be one of {loss_types()}, got {g.loss_type!r}")
     check(g.scale_rewards in SCALE_REWARDS, "grpo.scale_rewards", f"must be one of {SCALE_REWARDS}")
+    check(g.reward_aggregation in REWARD_AGGREGATIONS, "grpo.reward_aggregation",
+          f"must be one of {tuple(REWARD_AGGREGATIONS)}, got {g.reward_aggregation!r}")
     check(g.num_iterations >= 1, "grpo.num_iterations", "must be >= 1")
     check(g.beta >= 0, "grpo.beta", "must be >= 0")
     check(g.epsilon >= 0 and (g.epsilon_high is None or g.epsilon_high >= 0), "grpo.epsilon", "must be >= 0")

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from blip3o_rl.policies import can_build, load_policy, policy_class
 from blip3o_rl.rewards import WeightedRewards, load_reward
-from blip3o_rl.rl.advantages import count_groups_without_baseline, group_advantages
+from blip3o_rl.rl.advantages import count_groups_without_baseline, reward_advantages
 from blip3o_rl.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from blip3o_rl.rl.config import ConfigError, RewardSpec, TrainConfig, config_to_dict
 from blip3o_rl.rl.data import PromptSampler, load_prompts
@@ -184,9 +184,14 @@ class GRPOTrainer:
                     first_error = next(d for s, d in zip(out.scores, out.details, strict=True) if s is None)
                     logger.warning("step %d: reward %r failed on %d of %d samples (first: %s)", step, name,
                                    out.num_failed, len(out.scores), first_error.get("error", first_error))
-            # 4. Advantages over the gathered rewards of all ranks (whole groups live on one rank).
+            # 4. Advantages over the gathered per-reward scores of all ranks (whole groups live on one rank),
+            #    combined as grpo.reward_aggregation says (rl/advantages.py).
             all_rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()  # [world * B]
-            adv = group_advantages(all_rewards, g.num_generations, g.scale_rewards)
+            per = torch.tensor([[math.nan if x is None else x for x in scored.outputs[s.log_name].scores]
+                                for s in self.cfg.rewards], dtype=torch.float32).T  # [B, K]
+            all_per = self.acc.gather(per.contiguous().to(self.acc.device)).cpu()  # [world * B, K]
+            adv = reward_advantages(all_per, [s.weight for s in self.cfg.rewards], g.num_generations,
+                                    g.scale_rewards, g.reward_aggregation)
             b = rewards.numel()
             adv = adv[self.rank * b : (self.rank + 1) * b].to(self.acc.device)  # [B]
             mask = (~torch.isnan(rewards)).to(self.acc.device)  # [B]
