@@ -26,9 +26,11 @@ from tqdm.auto import tqdm
 from blip3o_rl.policies import can_build, load_policy, policy_class
 from blip3o_rl.rewards import WeightedRewards, load_reward
 from blip3o_rl.rl.advantages import count_groups_without_baseline, reward_advantages
+from blip3o_rl.rl.best_checkpoint import BestCheckpoint
 from blip3o_rl.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from blip3o_rl.rl.config import ConfigError, RewardSpec, TrainConfig, config_to_dict
 from blip3o_rl.rl.data import PromptSampler, load_prompts
+from blip3o_rl.rl.eval_guard import OverOptimisationGuard
 from blip3o_rl.rl.engines import Rollout, build_engine, stream_seed
 from blip3o_rl.rl.finetune import FinetuneSetup
 from blip3o_rl.rl.generate import sample_and_decode
@@ -103,6 +105,8 @@ class GRPOTrainer:
             train_rows, cfg.prompts_per_step, cfg.seed, cfg.data.shuffle, self.rank, self.world
         )
         self.eval_rows = load_prompts(cfg.eval.prompts_file)[: cfg.eval.num_prompts] if cfg.eval.prompts_file else []
+        self.overopt = OverOptimisationGuard(cfg.eval.guard)  # rl/eval_guard.py
+        self.best = BestCheckpoint(self.out / "checkpoints", cfg.checkpoint.best_metric, cfg.checkpoint.best_mode)
 
         if resume:
             self._resume(None if resume is True else Path(resume))
@@ -143,21 +147,33 @@ class GRPOTrainer:
     def train(self) -> dict[str, float]:
         cfg, main = self.cfg, self.acc.is_main_process
         if self.start_step == 0 and cfg.eval.eval_every and main:
-            self.log.log(0, self.evaluate())
+            first = self.evaluate()
+            self.log.log(0, {**first, **self._watch(0, first)})
         bar = tqdm(range(self.start_step + 1, cfg.max_steps + 1), initial=self.start_step, total=cfg.max_steps,
                    desc="GRPO", disable=not (main and cfg.logging.progress_bar), dynamic_ncols=True)
         for step in bar:
             metrics = self.step(step)
             if cfg.eval.eval_every and (step % cfg.eval.eval_every == 0 or step == cfg.max_steps):
                 metrics.update(self.evaluate())
-            if main and (step % cfg.logging.log_every == 0 or step == cfg.max_steps):
+            metrics.update(self._watch(step, metrics))  # over-optimisation guard, best checkpoint
+            stop = self.overopt.stop_reason is not None
+            if main and (step % cfg.logging.log_every == 0 or step == cfg.max_steps or stop):
                 self.log.log(step, metrics)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
-            if (cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0) or (
+            if ((cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0) or stop or (
                 step == cfg.max_steps and cfg.checkpoint.save_final
-            ):
+            )) and self.best.saved_step != step:
                 self.save_checkpoint(step)
+            if stop:
+                logger.warning("stopping at step %d: %s", step, self.overopt.stop_reason)
+                break
         return self._summarise() if main else {}
+
+    def _watch(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+        """The eval watchers: the over-optimisation guard (rl/eval_guard.py), then the best checkpoint."""
+        out = self.overopt.observe(step, metrics)
+        out.update(self.best.observe(step, metrics, self.save_checkpoint))
+        return out
 
     def step(self, step: int) -> dict[str, float]:
         """One GRPO step: prompts → rollouts → images → rewards → advantages → μ updates."""
@@ -349,6 +365,10 @@ class GRPOTrainer:
             for k in evals[0]:
                 if k.startswith("eval/") and k.endswith("/mean"):
                     summary[f"{k}_before"], summary[f"{k}_after"] = evals[0][k], evals[-1].get(k, math.nan)
+        if self.overopt.stop_reason is not None:
+            summary["stopped_by_guard_at_step"] = float(metrics[-1]["step"])
+        if self.best.best_step is not None:
+            summary["best_checkpoint_step"] = float(self.best.best_step)
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 

@@ -11,8 +11,8 @@ prompt-blind rewards (`tiny/colour_reward.py`), equally weighted but in differen
 A pixel cannot be both, so the rewards conflict. With ``grpo.reward_aggregation: sum`` the total
 ``red + blue`` is, within a group, almost only ``red``'s spread: the policy paints red and blue
 collapses. With ``normalize_then_sum`` each reward is standardised within its group before the
-weights apply, so both count and both rise. The table (per reward: mean of the first and last fifth
-of the steps) goes to stdout and ``<out>/results.json``.
+weights apply, so both count and both rise. The table (per reward, the mean over each window of 10
+steps, as a fraction of the image) goes to stdout and ``<out>/results.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from blip3o_rl.rl.config import config_from_dict, config_to_dict, load_config
 from blip3o_rl.rl.tracking import read_metrics
 from blip3o_rl.rl.trainer import train
 
+WINDOW = 10  # steps per row of the table
 REWARDS = [
     {"reward": "tiny_colour", "name": "red", "weight": 1.0, "kwargs": {"colour": "red", "scale": 10.0}},
     {"reward": "tiny_colour", "name": "blue", "weight": 1.0, "kwargs": {"colour": "blue", "scale": 1.0}},
@@ -45,12 +46,12 @@ def run(aggregation: str, out: Path, steps: int, seed: int, base_model: Path | N
         data["model"]["name_or_path"], data["model"]["build"] = str(base_model), {}
     train(config_from_dict(data, source=f"bench_reward_aggregation ({aggregation})"))
     rows = [m for m in read_metrics(out / "metrics.jsonl") if m["step"] > 0]
-    fifth = max(1, len(rows) // 5)
-    res: dict[str, Any] = {"aggregation": aggregation, "steps": len(rows)}
-    for name in ("red", "blue"):
-        vals = [m[f"reward/{name}/mean"] for m in rows]
-        scale = 10.0 if name == "red" else 1.0  # report fractions of the image, comparable across rewards
-        res[name] = {"first": sum(vals[:fifth]) / fifth / scale, "last": sum(vals[-fifth:]) / fifth / scale}
+    res: dict[str, Any] = {"aggregation": aggregation, "steps": len(rows), "curve": []}
+    for start in range(0, len(rows), WINDOW):  # fractions of the image, comparable across the two rewards
+        chunk = rows[start : start + WINDOW]
+        res["curve"].append({"steps": f"{chunk[0]['step']}-{chunk[-1]['step']}",
+                             "red": sum(m["reward/red/mean"] for m in chunk) / len(chunk) / 10.0,
+                             "blue": sum(m["reward/blue/mean"] for m in chunk) / len(chunk)})
     return res
 
 
@@ -66,11 +67,11 @@ def main(argv: list[str] | None = None) -> None:
         out = args.out / aggregation
         results.append(run(aggregation, out, args.steps, args.seed, base))
         base = base or out / "base_model"
-    print(f"{'aggregation':<20} {'red first':>10} {'red last':>10} {'blue first':>11} {'blue last':>10}"
-          "   (fraction of pixels; mean of the first / last fifth of the steps)")
-    for r in results:
-        print(f"{r['aggregation']:<20} {r['red']['first']:>10.3f} {r['red']['last']:>10.3f} "
-              f"{r['blue']['first']:>11.3f} {r['blue']['last']:>10.3f}")
+    print("fraction of red / blue pixels, mean over each window of steps")
+    print(f"{'steps':<8}" + "".join(f"{r['aggregation'] + ' red':>24}{'blue':>7}" for r in results))
+    for i, row in enumerate(results[0]["curve"]):
+        print(f"{row['steps']:<8}" + "".join(f"{r['curve'][i]['red']:>24.3f}{r['curve'][i]['blue']:>7.3f}"
+                                            for r in results))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
 

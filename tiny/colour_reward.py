@@ -17,21 +17,27 @@ from __future__ import annotations
 import numpy as np
 
 from blip3o_rl.rewards.base import RewardOutput
+from blip3o_rl.tiny.layout_reward import REGIONS
 from blip3o_rl.tiny.world import PALETTE
 
 
 class TinyColourReward:
-    """``scale`` x the fraction of pixels of palette colour ``colour`` (prompts and metadata ignored)."""
+    """``scale`` x the fraction of ``region``'s pixels of palette colour ``colour`` (prompts and metadata ignored).
 
-    def __init__(self, colour: str = "red", scale: float = 1.0, tolerance: int = 40):
+    ``region``: all, top, bottom, left or right (as `tiny_layout`'s regions).
+    """
+
+    def __init__(self, colour: str = "red", scale: float = 1.0, region: str = "all", tolerance: int = 40):
         if colour not in PALETTE:
             raise ValueError(f"tiny_colour: unknown colour {colour!r}; known: {sorted(PALETTE)}")
-        self.colour, self.scale, self.tolerance = colour, float(scale), tolerance
+        if region not in REGIONS:
+            raise ValueError(f"tiny_colour: unknown region {region!r}; known: {sorted(REGIONS)}")
+        self.colour, self.scale, self.region, self.tolerance = colour, float(scale), region, tolerance
         self._rgb = np.asarray(PALETTE[colour], dtype=np.int16)
 
     def __call__(self, images, prompts, metadata) -> RewardOutput:
         scores: list[float | None] = []
         for image in images:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+            pixels = REGIONS[self.region](np.asarray(image.convert("RGB"), dtype=np.int16))
             scores.append(self.scale * float((np.abs(pixels - self._rgb) <= self.tolerance).all(-1).mean()))
-        return RewardOutput(scores, [{"colour": self.colour} for _ in scores])
+        return RewardOutput(scores, [{"colour": self.colour, "region": self.region} for _ in scores])
