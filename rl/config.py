@@ -66,6 +66,11 @@ class RolloutConfig:
     # generate() resolved them (the checkpoint's generation_config.json, else transformers' top-k 50)
     sampling_from: str = "config"
     logprob_chunk_size: int = 128  # positions per chunk of image-head logits in the trainer's forward
+    # Samples per decode call, a multiple of grpo.num_generations (null: the whole batch at once).
+    decode_chunk_size: int | None = None
+    # Score each decoded chunk while the next one decodes (rl/pipeline.py); same results as without.
+    pipeline_rewards: bool = False
+    max_pending_chunks: int = 4  # decoded chunks waiting for their rewards before decoding pauses
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,9 @@ class RewardSpec:
     name: str | None = None  # name in the logs (default: `reward`)
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Seconds one call of this reward may take; past it the batch's samples fail (excluded, counted) and
+    # training goes on. null: no limit. The hung call is left running in a daemon thread (rewards/base.py).
+    timeout_s: float | None = None
 
     @property
     def log_name(self) -> str:
@@ -404,6 +412,10 @@ def validate(cfg: TrainConfig, source: str) -> None:
     check(r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
     check(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
     check(r.logprob_chunk_size >= 1, "rollout.logprob_chunk_size", "must be >= 1")
+    check(r.decode_chunk_size is None or (r.decode_chunk_size > 0 and r.decode_chunk_size % g.num_generations == 0),
+          "rollout.decode_chunk_size", f"must be a positive multiple of grpo.num_generations={g.num_generations} "
+          f"(whole groups), got {r.decode_chunk_size}")
+    check(r.max_pending_chunks >= 1, "rollout.max_pending_chunks", "must be >= 1")
     check(r.sampling_from in ("config", "checkpoint"), "rollout.sampling_from", "must be 'config' or 'checkpoint'")
     check(r.sampling_from == "config" or (r.top_k, r.top_p) == (0, 1.0), "rollout.sampling_from",
           "'checkpoint' takes top_k / top_p from the checkpoint: leave rollout.top_k / top_p unset")
@@ -425,6 +437,9 @@ def validate(cfg: TrainConfig, source: str) -> None:
     check(cfg.num_threads is None or cfg.num_threads >= 1, "num_threads", "must be >= 1 (or null)")
     check(len(cfg.rewards) > 0, "rewards", "at least one reward is needed")
     check(cfg.data.train_file is not None, "data.train_file", "a prompt file is needed")
+    for key, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
+        for i, rspec in enumerate(specs):
+            check(rspec.timeout_s is None or rspec.timeout_s > 0, f"{key}.{i}.timeout_s", "must be > 0 (or null)")
     names = [s.log_name for s in cfg.rewards]
     check(len(set(names)) == len(names), "rewards", f"reward names must be unique, got {names}")
     check(cfg.eval.eval_every == 0 or cfg.eval.prompts_file is not None, "eval.prompts_file",

@@ -30,14 +30,15 @@ from blip3o_rl.rl.best_checkpoint import BestCheckpoint
 from blip3o_rl.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from blip3o_rl.rl.config import ConfigError, RewardSpec, TrainConfig, config_to_dict
 from blip3o_rl.rl.data import PromptSampler, load_prompts
-from blip3o_rl.rl.eval_guard import OverOptimisationGuard
 from blip3o_rl.rl.engines import Rollout, build_engine, stream_seed
+from blip3o_rl.rl.eval_guard import OverOptimisationGuard
 from blip3o_rl.rl.finetune import FinetuneSetup
 from blip3o_rl.rl.generate import sample_and_decode
 from blip3o_rl.rl.guard import FiniteUpdateGuard
 from blip3o_rl.rl.logprobs import micro_batches, score_rollout, sequence_logprobs
 from blip3o_rl.rl.loss import policy_loss
 from blip3o_rl.rl.optim import build_optimizer, build_scheduler
+from blip3o_rl.rl.pipeline import generate_and_score
 from blip3o_rl.rl.presets import describe as describe_sampling
 from blip3o_rl.rl.presets import eval_sampling, lr_schedule_steps, rollout_sampling
 from blip3o_rl.rl.tracking import RunLogger, image_grid, plot_reward_curve, read_metrics, timed
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 
 def _build_rewards(specs: tuple[RewardSpec, ...]) -> WeightedRewards:
-    return WeightedRewards([(s.log_name, s.weight, load_reward(s.reward, **s.kwargs)) for s in specs])
+    return WeightedRewards([(s.log_name, s.weight, load_reward(s.reward, **s.kwargs), s.timeout_s) for s in specs])
 
 
 class GRPOTrainer:
@@ -187,13 +188,16 @@ class GRPOTrainer:
             seeds = [stream_seed(self.cfg.seed, "train", step, first + j) for j in range(len(rows))]
 
             # 2. Rollout and decode: exactly N image codes per sample, among the image tokens only.
-            gen = sample_and_decode(self.policy, self.engine, [r.prompt for r in rows], g.num_generations,
-                                    self.sampling, seeds, g.micro_batch_size, self.cfg.rollout.logprob_chunk_size)
+            # 3. Rewards; None (failed) becomes NaN and excludes the sample. With rollout.pipeline_rewards,
+            #    each decoded chunk of whole groups is scored while the next decodes (rl/pipeline.py).
+            rc = self.cfg.rollout
+            gen, scored = generate_and_score(
+                self.policy, self.engine, [r.prompt for r in rows], g.num_generations, self.sampling, seeds,
+                self.rewards, texts, meta, micro_batch_size=g.micro_batch_size,
+                logprob_chunk_size=rc.logprob_chunk_size, decode_chunk_size=rc.decode_chunk_size,
+                pipelined=rc.pipeline_rewards, max_pending=rc.max_pending_chunks)
             ro, images = gen.rollout, gen.images
             t.update(gen.timings)
-            # 3. Rewards; None (failed) becomes NaN and excludes the sample.
-            with timed("reward", t):
-                scored = self.rewards.submit(images, texts, meta).result()
             rewards = torch.tensor([math.nan if s is None else s for s in scored.total], dtype=torch.float32)
             for name, out in scored.outputs.items():
                 if out.num_failed:  # excluded from the loss, counted in the metrics, and said here
