@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from blip3o_rl import registry
 from blip3o_rl.policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBatch
+from blip3o_rl.tiny.warm_start import warm_start
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
@@ -186,6 +187,11 @@ def make_tiny_world(
     return out
 
 
+# `model.build` keys: make_tiny_world's (seed, grid, tile, ...) and the warm start's.
+WORLD_KEYS = tuple(sorted((registry.parameters(make_tiny_world) or frozenset()) - {"out_dir"}))
+WARM_KEYS = ("sft_steps", "sft_accuracy", "sft_targets", "sft_learning_rate")
+
+
 class TinyWorldPolicy(ImageTokenPolicy):
     """The tiny world's policy: a `Qwen3ForCausalLM` plus a palette decoder (no hidden states needed)."""
 
@@ -220,11 +226,23 @@ class TinyWorldPolicy(ImageTokenPolicy):
 
     @classmethod
     def build(cls, path: str | Path, prompts: Sequence[Any], progress: bool = True, **kwargs: Any) -> Path:
-        """Make a tiny world at ``path`` from the recipe's ``model.build`` keys (`make_tiny_world`'s, plus
-        the ``sft_*`` warm start on ``prompts``: `blip3o_rl.tiny.warm_start.build_tiny_world`)."""
-        from blip3o_rl.tiny.warm_start import build_tiny_world  # it imports this module
-
-        return build_tiny_world(path, list(prompts), kwargs, progress=progress)
+        """Make a tiny world at ``path`` from the recipe's ``model.build`` keys: `make_tiny_world`'s, plus
+        ``sft_steps`` (default 0: none), ``sft_accuracy``, ``sft_targets`` and ``sft_learning_rate`` for a
+        supervised warm start on ``prompts`` (`blip3o_rl.tiny.warm_start`)."""
+        unknown = sorted(set(kwargs) - set(WORLD_KEYS) - set(WARM_KEYS))
+        if unknown:
+            raise ValueError(f"model.build: unknown keys {unknown}; known: {[*WORLD_KEYS, *WARM_KEYS]}")
+        out = make_tiny_world(path, **{k: v for k, v in kwargs.items() if k in WORLD_KEYS})
+        steps = int(kwargs.get("sft_steps", 0))
+        if steps:
+            targets = registry.resolve("tiny_targets", kwargs.get("sft_targets", "layout"))
+            given = {"accuracy": ("sft_accuracy", float), "learning_rate": ("sft_learning_rate", float),
+                     "seed": ("seed", int)}
+            options = {arg: cast(kwargs[key]) for arg, (key, cast) in given.items() if key in kwargs}
+            policy = cls.from_pretrained(out)
+            warm_start(policy, list(prompts), targets, policy.grid, steps=steps, progress=progress, **options)
+            policy.save_pretrained(out)
+        return out
 
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(path, safe_serialization=True)
