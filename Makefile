@@ -30,7 +30,7 @@ $(VENV)/.sources: FORCE
 	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
 
 demo: $(VENV)/.installed
-	$(BIN)/blip3o-rl train demo
+	$(BIN)/blip3o-rl train demo --overwrite  # a re-run moves the last one to runs/demo.old-<time>
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

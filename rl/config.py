@@ -14,6 +14,7 @@ paths given as command-line overrides are relative to the working directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -87,6 +88,7 @@ class GRPOConfig:
     # normalised within its group, weighted, summed, then normalised as scale_rewards says; rl/advantages.py)
     reward_aggregation: str = "sum"
     num_iterations: int = 1  # μ: optimizer passes over each rollout batch
+    max_failed_reward_steps: int = 3  # steps in a row in which every sample's reward failed that stop the run (0: never)
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ class LoggingConfig:
 @dataclass(frozen=True)
 class CheckpointConfig:
     save_every: int = 0  # steps between checkpoints; 0: only the final one
-    keep_last: int = 2
+    keep_last: int = 2  # 0: keep every checkpoint
     save_final: bool = True
     # keep the checkpoint of the best value of this eval metric in checkpoints/best/ (never pruned by
     # keep_last), e.g. "eval/geneval/mean"; null: off (rl/best_checkpoint.py)
@@ -206,23 +208,32 @@ class _Where:
         self.source, self.lines, self.overrides = source, lines, overrides or {}
 
     def __call__(self, key: str) -> str:
-        if key in self.overrides:
-            return f"override {self.overrides[key]!r}"
-        line = self.lines.get(key)
-        return f"{self.source}, line {line}" if line else self.source
+        for given, item in self.overrides.items():  # the override that set this key or a section above it
+            if key == given or key.startswith(given + "."):
+                return f"override {item!r}"
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):  # the key's own line, else its nearest section's
+            line = self.lines.get(".".join(parts[:n]))
+            if line:
+                return f"{self.source}, line {line}"
+        return self.source
 
 
-def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+def _key_lines(node: yaml.Node, prefix: str = "", source: str = "") -> dict[str, int]:
+    """Line of every dotted key; a key given twice in one mapping is a `ConfigError` (YAML would keep the last)."""
     out: dict[str, int] = {}
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             key = f"{prefix}{k.value}"
+            if key in out:
+                raise ConfigError(f"{source}, line {k.start_mark.line + 1}: duplicate key {key!r} "
+                                  f"(first given on line {out[key]})")
             out[key] = k.start_mark.line + 1
-            out.update(_key_lines(v, key + "."))
+            out.update(_key_lines(v, key + ".", source))
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
             out[f"{prefix}{i}"] = v.start_mark.line + 1
-            out.update(_key_lines(v, f"{prefix}{i}."))
+            out.update(_key_lines(v, f"{prefix}{i}.", source))
     return out
 
 
@@ -356,10 +367,16 @@ def config_from_dict(data: dict, source: str = "<dict>", base_dir: Path | None =
     return cfg
 
 
-def load_config(path_or_name: str, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Load a recipe (a YAML path or a packaged recipe name) and apply ``key=value`` overrides."""
+def load_config(path_or_name: str, overrides: Sequence[str] = (), check_inputs: bool = True) -> TrainConfig:
+    """Load a recipe (a YAML path or a packaged recipe name) and apply ``key=value`` overrides.
+
+    Every value is range-checked (`validate`) and, unless ``check_inputs`` is False, every named
+    implementation resolved and every input file checked (`check_components`)."""
     path = resolve_recipe(path_or_name)
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text) or {}
@@ -367,7 +384,7 @@ def load_config(path_or_name: str, overrides: Sequence[str] = ()) -> TrainConfig
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
-    where = _Where(str(path), _key_lines(node) if node is not None else {})
+    where = _Where(str(path), _key_lines(node, source=str(path)) if node is not None else {})
     # Resolve YAML-relative paths now, before overrides (whose paths are relative to the cwd).
     data = config_to_dict(_build(TrainConfig, data, where, path.parent.resolve()))
     given: dict[str, str] = {}
@@ -381,17 +398,21 @@ def load_config(path_or_name: str, overrides: Sequence[str] = ()) -> TrainConfig
             raise ConfigError(f"override {item!r}: cannot parse value: {exc}") from None
         _set_dotted(data, key.strip(), value, f"override {item!r}")
         given[key.strip()] = item
-    cfg = _build(TrainConfig, data, _Where(str(path), where.lines, given), None)
-    validate(cfg, str(path))
+    full = _Where(str(path), where.lines, given)
+    cfg = _build(TrainConfig, data, full, None)
+    validate(cfg, str(path), full)
+    if check_inputs:
+        check_components(cfg, full)
     return cfg
 
 
-def validate(cfg: TrainConfig, source: str) -> None:
-    """Cross-field checks; each message names the key."""
+def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
+    """Range and cross-field checks of every value; each message names where the key came from (the
+    file and line, or the override) and the dotted key."""
 
     def check(ok: bool, key: str, msg: str) -> None:
         if not ok:
-            raise ConfigError(f"{source}: {key}: {msg}")
+            raise ConfigError(f"{where(key) if where is not None else source}: {key}: {msg}")
 
     g, r, o, m = cfg.grpo, cfg.rollout, cfg.optim, cfg.model
     check(g.num_generations >= 2, "grpo.num_generations", f"group size must be >= 2, got {g.num_generations}")
@@ -461,3 +482,65 @@ def validate(cfg: TrainConfig, source: str) -> None:
           f"required: one of {registry.names('policy')} or 'package.module:PolicyClass'")
     check(not (m.build and m.name_or_path is not None), "model.build",
           "is read only when model.name_or_path is null (the policy then builds the model folder)")
+    check(m.lora_r >= 1, "model.lora_r", f"must be >= 1, got {m.lora_r}")
+    check(m.lora_alpha > 0, "model.lora_alpha", f"must be > 0, got {m.lora_alpha}")
+    check(0 <= m.lora_dropout < 1, "model.lora_dropout", f"must be in [0, 1), got {m.lora_dropout}")
+    check(m.finetune != "lora" or len(m.lora_target_modules) > 0, "model.lora_target_modules",
+          "at least one module is needed for LoRA")
+    check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+    check(g.epsilon < 1, "grpo.epsilon", f"must be in [0, 1) (the clip range is [1 - epsilon, ...]), got {g.epsilon}")
+    check(g.max_failed_reward_steps >= 0, "grpo.max_failed_reward_steps", "must be >= 0 (0: never stop)")
+    check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    for key in ("adam_beta1", "adam_beta2"):
+        check(0 <= getattr(o, key) < 1, f"optim.{key}", f"must be in [0, 1), got {getattr(o, key)}")
+    check(o.adam_epsilon > 0, "optim.adam_epsilon", f"must be > 0, got {o.adam_epsilon}")
+    check(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    check(o.max_grad_norm is None or o.max_grad_norm > 0, "optim.max_grad_norm",
+          f"must be > 0 (or null: no clipping), got {o.max_grad_norm}")
+    for section, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
+        for i, reward in enumerate(specs):
+            check(math.isfinite(reward.weight), f"{section}.{i}.weight", f"must be finite, got {reward.weight}")
+    e, lg, c = cfg.eval, cfg.logging, cfg.checkpoint
+    check(e.eval_every >= 0, "eval.eval_every", f"must be >= 0 (0: off), got {e.eval_every}")
+    check(e.num_prompts is None or e.num_prompts >= 1, "eval.num_prompts", f"must be >= 1 (or null: all), got {e.num_prompts}")
+    check(lg.log_every >= 1, "logging.log_every", f"must be >= 1, got {lg.log_every}")
+    check(lg.image_every >= 0, "logging.image_every", f"must be >= 0 (0: off), got {lg.image_every}")
+    check(lg.num_images >= 1, "logging.num_images", f"must be >= 1, got {lg.num_images}")
+    check(c.save_every >= 0, "checkpoint.save_every", f"must be >= 0 (0: only the final one), got {c.save_every}")
+    check(c.keep_last >= 0, "checkpoint.keep_last", f"must be >= 0 (0: keep all), got {c.keep_last}")
+
+
+def check_components(cfg: TrainConfig, where: Any = None) -> None:
+    """Resolve every named implementation and check every input file, before any model loads.
+
+    Run by `load_config`, so ``blip3o-rl config`` and ``train`` refuse the same recipes.
+    """
+
+    def fail(key: str, msg: str) -> None:
+        raise ConfigError(f"{where(key) if where is not None else '<config>'}: {key}: {msg}")
+
+    def resolve(kind: str, spec: str, key: str, kwargs: dict | None = None) -> None:
+        try:
+            target = registry.resolve(kind, spec)
+        except registry.ComponentError as exc:
+            fail(key, str(exc))
+        except Exception as exc:  # a plug-in file that fails to import
+            fail(key, f"{spec!r} cannot be loaded: {type(exc).__name__}: {exc}")
+        if kwargs is not None:
+            try:
+                registry.check_kwargs(kind, spec, target, kwargs)
+            except registry.ComponentError as exc:
+                fail(key.rsplit(".", 1)[0] + ".kwargs", str(exc))
+
+    m = cfg.model
+    if m.policy is not None:
+        resolve("policy", m.policy, "model.policy")
+    resolve("engine", cfg.rollout.engine, "rollout.engine")
+    for prefix, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
+        for i, spec in enumerate(specs):
+            resolve("reward", spec.reward, f"{prefix}.{i}.reward", dict(spec.kwargs))
+    for key, f in (("data.train_file", cfg.data.train_file), ("eval.prompts_file", cfg.eval.prompts_file)):
+        if f is not None and not Path(f).is_file():
+            fail(key, f"prompt file {f} does not exist")
+    if m.name_or_path is not None and not Path(m.name_or_path).is_dir():
+        fail("model.name_or_path", f"model folder {m.name_or_path} does not exist")

@@ -12,7 +12,8 @@ A bad line fails with the file, the line number and the field.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ class PromptFileError(ValueError):
 class PromptRow:
     prompt: str
     metadata: dict[str, Any]
+    line: int = field(default=0, compare=False)  # line in its file (0: not from a file)
 
 
 def load_prompts(path: str | Path) -> list[PromptRow]:
@@ -36,26 +38,45 @@ def load_prompts(path: str | Path) -> list[PromptRow]:
         raise FileNotFoundError(f"prompt file {path} does not exist")
     rows: list[PromptRow] = []
     jsonl = path.suffix == ".jsonl"
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if not jsonl:
-                rows.append(PromptRow(line.rstrip("\n"), {}))
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptFileError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise PromptFileError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            prompt = obj.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise PromptFileError(f"{path}:{lineno}: field 'prompt' must be a non-empty string, got {prompt!r}")
-            rows.append(PromptRow(prompt, {k: v for k, v in obj.items() if k != "prompt"}))
+    try:
+        lines = path.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise PromptFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            rows.append(PromptRow(line.removesuffix("\r"), {}, lineno))
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PromptFileError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise PromptFileError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        prompt = obj.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PromptFileError(f"{path}:{lineno}: field 'prompt' must be a non-empty string, got {prompt!r}")
+        rows.append(PromptRow(prompt, {k: v for k, v in obj.items() if k != "prompt"}, lineno))
     if not rows:
         raise PromptFileError(f"{path}: no prompts")
     return rows
+
+
+def check_prompt_lengths(rows: Sequence[PromptRow], path: str | Path, count: Callable[[list[str]], list[int]],
+                         image_tokens: int, context: int | None, batch: int = 64) -> None:
+    """Refuse prompts that leave no room for the image: ``count(prompts)`` tokens + ``image_tokens`` must fit
+    the model's ``context`` (positions); the error names the file and line of the first that does not."""
+    if not context:
+        return
+    room = context - image_tokens
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        for row, n in zip(chunk, count([r.prompt for r in chunk]), strict=True):
+            if n > room:
+                raise PromptFileError(
+                    f"{path}:{row.line}: the prompt is {n} tokens; with the {image_tokens} image tokens it exceeds "
+                    f"the model's {context} positions (at most {room} prompt tokens): shorten or remove it")
 
 
 def write_prompt_splits(out_dir: str | Path, stem: str, train: list[dict], held_out: list[dict]) -> None:

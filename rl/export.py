@@ -18,7 +18,7 @@ import yaml
 from safetensors.torch import load_file
 
 from blip3o_rl.policies import DTYPES, ImageTokenPolicy, load_policy
-from blip3o_rl.rl.checkpoint import latest_checkpoint
+from blip3o_rl.rl.checkpoint import latest_checkpoint, verify_checkpoint
 from blip3o_rl.rl.config import TrainConfig, config_from_dict
 from blip3o_rl.rl.finetune import FinetuneSetup
 
@@ -68,6 +68,7 @@ def load_run_policy(
     weights_file = ckpt / "weights.safetensors"
     if not weights_file.is_file():
         raise FileNotFoundError(f"{weights_file} is missing: incomplete checkpoint")
+    verify_checkpoint(ckpt, required=("weights.safetensors",))  # checksums (rl/checkpoint.py): a corrupt file fails naming it
 
     if m.policy is None:
         raise ValueError(f"{run_dir / RUN_CONFIG}: model.policy is not set")

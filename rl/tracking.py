@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +15,11 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from blip3o_rl.rl.config import LoggingConfig
+from blip3o_rl.rl.errors import RunError
 
 METRICS_FILE = "metrics.jsonl"
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -29,11 +34,32 @@ def timed(name: str, timings: dict[str, float]) -> Iterator[None]:
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop lines logged after ``last_step`` (a resumed run rewrites them)."""
+    """Drop lines logged after ``last_step`` (a resumed run rewrites them).
+
+    A torn last line (the process was killed mid-write) is dropped and said; a bad line elsewhere is an
+    error naming the file and line.
+    """
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in keep))
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    keep = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            if n == len(lines):
+                logger.warning("%s:%d: dropped a torn last line (the run was killed while writing it)", path, n)
+                continue
+            raise RunError(f"{path}:{n}: not a metrics row ({line[:60]!r}); fix or remove that line to resume") from None
+        if step <= last_step:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

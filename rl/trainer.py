@@ -16,21 +16,29 @@ import contextlib
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import yaml
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from blip3o_rl.policies import can_build, load_policy, policy_class
 from blip3o_rl.rewards import WeightedRewards, load_reward
 from blip3o_rl.rl.advantages import count_groups_without_baseline, reward_advantages
 from blip3o_rl.rl.best_checkpoint import BestCheckpoint
-from blip3o_rl.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from blip3o_rl.rl.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    previous_intact,
+    resolve_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from blip3o_rl.rl.config import ConfigError, RewardSpec, TrainConfig, config_to_dict
-from blip3o_rl.rl.data import PromptSampler, load_prompts
+from blip3o_rl.rl.data import PromptSampler, check_prompt_lengths, load_prompts
 from blip3o_rl.rl.engines import Rollout, build_engine, stream_seed
+from blip3o_rl.rl.errors import CheckpointError, ResumeError, TrainingStopped
 from blip3o_rl.rl.eval_guard import OverOptimisationGuard
 from blip3o_rl.rl.finetune import FinetuneSetup
 from blip3o_rl.rl.generate import sample_and_decode
@@ -41,7 +49,18 @@ from blip3o_rl.rl.optim import build_optimizer, build_scheduler
 from blip3o_rl.rl.pipeline import generate_and_score
 from blip3o_rl.rl.presets import describe as describe_sampling
 from blip3o_rl.rl.presets import eval_sampling, lr_schedule_steps, rollout_sampling
-from blip3o_rl.rl.tracking import RunLogger, image_grid, plot_reward_curve, read_metrics, timed
+from blip3o_rl.rl.progress import Progress, quiet_library_bars, show_bars
+from blip3o_rl.rl.resume import (
+    apply_optimizer_config,
+    check_resume_config,
+    optimizer_hyperparameters,
+    record_changes,
+    with_defaults,
+)
+from blip3o_rl.rl.reward_watch import RewardFailureWatch
+from blip3o_rl.rl.run_dir import archive_after, claim_run_dir
+from blip3o_rl.rl.signals import StopSignals
+from blip3o_rl.rl.tracking import METRICS_FILE, RunLogger, image_grid, plot_reward_curve, read_metrics, timed
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +78,13 @@ class GRPOTrainer:
         self.start_step = 0
 
     # ------------------------------------------------------------------ setup
-    def setup(self, resume: str | bool | None = None) -> None:
+    def setup(self, resume: str | bool | None = None, overwrite: bool = False,
+              allow_config_change: Sequence[str] = ()) -> None:
+        """Build everything; ``resume``: True (the latest checkpoint) or a checkpoint (path, ``step_N``, N).
+
+        A new run refuses an ``output_dir`` holding files unless ``overwrite`` (rl/run_dir.py); a resume
+        refuses a changed config except the ``allow_config_change`` keys (rl/resume.py).
+        """
         cfg = self.cfg
         self.acc = Accelerator()
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
@@ -70,7 +95,13 @@ class GRPOTrainer:
                 f"multi-process training ({self.world} processes) is not supported yet: gradients are not "
                 "synchronised across processes. Run a single process (see README, 'What runs where')."
             )
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.lock, archived = claim_run_dir(self.out, resume=bool(resume), overwrite=overwrite)
+        if archived is not None:
+            print(f"--overwrite: moved the previous contents of {self.out} to {archived}", flush=True)
+        self.show_bars = show_bars(cfg.logging.progress_bar)
+        if not self.show_bars:
+            quiet_library_bars()  # transformers' "Loading weights" / "Writing model shards" bars
+        self.resume_from = self._check_resume(resume, allow_config_change) if resume else None
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed + self.rank)
@@ -85,6 +116,7 @@ class GRPOTrainer:
         if any(id(p) in frozen for p in self.params):
             raise RuntimeError("a frozen (decoder) parameter is trainable: it must not enter the optimizer")
         train_rows = load_prompts(train_file)
+        self._check_prompts(train_rows, train_file)
         horizon = lr_schedule_steps(cfg.optim, cfg.max_steps, len(train_rows), cfg.prompts_per_step * self.world)
         self.optimizer = build_optimizer(self.params, cfg.optim)
         # rl/presets.py: the LR horizon is optim.schedule_steps / schedule_epochs, else max_steps
@@ -100,17 +132,20 @@ class GRPOTrainer:
         if self.acc.is_main_process and (cfg.rollout.sampling_from != "config" or cfg.eval.sampling != "rollout"):
             print(f"rollout sampling: {describe_sampling(self.sampling)}, from {how}\n"
                   f"eval sampling: {describe_sampling(self.eval_sampling)}, {eval_how}", flush=True)
-        self.rewards = _build_rewards(cfg.rewards)
-        self.eval_rewards = _build_rewards(cfg.eval.rewards) if cfg.eval.rewards else self.rewards
+        rewards = _build_rewards(cfg.rewards)
+        self.eval_rewards = _build_rewards(cfg.eval.rewards) if cfg.eval.rewards else rewards
+        self.rewards = RewardFailureWatch(rewards, cfg.grpo.max_failed_reward_steps)  # rl/reward_watch.py
         self.sampler = PromptSampler(
             train_rows, cfg.prompts_per_step, cfg.seed, cfg.data.shuffle, self.rank, self.world
         )
         self.eval_rows = load_prompts(cfg.eval.prompts_file)[: cfg.eval.num_prompts] if cfg.eval.prompts_file else []
+        if cfg.eval.prompts_file:
+            self._check_prompts(self.eval_rows, cfg.eval.prompts_file)
         self.overopt = OverOptimisationGuard(cfg.eval.guard)  # rl/eval_guard.py
         self.best = BestCheckpoint(self.out / "checkpoints", cfg.checkpoint.best_metric, cfg.checkpoint.best_mode)
 
-        if resume:
-            self._resume(None if resume is True else Path(resume))
+        if self.resume_from is not None:
+            self._resume(self.resume_from)
         if self.acc.is_main_process:
             (self.out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
             self.log = RunLogger(self.out, cfg.logging, config_to_dict(cfg), self.start_step)
@@ -125,49 +160,98 @@ class GRPOTrainer:
             raise ConfigError(f"model.name_or_path is required: policy {kind!r} cannot build a model folder")
         path = self.out / "base_model"
         if self.acc.is_main_process and not (path / "config.json").is_file():
-            cls.build(path, load_prompts(train_file), progress=self.cfg.logging.progress_bar, **m.build)
+            cls.build(path, load_prompts(train_file), progress=self.show_bars, **m.build)
         self.acc.wait_for_everyone()
         return path
 
-    def _resume(self, path: Path | None) -> None:
-        path = path or latest_checkpoint(self.out / "checkpoints")
+    def _check_resume(self, resume: str | bool, allowed: Sequence[str]) -> Path:
+        """Before any model loads: the checkpoint to resume (verified), and the config compared with its own."""
+        root = self.out / "checkpoints"
+        path = latest_checkpoint(root) if resume is True else resolve_checkpoint(root, str(resume))
         if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
-        ckpt = load_checkpoint(path)
+            raise FileNotFoundError(f"--resume: no checkpoint under {root}")
+        try:
+            if not verify_checkpoint(path):  # every file against its sha256 (rl/checkpoint.py)
+                logger.warning("checkpoint %s predates checksums (no manifest.json): resuming unverified", path)
+        except CheckpointError as exc:
+            prev = previous_intact(root, path)
+            hint = (f"; to resume from the previous intact checkpoint, pass --resume {prev}" if prev
+                    else "; no earlier intact checkpoint exists")
+            raise CheckpointError(f"{exc}{hint}") from None
+        state_json = path / "trainer_state.json"
+        step = int(json.loads(state_json.read_text())["step"]) if state_json.is_file() else None
+        if step is not None and step >= self.cfg.max_steps:
+            raise ResumeError(f"--resume: checkpoint {path} is at step {step} and max_steps is {self.cfg.max_steps}: "
+                              f"nothing to train; raise max_steps (e.g. max_steps={2 * step}) to continue the run")
+        saved_file = path / "config.yaml" if (path / "config.yaml").is_file() else self.out / "config.yaml"
+        if saved_file.is_file():
+            new = yaml.safe_load(yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
+            saved = with_defaults(config_to_dict(TrainConfig()), yaml.safe_load(saved_file.read_text()))
+            self.config_changes = check_resume_config(saved, new, allowed, str(saved_file))
+            self.allowed_changes = tuple(allowed)
+        return path
+
+    def _check_prompts(self, rows, path: str) -> None:
+        """Prompts that leave no room for the image tokens in the model's positions fail, naming the line."""
+        context = getattr(getattr(self.policy.model, "config", None), "max_position_embeddings", None)
+        check_prompt_lengths(rows, path, lambda texts: self.policy.tokenize_prompts(texts).attention_mask.sum(1).tolist(),
+                             self.policy.layout.tokens_per_image, context if isinstance(context, int) else None)
+
+    def _resume(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, verify=False)  # verified in _check_resume
         self.finetune.load_trainable_state_dict(ckpt.weights)
+        fresh = optimizer_hyperparameters(self.optimizer)  # the configured values, before the saved ones load
         self.optimizer.load_state_dict(ckpt.optimizer)
         self.scheduler.load_state_dict(ckpt.scheduler)
+        changes = getattr(self, "config_changes", {})
+        apply_optimizer_config(self.optimizer, self.scheduler, fresh,  # allowed changes really apply
+                               recompute=any(k.startswith("optim.") or k == "max_steps" for k in changes))
         self.sampler.load_state_dict(ckpt.state["data"])
         torch.set_rng_state(ckpt.state["rng_cpu"])  # sampling needs none: its seeds follow from the step
         if torch.cuda.is_available() and "rng_cuda" in ckpt.state:
             torch.cuda.set_rng_state_all(ckpt.state["rng_cuda"])
         self.start_step = int(ckpt.state["step"])
+        if self.acc.is_main_process:
+            record_changes(self.out, self.start_step, changes, getattr(self, "allowed_changes", ()))
+            archived = archive_after(self.out, self.start_step, METRICS_FILE)  # a rollback keeps the newer ones
+            if archived is not None:
+                print(f"--resume {path.name}: moved the later checkpoints and metrics to {archived}", flush=True)
         logger.info("resumed from %s at step %d", path, self.start_step)
 
     # ------------------------------------------------------------------ training
     def train(self) -> dict[str, float]:
+        """Steps ``start_step + 1 .. max_steps``; SIGINT / SIGTERM end it after the current step with a
+        checkpoint (`TrainingStopped`), and a reward that fails every sample stops it (rl/reward_watch.py)."""
         cfg, main = self.cfg, self.acc.is_main_process
         if self.start_step == 0 and cfg.eval.eval_every and main:
             first = self.evaluate()
             self.log.log(0, {**first, **self._watch(0, first)})
-        bar = tqdm(range(self.start_step + 1, cfg.max_steps + 1), initial=self.start_step, total=cfg.max_steps,
-                   desc="GRPO", disable=not (main and cfg.logging.progress_bar), dynamic_ncols=True)
-        for step in bar:
-            metrics = self.step(step)
-            if cfg.eval.eval_every and (step % cfg.eval.eval_every == 0 or step == cfg.max_steps):
-                metrics.update(self.evaluate())
-            metrics.update(self._watch(step, metrics))  # over-optimisation guard, best checkpoint
-            stop = self.overopt.stop_reason is not None
-            if main and (step % cfg.logging.log_every == 0 or step == cfg.max_steps or stop):
-                self.log.log(step, metrics)
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl']:.4f}")
-            if ((cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0) or stop or (
-                step == cfg.max_steps and cfg.checkpoint.save_final
-            )) and self.best.saved_step != step:
-                self.save_checkpoint(step)
-            if stop:
-                logger.warning("stopping at step %d: %s", step, self.overopt.stop_reason)
-                break
+        progress = Progress(self.start_step, cfg.max_steps, bar=self.show_bars, enabled=main)  # rl/progress.py
+        with StopSignals() as stop:  # rl/signals.py
+            for step in range(self.start_step + 1, cfg.max_steps + 1):
+                metrics = self.step(step)
+                if cfg.eval.eval_every and (step % cfg.eval.eval_every == 0 or step == cfg.max_steps):
+                    metrics.update(self.evaluate())
+                metrics.update(self._watch(step, metrics))  # over-optimisation guard, best checkpoint
+                guard_stop = self.overopt.stop_reason is not None
+                logged = step % cfg.logging.log_every == 0 or step == cfg.max_steps or guard_stop
+                if main and logged:
+                    self.log.log(step, metrics)
+                progress.update(step, metrics, logged)
+                saved = None
+                if ((cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0) or guard_stop or (
+                    step == cfg.max_steps and cfg.checkpoint.save_final
+                )) and self.best.saved_step != step:
+                    saved = self.save_checkpoint(step)
+                self.rewards.check(step, last=step == cfg.max_steps)
+                if guard_stop:
+                    logger.warning("stopping at step %d: %s", step, self.overopt.stop_reason)
+                    break
+                if stop.received is not None and step < cfg.max_steps:
+                    path = saved or self.save_checkpoint(step)
+                    progress.close()
+                    raise TrainingStopped(stop.name, stop.received, step, path)
+        progress.close()
         return self._summarise() if main else {}
 
     def _watch(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
@@ -356,7 +440,8 @@ class GRPOTrainer:
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return save_checkpoint(self.out / "checkpoints", step, self.finetune.trainable_state_dict(),
                                self.optimizer.state_dict(), self.scheduler.state_dict(), state,
-                               self.cfg.checkpoint.keep_last)
+                               self.cfg.checkpoint.keep_last,
+                               config_text=yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
 
     def _summarise(self) -> dict[str, float]:
         metrics = read_metrics(self.log.metrics_path)
@@ -377,16 +462,21 @@ class GRPOTrainer:
         return summary
 
     def cleanup(self) -> None:
-        if self.acc.is_main_process and hasattr(self, "log"):
+        """Close the logs and release the run folder; safe after a `setup` that failed part-way."""
+        if hasattr(self, "acc") and self.acc.is_main_process and hasattr(self, "log"):
             self.log.close()
-        self.acc.end_training()
+        if hasattr(self, "acc"):
+            self.acc.end_training()
+        if hasattr(self, "lock"):
+            self.lock.release()
 
 
-def train(cfg: TrainConfig, resume: str | bool | None = None) -> dict[str, float]:
-    """Build, run and tear down a GRPO run."""
+def train(cfg: TrainConfig, resume: str | bool | None = None, overwrite: bool = False,
+          allow_config_change: Sequence[str] = ()) -> dict[str, float]:
+    """Build, run and tear down a GRPO run (arguments as in `GRPOTrainer.setup`)."""
     trainer = GRPOTrainer(cfg)
-    trainer.setup(resume)
     try:
+        trainer.setup(resume, overwrite, allow_config_change)
         return trainer.train()
     finally:
         trainer.cleanup()

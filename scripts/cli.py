@@ -3,6 +3,7 @@
     blip3o-rl train demo                                   # the built-in CPU demo
     blip3o-rl train configs/my_run.yaml grpo.beta=0.01     # any recipe, with dotted overrides
     blip3o-rl train configs/my_run.yaml --resume           # continue from the latest checkpoint
+    blip3o-rl train configs/my_run.yaml --overwrite        # a new run where one was (moved to <dir>.old-<time>)
     blip3o-rl config demo max_steps=10                     # print the resolved configuration
     blip3o-rl make-tiny-world OUT_DIR                      # write a random tiny-world model folder
     blip3o-rl generate --model PATH --prompt "a red cube"  # text-to-image (BLIP3o-NEXT by default)
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -33,7 +35,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from blip3o_rl.rl.trainer import train
 
     cfg = load_config(args.recipe, args.overrides)
-    summary = train(cfg, resume=args.resume)
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
     if summary:
         print(f"\nrun: {cfg.output_dir}")
         print(f"mean reward, first fifth of steps: {summary['reward_first_fifth']:.3f}")
@@ -87,6 +89,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         return _usage_error("generate: give at least one --prompt or a --prompts-file")
     if args.num_images < 1:
         return _usage_error("generate: --num-images must be >= 1")
+    _claim_out(args)  # before any work: an unusable --out would throw every image away
     loaded = _generation_policy(args, "generate")
     if isinstance(loaded, int):
         return loaded
@@ -102,6 +105,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 index.write(json.dumps({"file": name, "prompt": prompt, "seed": args.seed}) + "\n")
     print(f"wrote {sum(len(g) for g in images)} images for {len(prompts)} prompts to {out} (index: images.jsonl)")
     return 0
+
+
+def _claim_out(args: argparse.Namespace) -> None:
+    """``--out`` must be writable and empty, or ``--overwrite`` moves its old files aside (rl/run_dir.py)."""
+    from blip3o_rl.rl.run_dir import claim_output_folder
+
+    moved = claim_output_folder(args.out, overwrite=args.overwrite)
+    if moved is not None:
+        print(f"--overwrite: moved the previous contents of {args.out} to {moved}", file=sys.stderr)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -176,6 +188,7 @@ def _cmd_eval_ocr(args: argparse.Namespace) -> int:
         kwargs = engine_kwargs(args)
     except ValueError as exc:  # a bad prompt line (OCRPromptError) or --engine-param
         return _usage_error(f"eval ocr: {exc}")
+    _claim_out(args)
     loaded = _generation_policy(args, "eval ocr")
     if isinstance(loaded, int):
         return loaded
@@ -206,7 +219,8 @@ def _add_eval_ocr(benchmarks) -> None:
     p.add_argument("--prompts", required=True, help="OCR prompt file, one prompt per line (e.g. Flow-GRPO's test.txt)")
     p.add_argument("--images-per-prompt", type=int, default=1)
     p.add_argument("--max-prompts", type=int, help="only the first K prompts")
-    p.add_argument("--out", default="eval_ocr", help="output folder")
+    p.add_argument("--out", default="eval_ocr", help="output folder (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="--out may hold files: move them to <out>.old-<time>")
     add_generation_arguments(p)
     add_engine_arguments(p)
     p.set_defaults(fn=_cmd_eval_ocr)
@@ -216,13 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blip3o-rl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of expected errors too (accepted anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run GRPO from a recipe")
     p.add_argument("recipe", help="a YAML path, or a packaged recipe name (e.g. demo)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. grpo.beta=0.01")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                   help="continue from CHECKPOINT, or from the latest one in output_dir")
+                   help="continue from CHECKPOINT (a folder, step_N or N), or from the latest one in output_dir; "
+                   "a key=value after --resume is an override, not a checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an output_dir that holds one, moving its files to <output_dir>.old-<time>")
+    p.add_argument("--allow-config-change", nargs="+", action="extend", default=[], metavar="KEY",
+                   help="with --resume: accept these changed keys (or sections, e.g. optim); the new values apply "
+                   "and the change is recorded in output_dir/config_changes.jsonl")
     p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("config", help="print a recipe resolved with its overrides")
@@ -242,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", help="a caption (repeat for several)")
     p.add_argument("--prompts-file", help="prompt file: .jsonl rows with 'prompt', or one prompt per line")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    p.add_argument("--out", default="generated", help="output folder")
+    p.add_argument("--out", default="generated", help="output folder (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="--out may hold files: move them to <out>.old-<time>")
     add_generation_arguments(p)
     p.set_defaults(fn=_cmd_generate)
 
@@ -281,18 +304,93 @@ def _add_benchmark_commands(sub) -> None:
     p.set_defaults(fn=cmd_geneval.run_data)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+def _move_overrides(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> None:
+    """``key=value`` words that argparse gave to ``--resume`` / ``--allow-config-change`` or left over
+    (after an option) are overrides; anything else left over is an error."""
+    if args.command not in ("train", "config"):
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return
+    bad = [w for w in extra if "=" not in w or w.startswith("-")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = [*args.overrides, *extra]
+    if args.command == "train":
+        if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
+            args.overrides.append(args.resume)
+            args.resume = True
+        keys = [k for k in args.allow_config_change if "=" not in k]
+        args.overrides += [k for k in args.allow_config_change if "=" in k]
+        args.allow_config_change = keys
+
+
+def _expected_error(exc: BaseException) -> str | None:
+    """The one-line message of an expected failure (bad input, disk full, missing package), else None."""
     from blip3o_rl.registry import ComponentError
     from blip3o_rl.rl.config import ConfigError
     from blip3o_rl.rl.data import PromptFileError
+    from blip3o_rl.rl.errors import RunError
+    from blip3o_rl.scripts.policy_args import GenerationArgsError
+
+    if isinstance(exc, (ConfigError, ComponentError, PromptFileError, RunError, GenerationArgsError,
+                        FileNotFoundError, FileExistsError, NotADirectoryError, UnicodeDecodeError)):
+        return str(exc)
+    if isinstance(exc, ImportError):  # an optional dependency that is not installed
+        return f"{exc}" if "pip install" in str(exc) else f"{exc} (a package is missing: pip install it)"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"no space left writing {exc.filename or 'a file'}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or exc}"
+    if type(exc).__name__ == "SafetensorError":  # a truncated or non-safetensors weights file
+        return f"{_safetensors_file(exc) or 'a .safetensors file'} is not a readable safetensors file: {exc}"
+    return None
+
+
+def _safetensors_file(exc: BaseException) -> str | None:
+    """The file a safetensors reader was opening when it failed (from the traceback's frames)."""
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        for name in ("filename", "file", "checkpoint_file", "path"):
+            value = tb.tb_frame.f_locals.get(name)
+            if isinstance(value, (str, Path)) and str(value).endswith(".safetensors"):
+                found = str(value)
+        tb = tb.tb_next
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Expected failures print one ``error: ...`` line and return 2 (``--debug``: raise);
+    SIGINT / SIGTERM during training return 128 + the signal after saving a checkpoint."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    _move_overrides(args, extra, parser)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from blip3o_rl.rl.errors import TrainingStopped
+    from blip3o_rl.rl.progress import on_terminal, quiet_library_bars
+
+    if not on_terminal():  # a log file: no "Loading weights" / "Writing model shards" bar redraws
+        quiet_library_bars()
 
     try:
         return args.fn(args)
-    except (ConfigError, ComponentError, PromptFileError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except TrainingStopped as exc:
+        print(f"blip3o-rl: {exc}", file=sys.stderr)
+        return 128 + exc.signal_number
+    except KeyboardInterrupt as exc:
+        if debug:
+            raise
+        print(f"error: interrupted{': ' + str(exc) if str(exc) else ''}; the last saved checkpoint is intact",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = _expected_error(exc)
+        if message is None or debug:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

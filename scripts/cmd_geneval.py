@@ -43,7 +43,8 @@ def configure_data(parser: argparse.ArgumentParser) -> None:
         "Write GenEval-format training prompts (JSONL) for the six tasks over the 80 COCO objects, "
         "deduplicated against an evaluation file."
     )
-    parser.add_argument("--out", required=True, type=Path, help="output JSONL file")
+    parser.add_argument("--out", required=True, type=Path, help="output JSONL file (new, or --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--n", required=True, type=int, help="prompts per task (fewer when a task runs out)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument(
@@ -61,11 +62,13 @@ def configure_data(parser: argparse.ArgumentParser) -> None:
 @_report_errors
 def run_data(args: argparse.Namespace) -> int:
     from blip3o_rl.rewards.geneval.prompts import generate_prompts
+    from blip3o_rl.rl.run_dir import claim_output_file
 
-    excluded = [row for path in args.exclude for row in load_metadata(path)]
     unknown = [o for o in args.objects if o not in GENEVAL_OBJECTS]
     if unknown:
         raise UsageError(f"--objects: {unknown} are not GenEval object names")
+    claim_output_file(args.out, overwrite=args.overwrite)  # before any work; an existing file needs --overwrite
+    excluded = [row for path in args.exclude for row in load_metadata(path)]
     rows = generate_prompts(args.n, seed=args.seed, exclude=excluded, tags=args.tags, max_count=args.max_count,
                             objects=args.objects, colours=args.colors)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,14 @@ def generation_policy(args: argparse.Namespace, command: str):
 
     if min(args.batch_size, 1 if args.steps is None else args.steps) < 1:
         raise GenerationArgsError(f"{command}: --batch-size and --steps must be >= 1")
+    if args.temperature is not None and not args.temperature > 0:
+        raise GenerationArgsError(f"{command}: --temperature must be > 0, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise GenerationArgsError(f"{command}: --top-p must be in (0, 1] (1 disables), got {args.top_p}")
+    if args.top_k is not None and args.top_k < 0:
+        raise GenerationArgsError(f"{command}: --top-k must be >= 0 (0 disables), got {args.top_k}")
+    if getattr(args, "guidance", None) is not None and not args.guidance >= 0:
+        raise GenerationArgsError(f"{command}: --guidance must be >= 0, got {args.guidance}")
     run, kwargs = getattr(args, "run", None), _policy_kwargs(args)
     if run is None and args.model is None:
         raise GenerationArgsError(f"{command}: give --model or --run")

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 @pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_loads_through_the_schema(recipe):
-    cfg = load_config(str(recipe))
+    cfg = load_config(str(recipe), check_inputs=False)  # the BLIP3o-NEXT recipes' data/weights are the user's
     assert isinstance(cfg, TrainConfig)
     # round trip: the saved form of a config loads back to the same config
     assert config_from_dict(config_to_dict(cfg)) == cfg
@@ -96,3 +97,72 @@ def test_readme_documents_every_config_key():
 
     missing = [k for k in keys(TrainConfig) if f"`{k}`" not in readme]
     assert not missing, f"README's configuration reference lacks {missing}"
+
+
+# ---------------------------------------------------------------- issue 12: validation up front
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        # the reported cases: accepted before, some silently harmful (max_grad_norm=-1 flipped the gradient)
+        ("optim.max_grad_norm=-1", r"optim\.max_grad_norm: must be > 0 \(or null: no clipping\), got -1"),
+        ("optim.warmup_steps=-3", r"optim\.warmup_steps: must be >= 0"),
+        ("checkpoint.save_every=-1", r"checkpoint\.save_every: must be >= 0"),
+        ("checkpoint.keep_last=-1", r"checkpoint\.keep_last: must be >= 0 \(0: keep all\)"),
+        ("eval.eval_every=-1", r"eval\.eval_every: must be >= 0"),
+        ("eval.num_prompts=0", r"eval\.num_prompts: must be >= 1"),
+        ("logging.log_every=0", r"logging\.log_every: must be >= 1"),
+        ("optim.adam_beta1=2", r"optim\.adam_beta1: must be in \[0, 1\)"),
+        ("model.lora_r=0", r"model\.lora_r: must be >= 1"),
+        ("model.lora_dropout=1.5", r"model\.lora_dropout"),
+        ("optim.weight_decay=-0.1", r"optim\.weight_decay"),
+        ("grpo.epsilon=1.5", r"grpo\.epsilon: must be in \[0, 1\)"),
+        ("grpo.max_failed_reward_steps=-1", r"grpo\.max_failed_reward_steps"),
+        ("rewards.0.weight=.nan", r"rewards\.0\.weight: must be finite"),
+        ("optim.learning_rate=.nan", r"optim\.learning_rate: must be > 0"),
+    ],
+)
+def test_every_value_is_range_checked_and_the_override_is_named(override, match):
+    with pytest.raises(ConfigError, match=rf"^override '{re.escape(override)}': {match}"):
+        load_config("demo", [override])
+
+
+def test_a_bad_value_in_the_file_is_blamed_on_its_line(tmp_path):
+    (tmp_path / "p.txt").write_text("a red image\n")
+    path = _write(tmp_path, "rewards: [{reward: tiny_layout}]\ndata: {train_file: p.txt}\nmodel: {policy: tiny}\n"
+                            "optim:\n  max_grad_norm: -1\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml, line 5: optim\.max_grad_norm: must be > 0"):
+        load_config(path)
+
+
+def test_duplicate_yaml_keys_are_errors(tmp_path):
+    path = _write(tmp_path, BASE + "grpo:\n  beta: 0.1\n  epsilon: 0.2\n  beta: 0.5\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml, line 7: duplicate key 'grpo\.beta' \(first given on line 5\)"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("model.policy=tinyy", r"override 'model\.policy=tinyy': model\.policy: unknown policy 'tinyy'"),
+        ("rollout.engine=vllmm", r"rollout\.engine: unknown engine 'vllmm'"),
+        ("rewards=[{reward: tiny_layot}]", r"override 'rewards=\[\{reward: tiny_layot\}\]': rewards\.0\.reward: unknown"),
+        ("rewards.0.kwargs={tolerence: 1}", r"rewards\.0\.kwargs: reward 'tiny_layout' takes no argument 'tolerence'"),
+        ("data.train_file=nope.jsonl", r"override 'data\.train_file=nope\.jsonl': data\.train_file: prompt file nope"),
+        ("eval.prompts_file=nope.txt", r"eval\.prompts_file: prompt file nope\.txt does not exist"),
+        ("model.name_or_path=no/such/model", r"model\.name_or_path: model folder no/such/model does not exist"),
+    ],
+)
+def test_names_and_files_are_resolved_before_any_model_loads(override, match):
+    """`blip3o-rl config` and `train` both go through load_config: they refuse the same recipes."""
+    extra = ["model.build={}"] if override.startswith("model.name_or_path") else []
+    with pytest.raises(ConfigError, match=match):
+        load_config("demo", [*extra, override])
+
+
+def test_a_reward_file_that_fails_to_import_is_a_config_error(tmp_path):
+    bad = tmp_path / "bad_reward.py"
+    bad.write_text("import no_such_module_xyz\n")
+    with pytest.raises(ConfigError, match=r"rewards\.0\.reward: .*cannot be loaded: ModuleNotFoundError"):
+        load_config("demo", [f"rewards=[{{reward: '{bad}:fn'}}]"])

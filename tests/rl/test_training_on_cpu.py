@@ -8,6 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from blip3o_rl.rl.config import load_config
+from blip3o_rl.rl.data import PromptFileError
+from blip3o_rl.rl.errors import NothingLearnedError
 from blip3o_rl.rl.trainer import GRPOTrainer, train
 
 QUIET = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.image_every=0"]
@@ -146,3 +148,41 @@ def test_grad_norm_clipping_is_applied(tmp_path):
     assert norm_free == pytest.approx(norm_clipped) and norm_free > 1e-6
     assert free > 1e-4
     assert clipped < free * 1e-3
+
+
+# ---------------------------------------------------------------- issue 12: items 7 and 8
+
+TINY = ["model.build.sft_steps=5", "grpo.batch_size=8", "grpo.num_generations=4", "grpo.micro_batch_size=8",
+        "eval.eval_every=0", *QUIET]
+
+
+def test_a_run_whose_reward_fails_every_sample_stops_naming_the_reward(tmp_path):
+    f = tmp_path / "down.py"
+    f.write_text("def down(images, prompts, metadata):\n    raise ConnectionError('reward server down')\n")
+    cfg = load_config("demo", [f"output_dir={tmp_path / 'run'}", "max_steps=10", *TINY,
+                               f"rewards=[{{reward: '{f}:down', name: remote}}]"])
+    # the reported case: exit 0 after training nothing, the summary printing nan
+    with pytest.raises(NothingLearnedError, match=r"reward 'remote' failed every sample of 3 steps in a row \(up to "
+                                                  r"step 3\).*first failure: ConnectionError: reward server down.*"
+                                                  r"grpo\.max_failed_reward_steps"):
+        train(cfg)
+    assert len(_metrics(tmp_path / "run")) == 3  # what happened is logged
+
+
+def test_a_short_run_that_never_scored_a_sample_fails_at_its_end(tmp_path):
+    f = tmp_path / "none.py"
+    f.write_text("def none(images, prompts, metadata):\n    return [None] * len(images)\n")
+    cfg = load_config("demo", [f"output_dir={tmp_path / 'run'}", "max_steps=2", *TINY,
+                               f"rewards=[{{reward: '{f}:none'}}]"])
+    with pytest.raises(NothingLearnedError, match="failed every sample of 2 steps"):
+        train(cfg)
+
+
+def test_prompts_longer_than_the_model_are_refused_with_file_and_line(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    row = {"prompt": "a red image", "regions": {"all": "red"}}
+    prompts.write_text(json.dumps(row) + "\n\n" + json.dumps({**row, "prompt": "a red image " * 170}) + "\n")
+    cfg = load_config("demo", [f"output_dir={tmp_path / 'run'}", "max_steps=1", f"data.train_file={prompts}", *TINY])
+    with pytest.raises(PromptFileError, match=rf"{prompts}:3: the prompt is \d+ tokens; with the 16 image tokens it "
+                                              r"exceeds the model's 512 positions"):
+        train(cfg)
