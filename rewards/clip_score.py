@@ -11,7 +11,12 @@ from typing import Any
 
 import torch
 
-from blip3o_rl.rewards.pretrained import PretrainedReward, clip_image_features, clip_text_features, load_pretrained
+from blip3o_rl.rewards.pretrained import (
+    PretrainedReward,
+    clip_image_features,
+    clip_text_features,
+    load_pretrained,
+)
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"
 

@@ -13,7 +13,12 @@ from typing import Any
 
 import torch
 
-from blip3o_rl.rewards.pretrained import PretrainedReward, clip_image_features, clip_text_features, load_pretrained
+from blip3o_rl.rewards.pretrained import (
+    PretrainedReward,
+    clip_image_features,
+    clip_text_features,
+    load_pretrained,
+)
 
 DEFAULT_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"

@@ -27,14 +27,20 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from blip3o_rl.policies.base import ImageTokenPolicy
-from blip3o_rl.rewards import CombinedScores, WeightedRewards
+from blip3o_rl.rewards import CombinedScores
 from blip3o_rl.rl.engines import RolloutEngine, SamplingParams
 from blip3o_rl.rl.generate import Generation, decode_rows, sample_rollout
+
+
+class SubmitsBatches(Protocol):
+    """`WeightedRewards`, or a wrapper of it (rl/reward_watch.py): ``submit`` returns a future of the scores."""
+
+    def submit(self, images: Any, prompts: Any, metadata: Any) -> Future[CombinedScores]: ...
 
 
 def chunk_slices(num_samples: int, chunk_size: int | None, num_generations: int) -> list[slice]:
@@ -57,7 +63,7 @@ def generate_and_score(
     num_generations: int,
     params: SamplingParams,
     seeds: Sequence[int],
-    rewards: WeightedRewards,
+    rewards: SubmitsBatches,
     prompts: Sequence[str],
     metadata: Sequence[dict[str, Any]],
     *,

@@ -3,10 +3,12 @@ yes/no from log-probs and from text, numeric scores, retries, timeouts and malfo
 fails with a reason, never 0)."""
 
 import base64
+import contextlib
 import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from PIL import Image
@@ -26,8 +28,8 @@ def _choice(content, logprobs=None):
 class StandIn(BaseHTTPRequestHandler):
     """Answers by the caption: each caption names a behaviour."""
 
-    seen: list = []
-    flaky: dict = {}
+    seen: ClassVar[list] = []
+    flaky: ClassVar[dict] = {}
 
     def log_message(self, *args):
         pass
@@ -68,10 +70,8 @@ class StandIn(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        try:
+        with contextlib.suppress(BrokenPipeError):  # the client gave up (the timeout test)
             self.wfile.write(data)
-        except BrokenPipeError:  # the client gave up (the timeout test)
-            pass
 
 
 @pytest.fixture
