@@ -367,11 +367,12 @@ def config_from_dict(data: dict, source: str = "<dict>", base_dir: Path | None =
     return cfg
 
 
-def load_config(path_or_name: str, overrides: Sequence[str] = (), check_inputs: bool = True) -> TrainConfig:
+def load_config(path_or_name: str, overrides: Sequence[str] = (), check_inputs: bool = False) -> TrainConfig:
     """Load a recipe (a YAML path or a packaged recipe name) and apply ``key=value`` overrides.
 
-    Every value is range-checked (`validate`) and, unless ``check_inputs`` is False, every named
-    implementation resolved and every input file checked (`check_components`)."""
+    Every value is range-checked (`validate`); with ``check_inputs`` (the ``config`` and ``train``
+    commands) every named implementation is resolved and every input file checked as well
+    (`check_components`, which the trainer also runs before loading a model)."""
     path = resolve_recipe(path_or_name)
     try:
         text = path.read_text(encoding="utf-8")
@@ -517,9 +518,9 @@ def check_components(cfg: TrainConfig, where: Any = None) -> None:
     """
 
     def fail(key: str, msg: str) -> None:
-        raise ConfigError(f"{where(key) if where is not None else '<config>'}: {key}: {msg}")
+        raise ConfigError(f"{where(key) if where is not None else 'config'}: {key}: {msg}")
 
-    def resolve(kind: str, spec: str, key: str, kwargs: dict | None = None) -> None:
+    def resolve(kind: str, spec: str, key: str, kwargs: dict | None = None, kwargs_key: str = "") -> None:
         try:
             target = registry.resolve(kind, spec)
         except registry.ComponentError as exc:
@@ -530,12 +531,12 @@ def check_components(cfg: TrainConfig, where: Any = None) -> None:
             try:
                 registry.check_kwargs(kind, spec, target, kwargs)
             except registry.ComponentError as exc:
-                fail(key.rsplit(".", 1)[0] + ".kwargs", str(exc))
+                fail(kwargs_key or key.rsplit(".", 1)[0] + ".kwargs", str(exc))
 
     m = cfg.model
     if m.policy is not None:
         resolve("policy", m.policy, "model.policy")
-    resolve("engine", cfg.rollout.engine, "rollout.engine")
+    resolve("engine", cfg.rollout.engine, "rollout.engine", dict(cfg.rollout.engine_kwargs), "rollout.engine_kwargs")
     for prefix, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
         for i, spec in enumerate(specs):
             resolve("reward", spec.reward, f"{prefix}.{i}.reward", dict(spec.kwargs))

@@ -35,7 +35,7 @@ from blip3o_rl.rl.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from blip3o_rl.rl.config import ConfigError, RewardSpec, TrainConfig, config_to_dict
+from blip3o_rl.rl.config import ConfigError, RewardSpec, TrainConfig, check_components, config_to_dict
 from blip3o_rl.rl.data import PromptSampler, check_prompt_lengths, load_prompts
 from blip3o_rl.rl.engines import Rollout, build_engine, stream_seed
 from blip3o_rl.rl.errors import CheckpointError, ResumeError, TrainingStopped
@@ -86,6 +86,7 @@ class GRPOTrainer:
         refuses a changed config except the ``allow_config_change`` keys (rl/resume.py).
         """
         cfg = self.cfg
+        check_components(cfg)  # names resolve and input files exist, before any folder or model is touched
         self.acc = Accelerator()
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         if self.world > 1:

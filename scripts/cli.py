@@ -34,7 +34,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from blip3o_rl.rl.config import load_config
     from blip3o_rl.rl.trainer import train
 
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = load_config(args.recipe, args.overrides, check_inputs=True)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
     if summary:
         print(f"\nrun: {cfg.output_dir}")
@@ -51,7 +51,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_config(args: argparse.Namespace) -> int:
     from blip3o_rl.rl.config import config_to_dict, load_config
 
-    print(yaml.safe_dump(config_to_dict(load_config(args.recipe, args.overrides)), sort_keys=False), end="")
+    print(yaml.safe_dump(config_to_dict(load_config(args.recipe, args.overrides, check_inputs=True)), sort_keys=False), end="")
     return 0
 
 

@@ -4,13 +4,14 @@ from pathlib import Path
 import pytest
 
 from blip3o_rl.rl.config import ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config
+from blip3o_rl.rl.trainer import GRPOTrainer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_loads_through_the_schema(recipe):
-    cfg = load_config(str(recipe), check_inputs=False)  # the BLIP3o-NEXT recipes' data/weights are the user's
+    cfg = load_config(str(recipe))
     assert isinstance(cfg, TrainConfig)
     # round trip: the saved form of a config loads back to the same config
     assert config_from_dict(config_to_dict(cfg)) == cfg
@@ -147,6 +148,8 @@ def test_duplicate_yaml_keys_are_errors(tmp_path):
     [
         ("model.policy=tinyy", r"override 'model\.policy=tinyy': model\.policy: unknown policy 'tinyy'"),
         ("rollout.engine=vllmm", r"rollout\.engine: unknown engine 'vllmm'"),
+        ("rollout.engine_kwargs={warp: 1}", r"override 'rollout\.engine_kwargs=\{warp: 1\}': rollout\.engine_kwargs: "
+                                            r"engine 'kv_cache' takes no argument 'warp'"),
         ("rewards=[{reward: tiny_layot}]", r"override 'rewards=\[\{reward: tiny_layot\}\]': rewards\.0\.reward: unknown"),
         ("rewards.0.kwargs={tolerence: 1}", r"rewards\.0\.kwargs: reward 'tiny_layout' takes no argument 'tolerence'"),
         ("data.train_file=nope.jsonl", r"override 'data\.train_file=nope\.jsonl': data\.train_file: prompt file nope"),
@@ -157,12 +160,15 @@ def test_duplicate_yaml_keys_are_errors(tmp_path):
 def test_names_and_files_are_resolved_before_any_model_loads(override, match):
     """`blip3o-rl config` and `train` both go through load_config: they refuse the same recipes."""
     extra = ["model.build={}"] if override.startswith("model.name_or_path") else []
-    with pytest.raises(ConfigError, match=match):
-        load_config("demo", [*extra, override])
+    with pytest.raises(ConfigError, match=match) as by_command:
+        load_config("demo", [*extra, override], check_inputs=True)
+    with pytest.raises(ConfigError, match=r"^config: ") as by_trainer:  # the trainer checks the same, first
+        GRPOTrainer(load_config("demo", [*extra, override])).setup()
+    assert str(by_command.value).endswith(str(by_trainer.value).removeprefix("config: "))
 
 
 def test_a_reward_file_that_fails_to_import_is_a_config_error(tmp_path):
     bad = tmp_path / "bad_reward.py"
     bad.write_text("import no_such_module_xyz\n")
     with pytest.raises(ConfigError, match=r"rewards\.0\.reward: .*cannot be loaded: ModuleNotFoundError"):
-        load_config("demo", [f"rewards=[{{reward: '{bad}:fn'}}]"])
+        load_config("demo", [f"rewards=[{{reward: '{bad}:fn'}}]"], check_inputs=True)
