@@ -200,7 +200,8 @@ def _call_with_deadline(reward: Reward, name: str, timeout_s: float, images, pro
         raise RewardTimeout(f"not called: {hung} earlier calls are still running past their {timeout_s:g} s timeout")
     box: dict[str, Any] = {}
     done = threading.Event()
-    abandoned = threading.Event()
+    lock = threading.Lock()  # the call's end and its abandonment are decided once, in one order
+    flags = {"finished": False, "abandoned": False}
 
     def run() -> None:
         try:
@@ -208,19 +209,23 @@ def _call_with_deadline(reward: Reward, name: str, timeout_s: float, images, pro
         except BaseException as exc:  # handed to the caller, which decides
             box["exc"] = exc
         finally:
+            with lock:
+                flags["finished"] = True
+                abandoned = flags["abandoned"]
             done.set()
-            if abandoned.is_set():
+            if abandoned:
                 _HUNG.add(reward, -1)
                 logger.warning("reward %r: a call abandoned after its %g s timeout has returned", name, timeout_s)
 
     threading.Thread(target=run, name=f"reward-{name}", daemon=True).start()
     if not done.wait(timeout_s):
-        _HUNG.add(reward, 1)
-        abandoned.set()
-        if done.is_set():  # it finished just now: take its result after all
-            _HUNG.add(reward, -1)
-        else:
+        with lock:
+            if not flags["finished"]:  # else it finished just now: take its result after all
+                flags["abandoned"] = True
+                _HUNG.add(reward, 1)
+        if flags["abandoned"]:
             raise RewardTimeout(f"timed out after {timeout_s:g} s (the call is left running in a daemon thread)")
+        done.wait()
     if "exc" in box:
         raise box["exc"]
     return box["out"]

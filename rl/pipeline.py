@@ -15,9 +15,9 @@ The rollout itself runs as one engine call in both paths (an engine that streams
 samples could feed this loop earlier; `KVCacheEngine` finishes every sample at once).
 
 Timings (seconds, added to ``Generation.timings``): ``time/rollout``, ``time/decode`` (summed over the
-chunks, CUDA-synchronised on a GPU), ``time/reward`` (the span the rewards were busy, from the first
-call's start to the last one's end) and ``time/reward_wait`` (what the step spent blocked on rewards;
-equal to ``time/reward`` when sequential). ``1 - reward_wait / reward`` is the share of reward time
+chunks, CUDA-synchronised on a GPU), ``time/reward`` (the reward stage's span: from the first chunk's
+submission until the step holds every reward) and ``time/reward_wait`` (the part of it the step spent
+blocked on rewards; all of it when sequential). ``1 - reward_wait / reward`` is the share of reward time
 hidden behind decoding.
 """
 
@@ -95,6 +95,7 @@ def generate_and_score(
         done.append(pending.popleft().result())
         t["time/reward_wait"] += time.perf_counter() - start
 
+    first_submit = None
     for rows in chunk_slices(b, decode_chunk_size, num_generations):
         start = time.perf_counter()
         images = decode_rows(policy, gen.rollout, num_generations, rows)
@@ -102,6 +103,7 @@ def generate_and_score(
         t["time/decode"] += time.perf_counter() - start
         gen.images.extend(images)
         if pipelined:
+            first_submit = first_submit or time.perf_counter()
             pending.append(rewards.submit(images, prompts[rows], metadata[rows]))
             while len(pending) > max_pending:  # the bounded queue: decoding waits for the oldest chunk
                 wait_oldest()
@@ -109,7 +111,8 @@ def generate_and_score(
         while pending:
             wait_oldest()
         scored = CombinedScores.concat(done)
-        t["time/reward"] = scored.finished - scored.started
+        assert first_submit is not None
+        t["time/reward"] = time.perf_counter() - first_submit  # the waits lie inside this span
     else:
         start = time.perf_counter()
         scored = rewards.submit(gen.images, prompts, metadata).result()

@@ -20,3 +20,4 @@ def test_bench_step_runs_both_modes_with_the_same_rewards(tmp_path, capsys):
         assert r["images_per_s"] > 0 and 0.0 <= r["reward_hidden_fraction"] <= 1.0
         assert {"rollout", "decode", "reward", "reward_wait", "update", "step"} <= set(r["mean_stage_s"])
     assert summary["modes"]["sequential"]["reward_hidden_fraction"] == 0.0
+    assert summary["paired_step_diff_s"]["of"] == 2

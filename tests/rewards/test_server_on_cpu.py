@@ -176,8 +176,9 @@ def test_openapi_schema_describes_the_score_route(reward_server):
 def test_killing_and_restarting_the_server_mid_run_loses_and_duplicates_nothing(reward_server, caplog):
     server = reward_server(f"{SERVER_REWARDS}:slow_grey")
     port = server.port
-    client = RemoteReward(server.url, batch_size=4, max_concurrency=2, timeout_s=20, retries=30, backoff_s=0.05,
-                          max_backoff_s=0.3)
+    # a retry budget of ~2-4 minutes (bounded): a loaded machine may take a while to start the new server
+    client = RemoteReward(server.url, batch_size=4, max_concurrency=2, timeout_s=20, retries=1000, backoff_s=0.05,
+                          max_backoff_s=0.25)
     calls, per_call = 24, 8
     results: list = [None] * calls
     want = [grey_of(_images(per_call, start=c * per_call)) for c in range(calls)]
@@ -197,7 +198,7 @@ def test_killing_and_restarting_the_server_mid_run_loses_and_duplicates_nothing(
         server.kill()  # mid-run, most likely mid-request (each batch sleeps 50 ms)
         time.sleep(0.5)
         reward_server(f"{SERVER_REWARDS}:slow_grey", port=port)  # the same address
-        worker.join(timeout=180)
+        worker.join(timeout=400)
     assert not worker.is_alive()
     for c in range(calls):
         assert len(results[c].scores) == per_call
