@@ -27,6 +27,8 @@ from typing import Any
 import yaml
 
 from blip3o_rl import registry
+from blip3o_rl.rewards.base import REMOTE_PREFIX
+from blip3o_rl.rewards.remote import RemoteReward
 from blip3o_rl.rl.advantages import REWARD_AGGREGATIONS, SCALE_REWARDS
 from blip3o_rl.rl.loss import loss_types
 
@@ -539,6 +541,12 @@ def check_components(cfg: TrainConfig, where: Any = None) -> None:
     resolve("engine", cfg.rollout.engine, "rollout.engine", dict(cfg.rollout.engine_kwargs), "rollout.engine_kwargs")
     for prefix, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
         for i, spec in enumerate(specs):
+            if spec.reward.startswith(REMOTE_PREFIX):  # a reward server: its client's settings are checked
+                try:
+                    registry.check_kwargs("reward", spec.reward, RemoteReward, dict(spec.kwargs))
+                except registry.ComponentError as exc:
+                    fail(f"{prefix}.{i}.kwargs", str(exc))
+                continue
             resolve("reward", spec.reward, f"{prefix}.{i}.reward", dict(spec.kwargs))
     for key, f in (("data.train_file", cfg.data.train_file), ("eval.prompts_file", cfg.eval.prompts_file)):
         if f is not None and not Path(f).is_file():
