@@ -153,32 +153,16 @@ class RemoteReward:
                       for i, im in enumerate(images)]
         except (TypeError, ValueError) as exc:  # metadata that is not JSON, an image PIL cannot save
             return self._failed(n, rid, 0, f"cannot encode the request: {type(exc).__name__}: {exc}")
-        last = ""
-        for attempt in range(1, self.retries + 2):
-            retry_after: float | None = None
-            try:
-                resp = self._session().post(f"{self.url}/score", files=files, headers=self._headers(rid),
-                                            timeout=self.timeout)
-            except Exception as exc:  # requests' ConnectionError, Timeout, ChunkedEncodingError...
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code == 200:
-                    try:
-                        return self._parse(resp.json(), n, rid, attempt)
-                    except (ValueError, KeyError, TypeError) as exc:
-                        return self._failed(n, rid, attempt, f"bad answer from the server: {exc}")
-                last = f"HTTP {resp.status_code}: {_reason(resp)}"
-                if resp.status_code not in RETRY_STATUS:
-                    return self._failed(n, rid, attempt, last)  # a 4xx would fail again: no retry
-                retry_after = _retry_after(resp)
-            if attempt > self.retries:
-                break
-            ceiling = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-            delay = random.uniform(ceiling / 2, ceiling) if retry_after is None else min(retry_after, self.max_backoff_s)
-            logger.warning("remote reward %s: request %s (%d images) attempt %d failed (%s); retrying in %.2f s",
-                           self.url, rid, n, attempt, last, delay)
-            time.sleep(delay)
-        return self._failed(n, rid, self.retries + 1, last)
+        resp, attempts, last = post_with_retries(
+            self._session(), f"{self.url}/score", what=f"remote reward {self.url}: request {rid} ({n} images)",
+            timeout=self.timeout, retries=self.retries, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s,
+            files=files, headers=self._headers(rid))
+        if resp is None:
+            return self._failed(n, rid, attempts, last)
+        try:
+            return self._parse(resp.json(), n, rid, attempts)
+        except (ValueError, KeyError, TypeError) as exc:
+            return self._failed(n, rid, attempts, f"bad answer from the server: {exc}")
 
     def _headers(self, rid: str) -> dict[str, str]:
         headers = {"X-Request-ID": rid}
@@ -201,6 +185,39 @@ class RemoteReward:
         logger.error("%s; its %d samples score None", msg, n)
         remote = {"url": self.url, "request_id": rid, "attempts": attempts}
         return RewardOutput([None] * n, [{"error": msg, "remote": remote} for _ in range(n)])
+
+
+def post_with_retries(session: Any, url: str, *, what: str, timeout: float | tuple[float, float], retries: int,
+                      backoff_s: float, max_backoff_s: float, **request: Any) -> tuple[Any | None, int, str]:
+    """POST ``url`` (``request``: `requests` keyword arguments) until an HTTP 200, with the retry policy above.
+
+    Connection errors, timeouts and `RETRY_STATUS` answers are retried up to ``retries`` times, waiting
+    ``backoff_s`` doubled per attempt up to ``max_backoff_s``, each wait drawn in [half, all] of it
+    (jitter), or the server's ``Retry-After``; any other status fails at once. Returns ``(response,
+    attempts, "")`` on a 200, else ``(None, attempts, the last reason)``. ``what`` names the request in
+    the log. Shared by `RemoteReward` and the VLM judge (`blip3o_rl.rewards.judge`).
+    """
+    last = ""
+    for attempt in range(1, retries + 2):
+        retry_after: float | None = None
+        try:
+            resp = session.post(url, timeout=timeout, **request)
+        except Exception as exc:  # requests' ConnectionError, Timeout, ChunkedEncodingError...
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if resp.status_code == 200:
+                return resp, attempt, ""
+            last = f"HTTP {resp.status_code}: {_reason(resp)}"
+            if resp.status_code not in RETRY_STATUS:
+                return None, attempt, last  # a 4xx would fail again: no retry
+            retry_after = _retry_after(resp)
+        if attempt > retries:
+            break
+        ceiling = min(max_backoff_s, backoff_s * 2 ** (attempt - 1))
+        delay = random.uniform(ceiling / 2, ceiling) if retry_after is None else min(retry_after, max_backoff_s)
+        logger.warning("%s: attempt %d failed (%s); retrying in %.2f s", what, attempt, last, delay)
+        time.sleep(delay)
+    return None, retries + 1, last
 
 
 def _reason(resp: Any) -> str:

@@ -29,7 +29,7 @@ import yaml
 from blip3o_rl import registry
 from blip3o_rl.rewards.base import REMOTE_PREFIX
 from blip3o_rl.rewards.remote import RemoteReward
-from blip3o_rl.rl.advantages import SCALE_REWARDS
+from blip3o_rl.rl.advantages import REWARD_AGGREGATIONS, SCALE_REWARDS
 from blip3o_rl.rl.loss import loss_types
 
 
@@ -91,6 +91,9 @@ class GRPOConfig:
     epsilon_high: float | None = None  # None: same as epsilon
     loss_type: str = "bnpo"
     scale_rewards: str = "group"  # group | batch | none
+    # several rewards: "sum" (weighted total, then normalised) or "normalize_then_sum" (each reward
+    # normalised within its group, weighted, summed, then normalised as scale_rewards says; rl/advantages.py)
+    reward_aggregation: str = "sum"
     num_iterations: int = 1  # μ: optimizer passes over each rollout batch
     max_failed_reward_steps: int = 3  # steps in a row in which every sample's reward failed that stop the run (0: never)
 
@@ -136,6 +139,15 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class GuardSpec:
+    """One ``eval.guard`` entry: watch ``eval/<reward>/mean`` for a drop while training rises (rl/eval_guard.py)."""
+
+    reward: str  # the name of an eval reward (its log name)
+    margin: float = 0.05  # drop from its best (in the reward's units) that triggers
+    stop: bool = False  # true: stop the run (after a checkpoint) when triggered; false: warn and log only
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     eval_every: int = 0  # steps between evaluations; 0 disables
     prompts_file: str | None = _path_field()
@@ -145,6 +157,9 @@ class EvalConfig:
     # "rollout": sample like training; "inference": the policy's inference values (BLIP3o-NEXT: top-k
     # 1200, top-p 0.95, as published GenEval / OCR numbers)
     sampling: str = "rollout"
+    # over-optimisation guard per eval reward: warn (or stop) when it falls by more than `margin` from
+    # its best while the training reward rises (rl/eval_guard.py)
+    guard: tuple[GuardSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,6 +178,10 @@ class CheckpointConfig:
     save_every: int = 0  # steps between checkpoints; 0: only the final one
     keep_last: int = 2  # 0: keep every checkpoint
     save_final: bool = True
+    # keep the checkpoint of the best value of this eval metric in checkpoints/best/ (never pruned by
+    # keep_last), e.g. "eval/geneval/mean"; null: off (rl/best_checkpoint.py)
+    best_metric: str | None = None
+    best_mode: str = "max"  # max | min
 
 
 @dataclass(frozen=True)
@@ -413,6 +432,8 @@ def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
     check(g.micro_batch_size >= 1, "grpo.micro_batch_size", "must be >= 1")
     check(g.loss_type in loss_types(), "grpo.loss_type", f"must be one of {loss_types()}, got {g.loss_type!r}")
     check(g.scale_rewards in SCALE_REWARDS, "grpo.scale_rewards", f"must be one of {SCALE_REWARDS}")
+    check(g.reward_aggregation in REWARD_AGGREGATIONS, "grpo.reward_aggregation",
+          f"must be one of {tuple(REWARD_AGGREGATIONS)}, got {g.reward_aggregation!r}")
     check(g.num_iterations >= 1, "grpo.num_iterations", "must be >= 1")
     check(g.beta >= 0, "grpo.beta", "must be >= 0")
     check(g.epsilon >= 0 and (g.epsilon_high is None or g.epsilon_high >= 0), "grpo.epsilon", "must be >= 0")
@@ -455,6 +476,18 @@ def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
     check(cfg.eval.eval_every == 0 or cfg.eval.prompts_file is not None, "eval.prompts_file",
           "needed when eval.eval_every > 0")
     check(cfg.eval.num_generations >= 1, "eval.num_generations", "must be >= 1")
+    eval_names = [s.log_name for s in (cfg.eval.rewards or cfg.rewards)]
+    for i, gs in enumerate(cfg.eval.guard):
+        check(gs.reward in eval_names, f"eval.guard.{i}.reward",
+              f"{gs.reward!r} is not an eval reward (eval rewards: {eval_names})")
+        check(gs.margin >= 0, f"eval.guard.{i}.margin", "must be >= 0")
+    check(not cfg.eval.guard or cfg.eval.eval_every > 0, "eval.guard", "needs evaluations: set eval.eval_every > 0")
+    c = cfg.checkpoint
+    check(c.best_mode in ("max", "min"), "checkpoint.best_mode", f"must be 'max' or 'min', got {c.best_mode!r}")
+    if c.best_metric is not None:
+        known = [f"eval/{n}/mean" for n in eval_names]
+        check(c.best_metric in known, "checkpoint.best_metric", f"{c.best_metric!r} is not an eval metric (one of {known})")
+        check(cfg.eval.eval_every > 0, "checkpoint.best_metric", "needs evaluations: set eval.eval_every > 0")
     check(m.policy is not None, "model.policy",
           f"required: one of {registry.names('policy')} or 'package.module:PolicyClass'")
     check(not (m.build and m.name_or_path is not None), "model.build",

@@ -25,7 +25,8 @@ from accelerate import Accelerator
 
 from blip3o_rl.policies import can_build, load_policy, policy_class
 from blip3o_rl.rewards import WeightedRewards, load_reward
-from blip3o_rl.rl.advantages import count_groups_without_baseline, group_advantages
+from blip3o_rl.rl.advantages import count_groups_without_baseline, reward_advantages
+from blip3o_rl.rl.best_checkpoint import BestCheckpoint
 from blip3o_rl.rl.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -38,6 +39,7 @@ from blip3o_rl.rl.config import ConfigError, RewardSpec, TrainConfig, check_comp
 from blip3o_rl.rl.data import PromptSampler, check_prompt_lengths, load_prompts
 from blip3o_rl.rl.engines import Rollout, build_engine, stream_seed
 from blip3o_rl.rl.errors import CheckpointError, ResumeError, TrainingStopped
+from blip3o_rl.rl.eval_guard import OverOptimisationGuard
 from blip3o_rl.rl.finetune import FinetuneSetup
 from blip3o_rl.rl.generate import sample_and_decode
 from blip3o_rl.rl.guard import FiniteUpdateGuard
@@ -142,6 +144,8 @@ class GRPOTrainer:
         self.eval_rows = load_prompts(cfg.eval.prompts_file)[: cfg.eval.num_prompts] if cfg.eval.prompts_file else []
         if cfg.eval.prompts_file:
             self._check_prompts(self.eval_rows, cfg.eval.prompts_file)
+        self.overopt = OverOptimisationGuard(cfg.eval.guard)  # rl/eval_guard.py
+        self.best = BestCheckpoint(self.out / "checkpoints", cfg.checkpoint.best_metric, cfg.checkpoint.best_mode)
 
         if self.resume_from is not None:
             self._resume(self.resume_from)
@@ -223,29 +227,41 @@ class GRPOTrainer:
         checkpoint (`TrainingStopped`), and a reward that fails every sample stops it (rl/reward_watch.py)."""
         cfg, main = self.cfg, self.acc.is_main_process
         if self.start_step == 0 and cfg.eval.eval_every and main:
-            self.log.log(0, self.evaluate())
+            first = self.evaluate()
+            self.log.log(0, {**first, **self._watch(0, first)})
         progress = Progress(self.start_step, cfg.max_steps, bar=self.show_bars, enabled=main)  # rl/progress.py
         with StopSignals() as stop:  # rl/signals.py
             for step in range(self.start_step + 1, cfg.max_steps + 1):
                 metrics = self.step(step)
                 if cfg.eval.eval_every and (step % cfg.eval.eval_every == 0 or step == cfg.max_steps):
                     metrics.update(self.evaluate())
-                logged = step % cfg.logging.log_every == 0 or step == cfg.max_steps
+                metrics.update(self._watch(step, metrics))  # over-optimisation guard, best checkpoint
+                guard_stop = self.overopt.stop_reason is not None
+                logged = step % cfg.logging.log_every == 0 or step == cfg.max_steps or guard_stop
                 if main and logged:
                     self.log.log(step, metrics)
                 progress.update(step, metrics, logged)
                 saved = None
-                if (cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0) or (
+                if ((cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0) or guard_stop or (
                     step == cfg.max_steps and cfg.checkpoint.save_final
-                ):
+                )) and self.best.saved_step != step:
                     saved = self.save_checkpoint(step)
                 self.rewards.check(step, last=step == cfg.max_steps)
+                if guard_stop:
+                    logger.warning("stopping at step %d: %s", step, self.overopt.stop_reason)
+                    break
                 if stop.received is not None and step < cfg.max_steps:
                     path = saved or self.save_checkpoint(step)
                     progress.close()
                     raise TrainingStopped(stop.name, stop.received, step, path)
         progress.close()
         return self._summarise() if main else {}
+
+    def _watch(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+        """The eval watchers: the over-optimisation guard (rl/eval_guard.py), then the best checkpoint."""
+        out = self.overopt.observe(step, metrics)
+        out.update(self.best.observe(step, metrics, self.save_checkpoint))
+        return out
 
     def step(self, step: int) -> dict[str, float]:
         """One GRPO step: prompts → rollouts → images → rewards → advantages → μ updates."""
@@ -275,9 +291,14 @@ class GRPOTrainer:
                     first_error = next(d for s, d in zip(out.scores, out.details, strict=True) if s is None)
                     logger.warning("step %d: reward %r failed on %d of %d samples (first: %s)", step, name,
                                    out.num_failed, len(out.scores), first_error.get("error", first_error))
-            # 4. Advantages over the gathered rewards of all ranks (whole groups live on one rank).
+            # 4. Advantages over the gathered per-reward scores of all ranks (whole groups live on one rank),
+            #    combined as grpo.reward_aggregation says (rl/advantages.py).
             all_rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()  # [world * B]
-            adv = group_advantages(all_rewards, g.num_generations, g.scale_rewards)
+            per = torch.tensor([[math.nan if x is None else x for x in scored.outputs[s.log_name].scores]
+                                for s in self.cfg.rewards], dtype=torch.float32).T  # [B, K]
+            all_per = self.acc.gather(per.contiguous().to(self.acc.device)).cpu()  # [world * B, K]
+            adv = reward_advantages(all_per, [s.weight for s in self.cfg.rewards], g.num_generations,
+                                    g.scale_rewards, g.reward_aggregation)
             b = rewards.numel()
             adv = adv[self.rank * b : (self.rank + 1) * b].to(self.acc.device)  # [B]
             mask = (~torch.isnan(rewards)).to(self.acc.device)  # [B]
@@ -442,6 +463,10 @@ class GRPOTrainer:
             for k in evals[0]:
                 if k.startswith("eval/") and k.endswith("/mean"):
                     summary[f"{k}_before"], summary[f"{k}_after"] = evals[0][k], evals[-1].get(k, math.nan)
+        if self.overopt.stop_reason is not None:
+            summary["stopped_by_guard_at_step"] = float(metrics[-1]["step"])
+        if self.best.best_step is not None:
+            summary["best_checkpoint_step"] = float(self.best.best_step)
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
