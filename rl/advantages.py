@@ -10,9 +10,15 @@ std is Bessel-corrected. A failed sample (NaN reward) takes no part in its group
 gets advantage 0; the trainer also masks it out of the loss (a zero advantage alone is not an
 exclusion: the KL term would still act on it). A group with fewer than 2 valid rewards has no
 baseline, so all its advantages are 0.
+
+Several rewards (`reward_advantages`, ``grpo.reward_aggregation``): ``sum`` takes the weighted total
+``r = Σ_k w_k r_k`` first (the reward with the widest spread dominates); ``normalize_then_sum``
+standardises each reward within its group first, so each counts by its weight, whatever its units.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -68,3 +74,59 @@ def count_groups_without_baseline(rewards: torch.Tensor, group_size: int) -> int
     """Number of groups with fewer than 2 valid rewards (their advantages are all 0)."""
     valid = ~torch.isnan(rewards.float().view(-1, group_size))
     return int((valid.sum(1) < 2).sum().item())  # host sync: logging only
+
+
+# --------------------------------------------------------------------------- several rewards
+
+
+def _sum_then_normalise(scores: torch.Tensor, weights: torch.Tensor, group_size: int,
+                        scale_rewards: str) -> torch.Tensor:
+    """``sum``: the weighted total ``Σ_k w_k r_k`` of each sample, then `group_advantages`."""
+    total = (scores * weights).sum(1)  # [B]; NaN where any reward failed the sample
+    return group_advantages(total, group_size, scale_rewards)
+
+
+def _normalise_then_sum(scores: torch.Tensor, weights: torch.Tensor, group_size: int,
+                        scale_rewards: str) -> torch.Tensor:
+    """``normalize_then_sum`` (GDPO): each reward standardised in its group, weighted, summed, then
+    `group_advantages` of that sum with ``scale_rewards``.
+
+    Per reward k: ``z_k = (r_k − mean_group(r_k)) / (std_group(r_k) + 1e-4)`` over the samples that
+    every reward scored; ``s = Σ_k w_k z_k``; ``A = group_advantages(s, scale_rewards)``. A reward
+    constant within a group contributes 0 there, whatever its units.
+    """
+    valid = ~torch.isnan(scores).any(1, keepdim=True)  # [B, 1]: failed by any reward -> out of every statistic
+    masked = torch.where(valid, scores, torch.full_like(scores, math.nan))  # [B, K]
+    z = torch.stack([group_advantages(masked[:, k], group_size, "group") for k in range(scores.shape[1])], 1)
+    z = torch.where(valid, z, torch.full_like(z, math.nan))  # [B, K]; failed samples stay NaN (excluded)
+    return group_advantages((z * weights).sum(1), group_size, scale_rewards)
+
+
+#: ``grpo.reward_aggregation`` -> fn(scores [B, K], weights [K], group_size, scale_rewards) -> advantages [B]
+REWARD_AGGREGATIONS = {"sum": _sum_then_normalise, "normalize_then_sum": _normalise_then_sum}
+
+
+def reward_advantages(scores: torch.Tensor, weights: torch.Tensor | list[float], group_size: int,
+                      scale_rewards: str = "group", aggregation: str = "sum") -> torch.Tensor:
+    """Advantages from several rewards.
+
+    Args:
+        scores: ``[B, K]`` per-sample, per-reward scores, groups contiguous along B; NaN marks a sample
+            that reward failed (the sample is then excluded from every reward's statistics, advantage 0).
+        weights: ``[K]`` reward weights.
+        group_size: samples per prompt.
+        scale_rewards: "group", "batch" or "none", applied to the combined reward.
+        aggregation: "sum" (weight, sum, normalise: the classic GRPO reward) or "normalize_then_sum"
+            (normalise each reward in its group, weight, sum, normalise again), see `REWARD_AGGREGATIONS`.
+
+    Returns:
+        ``[B]`` advantages.
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be [samples, rewards], got shape {tuple(scores.shape)}")
+    w = torch.as_tensor(weights, dtype=torch.float32)
+    if w.shape != (scores.shape[1],):
+        raise ValueError(f"{scores.shape[1]} rewards but {w.numel()} weights")
+    if aggregation not in REWARD_AGGREGATIONS:
+        raise ValueError(f"reward_aggregation must be one of {tuple(REWARD_AGGREGATIONS)}, got {aggregation!r}")
+    return REWARD_AGGREGATIONS[aggregation](scores.float(), w, group_size, scale_rewards)

@@ -27,7 +27,9 @@ from typing import Any
 import yaml
 
 from blip3o_rl import registry
-from blip3o_rl.rl.advantages import SCALE_REWARDS
+from blip3o_rl.rewards.base import REMOTE_PREFIX
+from blip3o_rl.rewards.remote import RemoteReward
+from blip3o_rl.rl.advantages import REWARD_AGGREGATIONS, SCALE_REWARDS
 from blip3o_rl.rl.loss import loss_types
 
 
@@ -62,8 +64,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: str = "kv_cache"
+    engine: str = "kv_cache"  # kv_cache (alias hf) | static | vllm | vllm_server | "package.module:Class"
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # the engine's constructor arguments
+    # Truncated importance sampling between the engine's and the trainer's log-probs, w = min(π_old / π_engine,
+    # is_cap) on each token's policy-gradient term: "auto" when the engine's numerics differ from the
+    # trainer's (vLLM: its own kernels), "on", or "off"
+    is_correction: str = "auto"
+    is_cap: float = 2.0
     temperature: float = 1.0
     top_k: int = 0  # 0 = untruncated (the RL default); the trainer applies the same truncation
     top_p: float = 1.0
@@ -71,6 +78,11 @@ class RolloutConfig:
     # generate() resolved them (the checkpoint's generation_config.json, else transformers' top-k 50)
     sampling_from: str = "config"
     logprob_chunk_size: int = 128  # positions per chunk of image-head logits in the trainer's forward
+    # Samples per decode call, a multiple of grpo.num_generations (null: the whole batch at once).
+    decode_chunk_size: int | None = None
+    # Score each decoded chunk while the next one decodes (rl/pipeline.py); same results as without.
+    pipeline_rewards: bool = False
+    max_pending_chunks: int = 4  # decoded chunks waiting for their rewards before decoding pauses
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,9 @@ class GRPOConfig:
     epsilon_high: float | None = None  # None: same as epsilon
     loss_type: str = "bnpo"
     scale_rewards: str = "group"  # group | batch | none
+    # several rewards: "sum" (weighted total, then normalised) or "normalize_then_sum" (each reward
+    # normalised within its group, weighted, summed, then normalised as scale_rewards says; rl/advantages.py)
+    reward_aggregation: str = "sum"
     num_iterations: int = 1  # μ: optimizer passes over each rollout batch
     max_failed_reward_steps: int = 3  # steps in a row in which every sample's reward failed that stop the run (0: never)
 
@@ -112,6 +127,9 @@ class RewardSpec:
     name: str | None = None  # name in the logs (default: `reward`)
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Seconds one call of this reward may take; past it the batch's samples fail (excluded, counted) and
+    # training goes on. null: no limit. The hung call is left running in a daemon thread (rewards/base.py).
+    timeout_s: float | None = None
 
     @property
     def log_name(self) -> str:
@@ -125,6 +143,15 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class GuardSpec:
+    """One ``eval.guard`` entry: watch ``eval/<reward>/mean`` for a drop while training rises (rl/eval_guard.py)."""
+
+    reward: str  # the name of an eval reward (its log name)
+    margin: float = 0.05  # drop from its best (in the reward's units) that triggers
+    stop: bool = False  # true: stop the run (after a checkpoint) when triggered; false: warn and log only
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     eval_every: int = 0  # steps between evaluations; 0 disables
     prompts_file: str | None = _path_field()
@@ -134,6 +161,9 @@ class EvalConfig:
     # "rollout": sample like training; "inference": the policy's inference values (BLIP3o-NEXT: top-k
     # 1200, top-p 0.95, as published GenEval / OCR numbers)
     sampling: str = "rollout"
+    # over-optimisation guard per eval reward: warn (or stop) when it falls by more than `margin` from
+    # its best while the training reward rises (rl/eval_guard.py)
+    guard: tuple[GuardSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +182,10 @@ class CheckpointConfig:
     save_every: int = 0  # steps between checkpoints; 0: only the final one
     keep_last: int = 2  # 0: keep every checkpoint
     save_final: bool = True
+    # keep the checkpoint of the best value of this eval metric in checkpoints/best/ (never pruned by
+    # keep_last), e.g. "eval/geneval/mean"; null: off (rl/best_checkpoint.py)
+    best_metric: str | None = None
+    best_mode: str = "max"  # max | min
 
 
 @dataclass(frozen=True)
@@ -415,13 +449,21 @@ def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
     check(g.micro_batch_size >= 1, "grpo.micro_batch_size", "must be >= 1")
     check(g.loss_type in loss_types(), "grpo.loss_type", f"must be one of {loss_types()}, got {g.loss_type!r}")
     check(g.scale_rewards in SCALE_REWARDS, "grpo.scale_rewards", f"must be one of {SCALE_REWARDS}")
+    check(g.reward_aggregation in REWARD_AGGREGATIONS, "grpo.reward_aggregation",
+          f"must be one of {tuple(REWARD_AGGREGATIONS)}, got {g.reward_aggregation!r}")
     check(g.num_iterations >= 1, "grpo.num_iterations", "must be >= 1")
     check(g.beta >= 0, "grpo.beta", "must be >= 0")
     check(g.epsilon >= 0 and (g.epsilon_high is None or g.epsilon_high >= 0), "grpo.epsilon", "must be >= 0")
     check(r.temperature > 0, "rollout.temperature", "must be > 0 for RL sampling")
     check(r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
     check(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+    check(r.is_correction in ("auto", "on", "off"), "rollout.is_correction", "must be 'auto', 'on' or 'off'")
+    check(r.is_cap >= 1, "rollout.is_cap", "must be >= 1")
     check(r.logprob_chunk_size >= 1, "rollout.logprob_chunk_size", "must be >= 1")
+    check(r.decode_chunk_size is None or (r.decode_chunk_size > 0 and r.decode_chunk_size % g.num_generations == 0),
+          "rollout.decode_chunk_size", f"must be a positive multiple of grpo.num_generations={g.num_generations} "
+          f"(whole groups), got {r.decode_chunk_size}")
+    check(r.max_pending_chunks >= 1, "rollout.max_pending_chunks", "must be >= 1")
     check(r.sampling_from in ("config", "checkpoint"), "rollout.sampling_from", "must be 'config' or 'checkpoint'")
     check(r.sampling_from == "config" or (r.top_k, r.top_p) == (0, 1.0), "rollout.sampling_from",
           "'checkpoint' takes top_k / top_p from the checkpoint: leave rollout.top_k / top_p unset")
@@ -449,11 +491,26 @@ def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
     check(cfg.num_threads is None or cfg.num_threads >= 1, "num_threads", "must be >= 1 (or null)")
     check(len(cfg.rewards) > 0, "rewards", "at least one reward is needed")
     check(cfg.data.train_file is not None, "data.train_file", "a prompt file is needed")
+    for key, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
+        for i, rspec in enumerate(specs):
+            check(rspec.timeout_s is None or rspec.timeout_s > 0, f"{key}.{i}.timeout_s", "must be > 0 (or null)")
     names = [s.log_name for s in cfg.rewards]
     check(len(set(names)) == len(names), "rewards", f"reward names must be unique, got {names}")
     check(cfg.eval.eval_every == 0 or cfg.eval.prompts_file is not None, "eval.prompts_file",
           "needed when eval.eval_every > 0")
     check(cfg.eval.num_generations >= 1, "eval.num_generations", "must be >= 1")
+    eval_names = [s.log_name for s in (cfg.eval.rewards or cfg.rewards)]
+    for i, gs in enumerate(cfg.eval.guard):
+        check(gs.reward in eval_names, f"eval.guard.{i}.reward",
+              f"{gs.reward!r} is not an eval reward (eval rewards: {eval_names})")
+        check(gs.margin >= 0, f"eval.guard.{i}.margin", "must be >= 0")
+    check(not cfg.eval.guard or cfg.eval.eval_every > 0, "eval.guard", "needs evaluations: set eval.eval_every > 0")
+    c = cfg.checkpoint
+    check(c.best_mode in ("max", "min"), "checkpoint.best_mode", f"must be 'max' or 'min', got {c.best_mode!r}")
+    if c.best_metric is not None:
+        known = [f"eval/{n}/mean" for n in eval_names]
+        check(c.best_metric in known, "checkpoint.best_metric", f"{c.best_metric!r} is not an eval metric (one of {known})")
+        check(cfg.eval.eval_every > 0, "checkpoint.best_metric", "needs evaluations: set eval.eval_every > 0")
     check(m.policy is not None, "model.policy",
           f"required: one of {registry.names('policy')} or 'package.module:PolicyClass'")
     check(not (m.build and m.name_or_path is not None), "model.build",
@@ -514,6 +571,12 @@ def check_components(cfg: TrainConfig, where: Any = None) -> None:
     resolve("engine", cfg.rollout.engine, "rollout.engine", dict(cfg.rollout.engine_kwargs), "rollout.engine_kwargs")
     for prefix, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
         for i, spec in enumerate(specs):
+            if spec.reward.startswith(REMOTE_PREFIX):  # a reward server: its client's settings are checked
+                try:
+                    registry.check_kwargs("reward", spec.reward, RemoteReward, dict(spec.kwargs))
+                except registry.ComponentError as exc:
+                    fail(f"{prefix}.{i}.kwargs", str(exc))
+                continue
             resolve("reward", spec.reward, f"{prefix}.{i}.reward", dict(spec.kwargs))
     for key, f in (("data.train_file", cfg.data.train_file), ("eval.prompts_file", cfg.eval.prompts_file)):
         if f is not None and not Path(f).is_file():

@@ -298,6 +298,7 @@ class GatheredRollouts(RolloutEngine):
     def __init__(self, inner: RolloutEngine, lm: nn.Module):
         self.inner, self.lm = inner, lm
         self.provides_hidden_states = inner.provides_hidden_states
+        self.exact_logprobs = inner.exact_logprobs
 
     def setup(self, policy) -> None:
         self.inner.setup(policy)

@@ -9,7 +9,8 @@ evaluation nor the batch a prompt sits in changes what it draws.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,59 @@ def decode_generators(seeds: Sequence[int], num_generations: int, device: torch.
             for i in range(num_generations)]
 
 
+@contextlib.contextmanager
+def eval_mode(lm: torch.nn.Module) -> Iterator[None]:
+    """``lm`` in eval mode for the block, then back to the mode it was in."""
+    was_training = lm.training
+    lm.eval()
+    try:
+        yield
+    finally:
+        lm.train(was_training)
+
+
+def sample_rollout(
+    policy: ImageTokenPolicy,
+    engine: RolloutEngine,
+    captions: Sequence[str],
+    num_generations: int,
+    params: SamplingParams,
+    seeds: Sequence[int],
+    micro_batch_size: int = 16,
+    logprob_chunk_size: int = 128,
+) -> Generation:
+    """The first half of `sample_and_decode`: the codes (and hidden states) of every sample, no images yet."""
+    t: dict[str, float] = {}
+    lm = policy.lm
+    with eval_mode(lm):
+        with timed("rollout", t):
+            ro = engine.generate(policy.prompt_batch(captions), num_generations, params, seeds,
+                                 return_hidden=policy.needs_hidden_states)
+        forward_logprobs = None
+        if policy.needs_hidden_states and ro.hidden_states is None:
+            with timed("hidden_states", t):
+                forward_logprobs, ro.hidden_states = score_rollout(
+                    lm, ro.prompts, ro.codes, params, micro_batch_size, logprob_chunk_size, return_hidden=True,
+                    kept=ro.kept_sizes)
+    return Generation(ro, [], forward_logprobs, t)
+
+
+def decode_rows(policy: ImageTokenPolicy, rollout: Rollout, num_generations: int, rows: slice) -> list[Image.Image]:
+    """Images of the samples ``rows`` (whole groups: ``rows.start`` and ``rows.stop`` multiples of G).
+
+    Each image draws its decode noise from its own generator (`decode_generators`), so decoding a batch
+    in chunks gives the images of decoding it at once.
+    """
+    start, stop, _ = rows.indices(rollout.codes.shape[0])
+    if start % num_generations or stop % num_generations:
+        raise ValueError(f"decode rows {start}:{stop} split a group of {num_generations}")
+    seeds = rollout.seeds[start // num_generations : stop // num_generations]
+    hidden = None if rollout.hidden_states is None else rollout.hidden_states[start:stop]
+    with eval_mode(policy.lm):
+        return policy.decode(rollout.codes[start:stop], hidden,
+                             generators=decode_generators(seeds, num_generations, policy.device))
+
+
 def sample_and_decode(
     policy: ImageTokenPolicy,
     engine: RolloutEngine,
@@ -55,28 +109,14 @@ def sample_and_decode(
     """``num_generations`` images for each caption; ``seeds[j]`` seeds caption j's group.
 
     ``micro_batch_size`` / ``logprob_chunk_size`` bound the memory of the policy forward that supplies
-    the hidden states when the engine does not.
+    the hidden states when the engine does not. (`blip3o_rl.rl.pipeline` runs the same two halves,
+    decoding in chunks that are scored while the next one decodes.)
     """
-    t: dict[str, float] = {}
-    lm = policy.lm
-    was_training = lm.training
-    lm.eval()
-    try:
-        with timed("rollout", t):
-            ro = engine.generate(policy.prompt_batch(captions), num_generations, params, seeds,
-                                 return_hidden=policy.needs_hidden_states)
-        forward_logprobs = None
-        if policy.needs_hidden_states and ro.hidden_states is None:
-            with timed("hidden_states", t):
-                forward_logprobs, ro.hidden_states = score_rollout(
-                    lm, ro.prompts, ro.codes, params, micro_batch_size, logprob_chunk_size, return_hidden=True,
-                    kept=ro.kept_sizes)
-        with timed("decode", t):
-            images = policy.decode(ro.codes, ro.hidden_states,
-                                   generators=decode_generators(ro.seeds, num_generations, policy.device))
-    finally:
-        lm.train(was_training)
-    return Generation(ro, images, forward_logprobs, t)
+    gen = sample_rollout(policy, engine, captions, num_generations, params, seeds, micro_batch_size,
+                         logprob_chunk_size)
+    with timed("decode", gen.timings):
+        gen.images = decode_rows(policy, gen.rollout, num_generations, slice(None))
+    return gen
 
 
 @torch.no_grad()

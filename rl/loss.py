@@ -7,6 +7,10 @@ Per token t of sample i (all log-probs over the image codes only, same mask and 
     kl      = exp(ref_logp - logp) - (ref_logp - logp) - 1          (k3 estimator, >= 0)
     l_{i,t} = pg + beta * kl
 
+With ``is_weights`` ``w_{i,t}`` (truncated importance sampling, `tis_weights`), the policy-gradient term
+becomes ``w_{i,t} · pg``: it corrects for tokens sampled by an engine whose numerics differ from the
+trainer's (``w = min(π_old / π_engine, cap)``, detached; the KL term is not reweighted).
+
 ``mask[i]`` is 0 for an excluded (failed-reward) sample: its inputs are zeroed *before* any arithmetic
 (a NaN advantage or log-prob there cannot reach the loss or the gradients), and its tokens leave the
 numerator, the KL term and every normaliser. The per-token losses become one scalar per optimizer step
@@ -71,6 +75,15 @@ def _dapo(per_token, token_mask, *, valid_tokens, **_):
     return (per_token * token_mask).sum() / valid_tokens
 
 
+def tis_weights(old_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance weights ``min(exp(old - engine), cap)`` ``[B, L]`` (detached): the ratio of the
+    trainer's π_old to the distribution the rollout engine actually sampled from, capped above so a token
+    the engine under-weighted cannot dominate the step (Yao et al., "off-policy RL from mismatched
+    inference", the TIS correction). Non-finite entries (excluded rows) become 1."""
+    w = torch.exp(old_logprobs.detach().float() - engine_logprobs.detach().float()).clamp(max=cap)
+    return torch.where(torch.isfinite(w), w, torch.ones_like(w))
+
+
 @dataclass
 class LossStats:
     """Detached statistics of one micro-batch, averaged over valid tokens."""
@@ -101,6 +114,7 @@ def policy_loss(
     ref_logprobs: torch.Tensor | None = None,
     global_valid_tokens: int | None = None,
     global_valid_samples: int | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Loss of one micro-batch (see the module docstring for the exact objective).
 
@@ -115,6 +129,8 @@ def policy_loss(
         global_valid_tokens, global_valid_samples: valid tokens / samples of the whole step (all
             micro-batches and ranks), the normalisers of every loss type; None: this micro-batch's own
             (it is the whole step).
+        is_weights: ``[B, L]`` truncated importance weights on the policy-gradient term (`tis_weights`);
+            None: no correction.
     """
     if loss_type not in _NORMALISERS:
         raise ValueError(f"loss_type must be one of {loss_types()}, got {loss_type!r}")
@@ -135,6 +151,8 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
     per_token = -torch.min(ratio * adv, clipped * adv)  # [B, L]
+    if is_weights is not None:
+        per_token = per_token * torch.where(rows, is_weights.detach().to(logprobs.dtype), zero)
     kl = None
     if beta > 0:
         assert ref_logprobs is not None, "beta > 0 needs ref_logprobs"

@@ -78,20 +78,38 @@ def sample_codes(
     (and ``kept`` is None: greedy is for generation, not for training).
     """
     if temperature == 0:
-        logp = torch.log_softmax(logits.float(), -1)
-        codes = logp.argmax(-1)
-        return SampledCodes(codes, logp.gather(-1, codes[:, None]).squeeze(-1), None)
-    x = process_logits(logits, temperature, top_k, top_p)
-    kept = torch.isfinite(x).sum(-1) if is_truncated(top_k, top_p) else None  # [B]
-    logp = torch.log_softmax(x, -1)
-    noise = torch.empty_like(logp)
+        return sample_with_noise(logits, None, 0.0)
+    noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    draw_noise(noise, generator, group_size)
+    return sample_with_noise(logits, noise, temperature, top_k, top_p)
+
+
+def draw_noise(noise: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None,
+               group_size: int | None = None) -> torch.Tensor:
+    """Fill ``noise [B, K]`` with Exp(1) draws in place: consecutive blocks of ``group_size`` rows from one
+    generator each (a prompt's group), or all rows from ``generator``. Launches kernels only (no host sync)."""
     if isinstance(generator, Sequence):
-        if group_size is None or group_size * len(generator) != logp.shape[0]:
-            raise ValueError(f"{len(generator)} generators x group_size {group_size} != {logp.shape[0]} rows")
+        if group_size is None or group_size * len(generator) != noise.shape[0]:
+            raise ValueError(f"{len(generator)} generators x group_size {group_size} != {noise.shape[0]} rows")
         for i, gen in enumerate(generator):
             noise[i * group_size : (i + 1) * group_size].exponential_(1, generator=gen)
     else:
         noise.exponential_(1, generator=generator)
+    return noise
+
+
+def sample_with_noise(logits: torch.Tensor, noise: torch.Tensor | None, temperature: float, top_k: int = 0,
+                      top_p: float = 1.0) -> SampledCodes:
+    """`sample_codes` given its Exp(1) ``noise [B, K]`` (`draw_noise`): a pure tensor function, so a
+    compiled decode step can contain it. ``temperature == 0`` is greedy (``noise`` unused, may be None)."""
+    if temperature == 0:
+        logp = torch.log_softmax(logits.float(), -1)
+        codes = logp.argmax(-1)
+        return SampledCodes(codes, logp.gather(-1, codes[:, None]).squeeze(-1), None)
+    assert noise is not None, "sampling at temperature > 0 needs noise"
+    x = process_logits(logits, temperature, top_k, top_p)
+    kept = torch.isfinite(x).sum(-1) if is_truncated(top_k, top_p) else None  # [B]
+    logp = torch.log_softmax(x, -1)
     codes = (logp.exp() / noise).argmax(-1)
     return SampledCodes(codes, logp.gather(-1, codes[:, None]).squeeze(-1), kept)
 

@@ -24,7 +24,8 @@ import yaml
 
 from blip3o_rl.policies import can_build, load_policy, policy_class
 from blip3o_rl.rewards import WeightedRewards, load_reward
-from blip3o_rl.rl.advantages import count_groups_without_baseline, group_advantages
+from blip3o_rl.rl.advantages import count_groups_without_baseline, reward_advantages
+from blip3o_rl.rl.best_checkpoint import BestCheckpoint
 from blip3o_rl.rl.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -47,12 +48,14 @@ from blip3o_rl.rl.data import PromptSampler, check_prompt_lengths, load_prompts
 from blip3o_rl.rl.distributed import Distributed, make_accelerator, resolve_strategy
 from blip3o_rl.rl.engines import Rollout, build_engine, stream_seed
 from blip3o_rl.rl.errors import CheckpointError, ResumeError, RunError, TrainingStopped
+from blip3o_rl.rl.eval_guard import OverOptimisationGuard
 from blip3o_rl.rl.finetune import FinetuneSetup
 from blip3o_rl.rl.generate import sample_and_decode
 from blip3o_rl.rl.guard import FiniteUpdateGuard
 from blip3o_rl.rl.logprobs import micro_batches, score_rollout, sequence_logprobs
-from blip3o_rl.rl.loss import policy_loss
+from blip3o_rl.rl.loss import policy_loss, tis_weights
 from blip3o_rl.rl.optim import build_optimizer, build_scheduler
+from blip3o_rl.rl.pipeline import generate_and_score
 from blip3o_rl.rl.presets import describe as describe_sampling
 from blip3o_rl.rl.presets import eval_sampling, lr_schedule_steps, rollout_sampling
 from blip3o_rl.rl.progress import Progress, quiet_library_bars, show_bars
@@ -72,7 +75,7 @@ logger = logging.getLogger(__name__)
 
 
 def _build_rewards(specs: tuple[RewardSpec, ...]) -> WeightedRewards:
-    return WeightedRewards([(s.log_name, s.weight, load_reward(s.reward, **s.kwargs)) for s in specs])
+    return WeightedRewards([(s.log_name, s.weight, load_reward(s.reward, **s.kwargs), s.timeout_s) for s in specs])
 
 
 class GRPOTrainer:
@@ -134,6 +137,8 @@ class GRPOTrainer:
         self.guard = FiniteUpdateGuard(cfg.optim.max_nonfinite_steps)  # every optimizer step goes through it
 
         engine = build_engine(cfg.rollout.engine, **cfg.rollout.engine_kwargs)
+        r = cfg.rollout  # truncated IS when the engine's numerics differ from ours (rl/loss.py tis_weights)
+        self.is_cap = r.is_cap if r.is_correction == "on" or (r.is_correction == "auto" and not engine.exact_logprobs) else None
         self.engine = self.dist.rollout_engine(engine, self.lm, d.zero3_gather_for_rollout)
         self.engine.setup(self.policy)
         self.sampling, how = rollout_sampling(cfg.rollout, self.policy)  # rl/presets.py
@@ -150,6 +155,8 @@ class GRPOTrainer:
         self.eval_rows = load_prompts(cfg.eval.prompts_file)[: cfg.eval.num_prompts] if cfg.eval.prompts_file else []
         if cfg.eval.prompts_file:
             self._check_prompts(self.eval_rows, cfg.eval.prompts_file)
+        self.overopt = OverOptimisationGuard(cfg.eval.guard)  # rl/eval_guard.py
+        self.best = BestCheckpoint(self.out / "checkpoints", cfg.checkpoint.best_metric, cfg.checkpoint.best_mode)
 
         if self.resume_from is not None:
             self._resume(self.resume_from)
@@ -247,31 +254,43 @@ class GRPOTrainer:
         checkpoint (`TrainingStopped`), and a reward that fails every sample stops it (rl/reward_watch.py)."""
         cfg, main = self.cfg, self.acc.is_main_process
         if self.start_step == 0 and cfg.eval.eval_every:
-            evaluation = self.evaluate()  # every rank: sharded and gathered, as at later steps
+            first = self.evaluate()  # every rank: sharded and gathered, as at later steps
+            watched = self._watch(0, first)  # every rank: the metrics agree, a best checkpoint is collective
             if main:
-                self.log.log(0, evaluation)
+                self.log.log(0, {**first, **watched})
         progress = Progress(self.start_step, cfg.max_steps, bar=self.show_bars, enabled=main)  # rl/progress.py
         with StopSignals() as stop:  # rl/signals.py
             for step in range(self.start_step + 1, cfg.max_steps + 1):
                 metrics = self.step(step)
                 if cfg.eval.eval_every and (step % cfg.eval.eval_every == 0 or step == cfg.max_steps):
                     metrics.update(self.evaluate())
-                logged = step % cfg.logging.log_every == 0 or step == cfg.max_steps
+                metrics.update(self._watch(step, metrics))  # over-optimisation guard, best checkpoint
+                guard_stop = self.overopt.stop_reason is not None
+                logged = step % cfg.logging.log_every == 0 or step == cfg.max_steps or guard_stop
                 if main and logged:
                     self.log.log(step, metrics)
                 progress.update(step, metrics, logged)
                 saved = None
-                if (cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0) or (
+                if ((cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0) or guard_stop or (
                     step == cfg.max_steps and cfg.checkpoint.save_final
-                ):
+                )) and self.best.saved_step != step:
                     saved = self.save_checkpoint(step)
                 self.rewards.check(step, last=step == cfg.max_steps)
+                if guard_stop:
+                    logger.warning("stopping at step %d: %s", step, self.overopt.stop_reason)
+                    break
                 if self.dist.any_rank(stop.received is not None) and step < cfg.max_steps:
                     path = saved or self.save_checkpoint(step)
                     progress.close()
                     raise TrainingStopped(stop.name or "SIGTERM", stop.received or 15, step, path)
         progress.close()
         return self._summarise() if main else {}
+
+    def _watch(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+        """The eval watchers: the over-optimisation guard (rl/eval_guard.py), then the best checkpoint."""
+        out = self.overopt.observe(step, metrics)
+        out.update(self.best.observe(step, metrics, self.save_checkpoint))
+        return out
 
     def step(self, step: int) -> dict[str, float]:
         """One GRPO step: prompts → rollouts → images → rewards → advantages → μ updates."""
@@ -285,24 +304,32 @@ class GRPOTrainer:
             seeds = [stream_seed(self.cfg.seed, "train", step, first + j) for j in range(len(rows))]
 
             # 2. Rollout and decode: exactly N image codes per sample, among the image tokens only.
-            gen = sample_and_decode(self.policy, self.engine, [r.prompt for r in rows], g.num_generations,
-                                    self.sampling, seeds, g.micro_batch_size, self.cfg.rollout.logprob_chunk_size)
+            # 3. Rewards; None (failed) becomes NaN and excludes the sample. With rollout.pipeline_rewards,
+            #    each decoded chunk of whole groups is scored while the next decodes (rl/pipeline.py).
+            rc = self.cfg.rollout
+            gen, scored = generate_and_score(
+                self.policy, self.engine, [r.prompt for r in rows], g.num_generations, self.sampling, seeds,
+                self.rewards, texts, meta, micro_batch_size=g.micro_batch_size,
+                logprob_chunk_size=rc.logprob_chunk_size, decode_chunk_size=rc.decode_chunk_size,
+                pipelined=rc.pipeline_rewards, max_pending=rc.max_pending_chunks)
             ro, images = gen.rollout, gen.images
             t.update(gen.timings)
-            # 3. Rewards; None (failed) becomes NaN and excludes the sample.
-            with timed("reward", t):
-                scored = self.rewards.submit(images, texts, meta).result()
             rewards = torch.tensor([math.nan if s is None else s for s in scored.total], dtype=torch.float32)
             for name, out in scored.outputs.items():
                 if out.num_failed:  # excluded from the loss, counted in the metrics, and said here
                     first_error = next(d for s, d in zip(out.scores, out.details, strict=True) if s is None)
                     logger.warning("step %d: reward %r failed on %d of %d samples (first: %s)", step, name,
                                    out.num_failed, len(out.scores), first_error.get("error", first_error))
-            # 4. Advantages over the gathered rewards of all ranks (whole groups live on one rank).
+            # 4. Advantages over the gathered per-reward scores of all ranks (whole groups live on one rank),
+            #    combined as grpo.reward_aggregation says (rl/advantages.py).
             all_rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()  # [world * B]
-            adv = group_advantages(all_rewards, g.num_generations, g.scale_rewards)
+            per = torch.tensor([[math.nan if x is None else x for x in scored.outputs[s.log_name].scores]
+                                for s in self.cfg.rewards], dtype=torch.float32).T  # [B, K]
+            all_per = self.acc.gather(per.contiguous().to(self.acc.device)).cpu()  # [world * B, K]
+            all_adv = reward_advantages(all_per, [s.weight for s in self.cfg.rewards], g.num_generations,
+                                        g.scale_rewards, g.reward_aggregation)  # [world * B]
             b = rewards.numel()
-            adv = adv[self.rank * b : (self.rank + 1) * b].to(self.acc.device)  # [B]
+            adv = all_adv[self.rank * b : (self.rank + 1) * b].to(self.acc.device)  # [B]
             mask = (~torch.isnan(rewards)).to(self.acc.device)  # [B]
             global_valid = int(self.acc.gather(mask.sum()[None]).sum()) * ro.codes.shape[1]
             # 5. π_old (μ > 1; the trainer's forward, never the engine's log-probs) and π_ref (β > 0).
@@ -317,9 +344,10 @@ class GRPOTrainer:
             # 6. μ optimizer passes over the batch, accumulating over micro-batches.
             with timed("update", t):
                 upd = self._update(ro, adv, mask, old, ref, global_valid)
-            self.engine.update_weights(self.policy)
+            with timed("weight_sync", t):  # an engine with its own copy of the weights reloads them here
+                self.engine.update_weights(self.policy)
 
-        metrics = {**t, **upd, **self._reward_metrics(scored, all_rewards)}
+        metrics = {**t, **upd, **self._reward_metrics(scored, all_rewards, all_adv)}
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])
         if self.acc.is_main_process and self.cfg.logging.image_every and step % self.cfg.logging.image_every == 0:
             self._log_samples(step, images, texts, rewards, scored)
@@ -352,11 +380,13 @@ class GRPOTrainer:
                 last = i == len(slices) - 1
                 with self.dist.no_sync(self.lm, last):  # gradients all-reduced once per update
                     fwd = self._forward(ro, sl)
+                    isw = None if self.is_cap is None else tis_weights(
+                        fwd.logprobs if old is None else old[sl], ro.sampler_logprobs[sl], self.is_cap)
                     loss, st = policy_loss(
                         fwd.logprobs, fwd.logprobs.detach() if old is None else old[sl], adv[sl], mask[sl],
                         loss_type=g.loss_type, epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
                         ref_logprobs=None if ref is None else ref[sl],
-                        global_valid_tokens=global_valid, global_valid_samples=global_samples,
+                        global_valid_tokens=global_valid, global_valid_samples=global_samples, is_weights=isw,
                     )
                     self.dist.backward(self.lm, loss, last)  # x world size: wrappers average (rl/distributed.py)
                 w = st.valid_tokens
@@ -369,6 +399,9 @@ class GRPOTrainer:
                     diff = (fwd.logprobs.detach() - ro.sampler_logprobs[sl])[m].abs()
                     vals["rollout/logprob_diff_mean"] = float(diff.mean())
                     sums["rollout/logprob_diff_max"] = max(sums.get("rollout/logprob_diff_max", 0.0), float(diff.max()))
+                    if isw is not None and self.is_cap is not None:
+                        vals["rollout/is_weight_mean"] = float(isw[m].mean())
+                        vals["rollout/is_capped_fraction"] = float((isw[m] >= self.is_cap).float().mean())
                 for k, v in vals.items():
                     sums[k] = sums.get(k, 0.0) + v * w
                     sums[f"_w/{k}"] = sums.get(f"_w/{k}", 0.0) + w
@@ -407,14 +440,14 @@ class GRPOTrainer:
                     "grad_norm": sums["grad_norm"]})
         return out
 
-    def _reward_metrics(self, scored, all_rewards) -> dict[str, float]:
+    def _reward_metrics(self, scored, all_rewards, all_adv) -> dict[str, float]:
         """Reward, exclusion and advantage metrics over the global batch (every rank's samples)."""
         g = self.cfg.grpo
         m = self._global_reward_metrics(scored)
         mask = ~torch.isnan(all_rewards)  # [world * B]
         m["samples/excluded"] = float((~mask).sum())
         m["groups/no_baseline"] = float(count_groups_without_baseline(all_rewards, g.num_generations))
-        a = group_advantages(all_rewards, g.num_generations, g.scale_rewards)[mask]
+        a = all_adv[mask]
         m["advantage/mean"] = float(a.mean()) if a.numel() else 0.0
         m["advantage/std"] = float(a.std()) if a.numel() > 1 else 0.0
         m["advantage/abs_max"] = float(a.abs().max()) if a.numel() else 0.0
@@ -520,6 +553,10 @@ class GRPOTrainer:
             for k in evals[0]:
                 if k.startswith("eval/") and k.endswith("/mean"):
                     summary[f"{k}_before"], summary[f"{k}_after"] = evals[0][k], evals[-1].get(k, math.nan)
+        if self.overopt.stop_reason is not None:
+            summary["stopped_by_guard_at_step"] = float(metrics[-1]["step"])
+        if self.best.best_step is not None:
+            summary["best_checkpoint_step"] = float(self.best.best_step)
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 

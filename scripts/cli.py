@@ -11,6 +11,9 @@
     blip3o-rl eval geneval --model PATH --metadata FILE    # generate and score GenEval (or --images DIR)
     blip3o-rl data geneval --out FILE --n 100              # write GenEval-format training prompts
     blip3o-rl eval ocr --model PATH --prompts test.txt     # OCR accuracy of a model on OCR prompts
+    blip3o-rl serve-reward --reward ocr --port 8100        # a reward server (remote:http://127.0.0.1:8100)
+    blip3o-rl bench step demo_ocr --steps 5                # pipelined vs sequential steps, same run
+    blip3o-rl bench rollout [--json]                       # every rollout engine, same model and seeds
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -123,6 +127,51 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return _usage_error(str(exc))
     print(f"exported {args.run} to {out}")
     return 0
+
+
+def _cmd_serve_reward(args: argparse.Namespace) -> int:
+    from blip3o_rl.rewards.server import TOKEN_ENV, ServerLimits, ServerSettings, serve
+
+    try:
+        kwargs = json.loads(args.kwargs)
+    except json.JSONDecodeError as exc:
+        return _usage_error(f"serve-reward: --kwargs is not JSON: {exc}")
+    if not isinstance(kwargs, dict):
+        return _usage_error("serve-reward: --kwargs must be a JSON object")
+    devices = tuple(d for d in (args.devices or "").split(",") if d)
+    settings = ServerSettings(
+        reward=args.reward, kwargs=kwargs, host=args.host, port=args.port, workers=args.workers,
+        token=args.token or os.environ.get(TOKEN_ENV) or None, devices=devices, concurrency=args.concurrency,
+        limits=ServerLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images,
+                            max_image_pixels=args.max_image_pixels),
+    )
+    logging.getLogger("blip3o_rl").setLevel(logging.INFO)  # request logs with their ids
+    try:
+        serve(settings, port_file=args.port_file)
+    except (ValueError, ImportError) as exc:
+        return _usage_error(f"serve-reward: {exc}")
+    return 0
+
+
+def _add_serve_reward(sub) -> None:
+    p = sub.add_parser("serve-reward", help="serve a reward over HTTP (FastAPI + uvicorn; never unpickles)",
+                       description="Serves any reward spec the trainer accepts; train against it with the "
+                       "reward spec remote:http://HOST:PORT. PNG/JPEG images + JSON, limits checked before "
+                       "decoding, bearer token, /health, /ready, /openapi.json.")
+    p.add_argument("--reward", required=True, help="a reward spec: registered name, package.module:attr, file.py:attr")
+    p.add_argument("--kwargs", default="{}", help="JSON object of the reward's keyword arguments")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (beyond loopback needs --token)")
+    p.add_argument("--port", type=int, default=8000, help="0: a free port (printed, and written to --port-file)")
+    p.add_argument("--port-file", help="write the bound port to this file once listening")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own reward")
+    p.add_argument("--devices", help="comma-separated devices, one worker each (sets CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--token", help="bearer token required from clients (default: $BLIP3O_RL_REWARD_TOKEN)")
+    p.add_argument("--concurrency", type=int, default=1, help="batches scored at once per worker")
+    p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body, MiB")
+    p.add_argument("--max-images", type=int, default=256, help="most images per request")
+    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                   help="most pixels per image, from its header, checked before decoding")
+    p.set_defaults(fn=_cmd_serve_reward)
 
 
 # ---------------------------------------------------------------- blip3o-rl eval <benchmark>
@@ -230,13 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the saved language-model weights (default: the run's model.dtype)")
     p.set_defaults(fn=_cmd_export)
 
+    _add_serve_reward(sub)
     _add_benchmark_commands(sub)
     return parser
 
 
 def _add_benchmark_commands(sub) -> None:
-    """``eval <benchmark>`` and ``data <benchmark>`` groups; each benchmark module mounts its own parsers."""
-    from blip3o_rl.scripts import cmd_geneval
+    """``eval <benchmark>``, ``data <benchmark>`` and ``bench <what>`` groups; each module mounts its own parsers."""
+    from blip3o_rl.scripts import bench_step, cmd_bench, cmd_geneval
 
     evals = sub.add_parser("eval", help="generate and score a benchmark").add_subparsers(dest="benchmark", required=True)
     data = sub.add_parser("data", help="write benchmark-format prompt files").add_subparsers(dest="benchmark", required=True)
@@ -247,6 +297,13 @@ def _add_benchmark_commands(sub) -> None:
     p = data.add_parser("geneval", help="GenEval-format training prompts for the six tasks")
     cmd_geneval.configure_data(p)
     p.set_defaults(fn=cmd_geneval.run_data)
+    bench = sub.add_parser("bench", help="performance benchmarks").add_subparsers(dest="benchmark", required=True)
+    p = bench.add_parser("rollout", help="every available rollout engine on one model, batch and seeds")
+    cmd_bench.configure(p)
+    p.set_defaults(fn=cmd_bench.run)
+    p = bench.add_parser("step", help="pipelined vs sequential GRPO steps of a recipe, in the same run")
+    bench_step.configure(p)
+    p.set_defaults(fn=bench_step.main)
 
 
 def _move_overrides(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> None:

@@ -83,3 +83,71 @@ def tiny_blip3o_next(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_blip3o_next") / "ckpt"
     write_tiny_checkpoint(folder)
     return folder
+
+
+SERVER_REWARDS = REPO / "tests" / "rewards" / "server_rewards.py"  # test rewards a reward server loads by path
+
+
+class RewardServer:
+    """A ``blip3o-rl serve-reward`` subprocess on 127.0.0.1 (see the `reward_server` fixture)."""
+
+    def __init__(self, proc, port: int, log: Path, args: list[str]):
+        self.proc, self.port, self.log, self.args = proc, port, log, args
+        self.url = f"http://127.0.0.1:{port}"
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, in-flight requests are cut."""
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def reward_server(tmp_path):
+    """``start(reward_spec, *cli_args, port=0)`` -> a running `RewardServer`, stopped after the test.
+
+    Waits (bounded, 90 s) for ``/health``; a server that exits early fails the test with its log.
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    started: list[RewardServer] = []
+
+    def start(reward: str, *args: str, port: int = 0, env: dict[str, str] | None = None) -> RewardServer:
+        n = len(started)
+        port_file, log = tmp_path / f"server{n}.port", tmp_path / f"server{n}.log"
+        cmd = [sys.executable, "-m", "blip3o_rl.scripts.cli", "serve-reward", "--reward", reward, "--host",
+               "127.0.0.1", "--port", str(port), "--port-file", str(port_file), *args]
+        with log.open("w") as f:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env={**os.environ, **(env or {})}, cwd=REPO)
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"reward server exited ({proc.returncode}):\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"reward server did not start in 90 s:\n{log.read_text()}")
+            if port_file.is_file():
+                try:
+                    url = f"http://127.0.0.1:{int(port_file.read_text())}"
+                    with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        server = RewardServer(proc, int(port_file.read_text()), log, cmd)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.terminate()
+            try:
+                server.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.proc.kill()
+                server.proc.wait(timeout=15)

@@ -84,12 +84,10 @@ def _byte_symbols() -> list[str]:
     return [symbols[b] for b in range(256)]
 
 
-def save_tiny_clip(path: str | Path, *, seed: int = 0, image_size: int = 32) -> Path:
-    """Write a tiny CLIP (character-level BPE tokenizer, 1-layer towers) and its processors to ``path``."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+def save_tiny_clip_tokenizer(path: str | Path) -> tuple[int, int, int]:
+    """Write a character-level CLIP BPE tokenizer to ``path``; returns (vocab size, bos id, eos id)."""
+    from transformers import CLIPTokenizer
 
-    torch.manual_seed(seed)
-    path = Path(path)
     symbols = _byte_symbols()
     vocab = {s: i for i, s in enumerate(symbols)}
     vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
@@ -99,13 +97,23 @@ def save_tiny_clip(path: str | Path, *, seed: int = 0, image_size: int = 32) -> 
         (Path(tmp) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
         (Path(tmp) / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
         CLIPTokenizer.from_pretrained(tmp).save_pretrained(path)
+    return len(vocab), bos, eos
+
+
+def save_tiny_clip(path: str | Path, *, seed: int = 0, image_size: int = 32) -> Path:
+    """Write a tiny CLIP (character-level BPE tokenizer, 1-layer towers) and its processors to ``path``."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    path = Path(path)
+    vocab_size, bos, eos = save_tiny_clip_tokenizer(path)
     config = CLIPConfig(
         text_config={
             "hidden_size": 16,
             "intermediate_size": 32,
             "num_hidden_layers": 1,
             "num_attention_heads": 2,
-            "vocab_size": len(vocab),
+            "vocab_size": vocab_size,
             "max_position_embeddings": 77,
             "bos_token_id": bos,
             "eos_token_id": eos,

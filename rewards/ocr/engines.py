@@ -103,6 +103,9 @@ class RapidOCREngine:
     """
 
     name = "rapidocr"
+    # read_batch only queues images on the shared pool: overlapping calls (a pipelined step's chunks)
+    # keep the pool busy between chunks instead of draining it at each one's end.
+    max_concurrent_calls = 4
 
     def __init__(
         self,

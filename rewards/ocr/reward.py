@@ -27,6 +27,8 @@ class OCRReward:
 
     def __init__(self, engine: str = "rapidocr", **engine_kwargs: Any):
         self.engine = get_ocr_engine(engine, **engine_kwargs)
+        # Calls WeightedRewards may overlap (chunks of a pipelined step): what the engine allows.
+        self.max_concurrent_calls = int(getattr(self.engine, "max_concurrent_calls", 1))
         info = self.engine.describe()
         self._identity = {
             "engine": info["engine"],

@@ -1,19 +1,23 @@
-"""Rollout engines behind one interface (`base.RolloutEngine`); chosen by ``rollout.engine`` in a recipe."""
+"""Rollout engines behind one interface (`base.RolloutEngine`); chosen by ``rollout.engine`` in a recipe.
+
+Registered (``blip3o_rl.engine`` entry points): ``kv_cache`` (alias ``hf``: eager, Hugging Face's dynamic
+cache; the oracle), ``static`` (static KV cache, compilable step), ``vllm`` (in-process vLLM) and
+``vllm_server`` (a vLLM server process). The vLLM engines import vLLM only when set up.
+"""
 
 from typing import Any
 
 from blip3o_rl import registry
 from blip3o_rl.rl.engines.base import Rollout, RolloutEngine, SamplingParams, stream_seed
 from blip3o_rl.rl.engines.kv_cache import KVCacheEngine
+from blip3o_rl.rl.engines.static import StaticCacheEngine
 
-__all__ = ["KVCacheEngine", "Rollout", "RolloutEngine", "SamplingParams", "build_engine", "stream_seed"]
+__all__ = ["KVCacheEngine", "Rollout", "RolloutEngine", "SamplingParams", "StaticCacheEngine", "build_engine",
+           "stream_seed"]
 
 
 def build_engine(name: str, **kwargs: Any) -> RolloutEngine:
-    """The rollout engine ``name`` (``rollout.engine``): a registered ``blip3o_rl.engine`` name ("kv_cache"),
-    or "package.module:Class" / "path/to/file.py:Class", built with ``kwargs`` (``rollout.engine_kwargs``)."""
-    if name == "vllm":
-        raise NotImplementedError(
-            "the vLLM rollout engine is not implemented yet; use rollout.engine=kv_cache (see README)"
-        )
+    """The rollout engine ``name`` (``rollout.engine``): a registered ``blip3o_rl.engine`` name ("kv_cache",
+    "hf", "static", "vllm", "vllm_server"), or "package.module:Class" / "path/to/file.py:Class", built with
+    ``kwargs`` (``rollout.engine_kwargs``)."""
     return registry.build("engine", name, **kwargs)

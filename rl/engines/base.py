@@ -50,6 +50,10 @@ class RolloutEngine(ABC):
 
     #: True when `generate` fills `Rollout.hidden_states` (else one no-grad forward of the trainer does).
     provides_hidden_states: bool = False
+    #: True when the engine's log-probs are the trainer's own computation (same weights, dtype and model
+    #: code: only float rounding differs); False (vLLM's kernels, a bf16 engine) turns on the truncated
+    #: importance-sampling correction under ``rollout.is_correction: auto``.
+    exact_logprobs: bool = True
 
     def setup(self, policy: ImageTokenPolicy) -> None:
         """Bind the engine to ``policy`` (called once, before the first `generate`)."""

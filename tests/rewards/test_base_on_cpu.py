@@ -66,7 +66,7 @@ def test_weighted_combination_fails_a_sample_if_any_reward_fails():
 @pytest.mark.parametrize(
     ("spec", "match"),
     [
-        ("nope", "unknown reward 'nope'.*registered reward names: geneval, ocr, tiny_layout"),
+        ("nope", "unknown reward 'nope'.*registered reward names: .*geneval.*ocr.*tiny_layout"),
         ("/no/such/file.py:f", "does not exist"),
         (f"{__name__}:missing", "has no attribute 'missing'"),
         ("tiny_layout", "takes no argument 'colour'"),

@@ -65,3 +65,84 @@ def test_equal_rewards_give_zero_not_nan():
 def test_bad_arguments_raise(rewards, g, scale):
     with pytest.raises(ValueError):
         group_advantages(rewards, g, scale)
+
+
+# --------------------------------------------------------------------------- several rewards
+from blip3o_rl.rl.advantages import reward_advantages  # noqa: E402
+
+E = 1e-4
+
+
+def test_sum_aggregation_is_group_advantages_of_the_weighted_total():
+    # weights [1, 2]: totals [1 + 0, 0 + 2] = [1, 2] -> as group_advantages([1, 2])
+    scores = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    torch.testing.assert_close(reward_advantages(scores, [1.0, 2.0], 2),
+                               group_advantages(torch.tensor([1.0, 2.0]), 2))
+
+
+def test_normalize_then_sum_worked_values():
+    # one group of 3, two rewards in very different units:
+    #   r_a = [0, 10, 20]: mean 10, std 10      -> z_a = [-1, 0, 1] · 10 / (10 + 1e-4)
+    #   r_b = [1, 0, 0.5]: mean 0.5, std 0.5    -> z_b = [1, -1, 0] · 0.5 / (0.5 + 1e-4)
+    # weights [1, 1]: s = z_a + z_b ≈ [0, -1, 1]; then group-normalised: mean 0, std ≈ 1 -> A ≈ s / (1 + 1e-4)
+    scores = torch.tensor([[0.0, 1.0], [10.0, 0.0], [20.0, 0.5]])
+    za = torch.tensor([-1.0, 0.0, 1.0]) * 10 / (10 + E)
+    zb = torch.tensor([1.0, -1.0, 0.0]) * 0.5 / (0.5 + E)
+    s = za + zb
+    expected = (s - s.mean()) / (s.std() + E)
+    torch.testing.assert_close(reward_advantages(scores, [1.0, 1.0], 3, aggregation="normalize_then_sum"), expected)
+    # a plain sum would follow r_a alone: totals [1, 10, 20.5] rank the samples as r_a does
+    plain = reward_advantages(scores, [1.0, 1.0], 3, aggregation="sum")
+    assert plain.argsort().tolist() == [0, 1, 2]
+    assert expected.argsort().tolist() == [1, 0, 2]
+
+
+def test_normalize_then_sum_is_invariant_to_a_reward_s_units():
+    torch.manual_seed(0)
+    scores = torch.rand(8, 2)
+    scaled = scores * torch.tensor([100.0, 1.0]) + torch.tensor([-3.0, 0.0])
+    a = reward_advantages(scores, [1.0, 0.5], 4, aggregation="normalize_then_sum")
+    b = reward_advantages(scaled, [1.0, 0.5], 4, aggregation="normalize_then_sum")
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)  # up to the 1e-4 in each std
+
+
+def test_normalize_then_sum_weights_and_none_scaling():
+    # group of 2: r_a = [0, 1] -> z_a = [-1, 1] · 0.5 / (0.7071 + 1e-4) = ∓0.70700; r_b constant -> z_b = [0, 0]
+    # weights [2, 5]: s = 2 z_a = ∓1.41400; scale_rewards="none" only centres it (mean already 0)
+    scores = torch.tensor([[0.0, 3.0], [1.0, 3.0]])
+    z = 0.5 / (math.sqrt(0.5) + E)
+    adv = reward_advantages(scores, [2.0, 5.0], 2, scale_rewards="none", aggregation="normalize_then_sum")
+    torch.testing.assert_close(adv, torch.tensor([-2 * z, 2 * z]))
+
+
+def test_a_sample_failed_by_one_reward_leaves_every_reward_s_statistics():
+    # group of 3; sample 1 failed reward b. For reward a the statistics use samples 0 and 2 only:
+    #   r_a = [0, (99), 2] -> mean 1, std sqrt(2) -> z_a = [-1, -, 1] / (sqrt(2) + 1e-4)
+    #   r_b = [1, nan, 1]  -> constant -> z_b = [0, -, 0]
+    # s = z_a; group-normalised over the two: ∓0.7071 / (std(s) + 1e-4); sample 1 gets 0
+    scores = torch.tensor([[0.0, 1.0], [99.0, NAN], [2.0, 1.0]])
+    adv = reward_advantages(scores, [1.0, 1.0], 3, aggregation="normalize_then_sum")
+    za = 1 / (math.sqrt(2) + E)
+    sd = math.sqrt(2) * za
+    torch.testing.assert_close(adv, torch.tensor([-za / (sd + E), 0.0, za / (sd + E)]))
+    # the same with sum: the failed sample's 99 never enters the mean either
+    plain = reward_advantages(scores, [1.0, 1.0], 3, aggregation="sum")
+    torch.testing.assert_close(plain, group_advantages(torch.tensor([1.0, NAN, 3.0]), 3))
+
+
+def test_normalize_then_sum_batch_scaling():
+    # two groups of 2, one reward: [0, 1] -> z1 = ∓0.5 / (0.70711 + 1e-4) = ∓0.70700;
+    # [0, 5] -> z2 = ∓2.5 / (3.53553 + 1e-4) = ∓0.70709. s = z; batch std of [-z1, z1, -z2, z2]
+    # (mean 0) = sqrt((2 z1² + 2 z2²) / 3) -> A = s / (that + 1e-4)
+    scores = torch.tensor([[0.0], [1.0], [0.0], [5.0]])
+    z1, z2 = 0.5 / (math.sqrt(0.5) + E), 2.5 / (math.sqrt(12.5) + E)
+    sd = math.sqrt((2 * z1**2 + 2 * z2**2) / 3) + E
+    adv = reward_advantages(scores, [1.0], 2, scale_rewards="batch", aggregation="normalize_then_sum")
+    torch.testing.assert_close(adv, torch.tensor([-z1 / sd, z1 / sd, -z2 / sd, z2 / sd]))
+
+
+def test_reward_advantages_checks_its_arguments():
+    with pytest.raises(ValueError, match="reward_aggregation"):
+        reward_advantages(torch.zeros(2, 1), [1.0], 2, aggregation="mean")
+    with pytest.raises(ValueError, match="weights"):
+        reward_advantages(torch.zeros(2, 2), [1.0], 2)
