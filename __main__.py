@@ -2,7 +2,7 @@
 
 import sys
 
-from blip3o_rl.scripts.cli import main
+from .scripts.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

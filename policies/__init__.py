@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from blip3o_rl import registry
-from blip3o_rl.policies.base import ImageTokenPolicy, PromptBatch
-from blip3o_rl.policies.model import ImageTokenLayout, ImageTokenLM, SamplingParams
+from .. import registry
+from .base import ImageTokenPolicy, PromptBatch
+from .model import ImageTokenLayout, ImageTokenLM, SamplingParams
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

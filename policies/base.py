@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from blip3o_rl.policies.model import ImageTokenLayout, ImageTokenLM, SamplingParams
+from .model import ImageTokenLayout, ImageTokenLM, SamplingParams
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -1,6 +1,6 @@
 """Rewards: `load_reward(spec, **kwargs)` builds any registered or user-supplied reward."""
 
-from blip3o_rl.rewards.base import (
+from .base import (
     CombinedScores,
     FunctionReward,
     Reward,

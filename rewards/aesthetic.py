@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blip3o_rl.rewards.pretrained import PretrainedReward, clip_image_features, load_pretrained
+from .pretrained import PretrainedReward, clip_image_features, load_pretrained
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 _LAYER = re.compile(r"^(?:layers\.)?(\d+)\.(weight|bias)$")

@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
-from blip3o_rl import registry
+from .. import registry
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class FunctionReward:
 
 
 REMOTE_PREFIX = "remote:"
+REMOTE_CLIENT = "blip3o_rl.rewards.remote:RemoteReward"
 #: calls of one reward left running past their timeout before `score_batch` stops calling it
 MAX_HUNG_CALLS = 4
 
@@ -129,10 +130,10 @@ def load_reward(spec: str, **kwargs: Any) -> Reward:
     client settings, see `blip3o_rl.rewards.remote`).
     """
     if isinstance(spec, str) and spec.startswith(REMOTE_PREFIX):
-        from blip3o_rl.rewards.remote import RemoteReward
-
-        registry.check_kwargs("reward", spec, RemoteReward, kwargs)
-        return RemoteReward(spec[len(REMOTE_PREFIX):], **kwargs)
+        # by name, not by import: the client module builds on this one
+        client = registry.resolve("reward", REMOTE_CLIENT)
+        registry.check_kwargs("reward", spec, client, kwargs)
+        return client(spec[len(REMOTE_PREFIX):], **kwargs)
     target = registry.resolve("reward", spec)
     registry.check_kwargs("reward", spec, target, kwargs)  # unknown keys fail now, not on the first batch
     if inspect.isfunction(target):

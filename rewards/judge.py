@@ -36,8 +36,8 @@ from typing import Any
 
 from PIL import Image
 
-from blip3o_rl.rewards.base import RewardOutput
-from blip3o_rl.rewards.remote import encode_image, post_with_retries
+from .base import RewardOutput
+from .remote import encode_image, post_with_retries
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from blip3o_rl.rewards.pretrained import (
+from .pretrained import (
     PretrainedReward,
     clip_image_features,
     clip_text_features,

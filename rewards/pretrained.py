@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from blip3o_rl.rewards.base import RewardOutput
+from .base import RewardOutput
 
 
 def model_source(spec: str, *, reward: str, field: str) -> str:

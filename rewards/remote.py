@@ -34,7 +34,7 @@ from typing import Any
 
 from PIL import Image
 
-from blip3o_rl.rewards.base import RewardOutput
+from .base import RewardOutput
 
 logger = logging.getLogger(__name__)
 

@@ -58,8 +58,8 @@ from typing import Any
 
 from PIL import Image
 
-from blip3o_rl import registry
-from blip3o_rl.rewards.base import REMOTE_PREFIX, Reward, load_reward, score_batch
+from .. import registry
+from .base import REMOTE_PREFIX, Reward, load_reward, score_batch
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from blip3o_rl.rewards.geneval.testing import save_tiny_clip, save_tiny_clip_tokenizer
+from .geneval.testing import save_tiny_clip, save_tiny_clip_tokenizer
 
 
 def save_tiny_clip_score(path: str | Path, *, seed: int = 0, image_size: int = 32) -> Path:

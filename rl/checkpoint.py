@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from blip3o_rl.rl.errors import CheckpointError
+from .errors import CheckpointError
 
 LATEST = "latest"
 MANIFEST = "manifest.json"

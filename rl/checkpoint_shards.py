@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from blip3o_rl.rl.distributed import Distributed
-from blip3o_rl.rl.errors import ResumeError
-from blip3o_rl.rl.finetune import FinetuneSetup
+from .distributed import Distributed
+from .errors import ResumeError
+from .finetune import FinetuneSetup
 
 DEEPSPEED_DIR = "deepspeed"
 DEEPSPEED_TAG = "state"

@@ -26,11 +26,11 @@ from typing import Any
 
 import yaml
 
-from blip3o_rl import registry
-from blip3o_rl.rewards.base import REMOTE_PREFIX
-from blip3o_rl.rewards.remote import RemoteReward
-from blip3o_rl.rl.advantages import REWARD_AGGREGATIONS, SCALE_REWARDS
-from blip3o_rl.rl.loss import loss_types
+from .. import registry
+from ..rewards.base import REMOTE_PREFIX
+from ..rewards.remote import RemoteReward
+from .advantages import REWARD_AGGREGATIONS, SCALE_REWARDS
+from .loss import loss_types
 
 
 class ConfigError(ValueError):

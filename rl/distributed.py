@@ -39,8 +39,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from torch import nn
 
-from blip3o_rl.rl.engines.base import RolloutEngine
-from blip3o_rl.rl.errors import RunError
+from .engines.base import RolloutEngine
+from .errors import RunError
 
 STRATEGIES = ("auto", "ddp", "fsdp2", "deepspeed")
 

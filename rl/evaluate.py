@@ -13,10 +13,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from blip3o_rl.policies.base import ImageTokenPolicy, SamplingParams
-from blip3o_rl.rewards.base import Reward
-from blip3o_rl.rewards.ocr.evaluate import OCREvalWriter, score_ocr_batch
-from blip3o_rl.rl.generate import generate_images
+from ..policies.base import ImageTokenPolicy, SamplingParams
+from ..rewards.base import Reward
+from ..rewards.ocr.evaluate import OCREvalWriter, score_ocr_batch
+from .generate import generate_images
 
 
 def evaluate_ocr(

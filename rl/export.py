@@ -17,10 +17,10 @@ from pathlib import Path
 import yaml
 from safetensors.torch import load_file
 
-from blip3o_rl.policies import DTYPES, ImageTokenPolicy, load_policy
-from blip3o_rl.rl.checkpoint import latest_checkpoint, verify_checkpoint
-from blip3o_rl.rl.config import TrainConfig, config_from_dict
-from blip3o_rl.rl.finetune import FinetuneSetup
+from ..policies import DTYPES, ImageTokenPolicy, load_policy
+from .checkpoint import latest_checkpoint, verify_checkpoint
+from .config import TrainConfig, config_from_dict
+from .finetune import FinetuneSetup
 
 RUN_CONFIG = "config.yaml"
 EXPORT_INFO = "blip3o_rl_export.json"

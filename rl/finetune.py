@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from blip3o_rl.policies.base import ImageTokenPolicy
-from blip3o_rl.rl.config import ModelConfig
+from ..policies.base import ImageTokenPolicy
+from .config import ModelConfig
 
 
 class FinetuneSetup:

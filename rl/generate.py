@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from blip3o_rl.policies.base import ImageTokenPolicy
-from blip3o_rl.rl.engines import KVCacheEngine, Rollout, RolloutEngine, SamplingParams, stream_seed
-from blip3o_rl.rl.logprobs import score_rollout
-from blip3o_rl.rl.tracking import timed
+from ..policies.base import ImageTokenPolicy
+from .engines import KVCacheEngine, Rollout, RolloutEngine, SamplingParams, stream_seed
+from .logprobs import score_rollout
+from .tracking import timed
 
 
 @dataclass
@@ -162,8 +162,8 @@ def inference_policy(
     """A policy to generate with: from a model folder (``policy`` kind + its ``policy_kwargs``), or from a
     training ``run`` with a checkpoint applied (its own kind and settings). On the GPU when there is one;
     ``dtype`` defaults to bfloat16 there and float32 on the CPU."""
-    from blip3o_rl.policies import DTYPES, load_policy
-    from blip3o_rl.rl.export import load_run_policy
+    from ..policies import DTYPES, load_policy
+    from .export import load_run_policy
 
     dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
     if run is not None:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from blip3o_rl.policies.base import PromptBatch, SamplingParams
-from blip3o_rl.rl.sampling import scored_logits
+from ..policies.base import PromptBatch, SamplingParams
+from .sampling import scored_logits
 
 
 @dataclass

@@ -31,10 +31,10 @@ from typing import Any, Protocol
 
 import torch
 
-from blip3o_rl.policies.base import ImageTokenPolicy
-from blip3o_rl.rewards import CombinedScores
-from blip3o_rl.rl.engines import RolloutEngine, SamplingParams
-from blip3o_rl.rl.generate import Generation, decode_rows, sample_rollout
+from ..policies.base import ImageTokenPolicy
+from ..rewards import CombinedScores
+from .engines import RolloutEngine, SamplingParams
+from .generate import Generation, decode_rows, sample_rollout
 
 
 class SubmitsBatches(Protocol):

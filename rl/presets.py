@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 
-from blip3o_rl.rl.config import EvalConfig, OptimConfig, RolloutConfig
-from blip3o_rl.rl.engines import SamplingParams
+from .config import EvalConfig, OptimConfig, RolloutConfig
+from .engines import SamplingParams
 
 
 def _policy_values(policy, attr: str, key: str, value: str):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any
 
-from blip3o_rl.rl.errors import NothingLearnedError
+from .errors import NothingLearnedError
 
 
 class RewardFailureWatch:

@@ -14,8 +14,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from blip3o_rl.rl.config import LoggingConfig
-from blip3o_rl.rl.errors import RunError
+from .config import LoggingConfig
+from .errors import RunError
 
 METRICS_FILE = "metrics.jsonl"
 

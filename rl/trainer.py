@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from blip3o_rl.policies import can_build, load_policy, policy_class
-from blip3o_rl.rewards import WeightedRewards, load_reward
-from blip3o_rl.rl.advantages import count_groups_without_baseline, reward_advantages
-from blip3o_rl.rl.best_checkpoint import BestCheckpoint
-from blip3o_rl.rl.checkpoint import (
+from ..policies import can_build, load_policy, policy_class
+from ..rewards import WeightedRewards, load_reward
+from .advantages import count_groups_without_baseline, reward_advantages
+from .best_checkpoint import BestCheckpoint
+from .checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     previous_intact,
@@ -35,7 +35,7 @@ from blip3o_rl.rl.checkpoint import (
     staging_dir,
     verify_checkpoint,
 )
-from blip3o_rl.rl.checkpoint_shards import (
+from .checkpoint_shards import (
     check_world_size,
     load_optimizer_state,
     optimizer_state,
@@ -43,33 +43,33 @@ from blip3o_rl.rl.checkpoint_shards import (
     stage_rank_files,
     trainable_state,
 )
-from blip3o_rl.rl.config import ConfigError, RewardSpec, TrainConfig, check_components, config_to_dict
-from blip3o_rl.rl.data import PromptSampler, check_prompt_lengths, load_prompts
-from blip3o_rl.rl.distributed import Distributed, make_accelerator, resolve_strategy
-from blip3o_rl.rl.engines import Rollout, build_engine, stream_seed
-from blip3o_rl.rl.errors import CheckpointError, ResumeError, RunError, TrainingStopped
-from blip3o_rl.rl.eval_guard import OverOptimisationGuard
-from blip3o_rl.rl.finetune import FinetuneSetup
-from blip3o_rl.rl.generate import sample_and_decode
-from blip3o_rl.rl.guard import FiniteUpdateGuard
-from blip3o_rl.rl.logprobs import micro_batches, score_rollout, sequence_logprobs
-from blip3o_rl.rl.loss import policy_loss, tis_weights
-from blip3o_rl.rl.optim import build_optimizer, build_scheduler
-from blip3o_rl.rl.pipeline import generate_and_score
-from blip3o_rl.rl.presets import describe as describe_sampling
-from blip3o_rl.rl.presets import eval_sampling, lr_schedule_steps, rollout_sampling
-from blip3o_rl.rl.progress import Progress, quiet_library_bars, show_bars
-from blip3o_rl.rl.resume import (
+from .config import ConfigError, RewardSpec, TrainConfig, check_components, config_to_dict
+from .data import PromptSampler, check_prompt_lengths, load_prompts
+from .distributed import Distributed, make_accelerator, resolve_strategy
+from .engines import Rollout, build_engine, stream_seed
+from .errors import CheckpointError, ResumeError, RunError, TrainingStopped
+from .eval_guard import OverOptimisationGuard
+from .finetune import FinetuneSetup
+from .generate import sample_and_decode
+from .guard import FiniteUpdateGuard
+from .logprobs import micro_batches, score_rollout, sequence_logprobs
+from .loss import policy_loss, tis_weights
+from .optim import build_optimizer, build_scheduler
+from .pipeline import generate_and_score
+from .presets import describe as describe_sampling
+from .presets import eval_sampling, lr_schedule_steps, rollout_sampling
+from .progress import Progress, quiet_library_bars, show_bars
+from .resume import (
     apply_optimizer_config,
     check_resume_config,
     optimizer_hyperparameters,
     record_changes,
     with_defaults,
 )
-from blip3o_rl.rl.reward_watch import RewardFailureWatch
-from blip3o_rl.rl.run_dir import archive_after, claim_run_dir
-from blip3o_rl.rl.signals import StopSignals
-from blip3o_rl.rl.tracking import METRICS_FILE, RunLogger, image_grid, plot_reward_curve, read_metrics, timed
+from .reward_watch import RewardFailureWatch
+from .run_dir import archive_after, claim_run_dir
+from .signals import StopSignals
+from .tracking import METRICS_FILE, RunLogger, image_grid, plot_reward_curve, read_metrics, timed
 
 logger = logging.getLogger(__name__)
 
@@ -457,7 +457,7 @@ class GRPOTrainer:
         """``scored.metrics("reward")`` over every rank's samples (gathered scores, NaN for a failure)."""
         if self.world == 1:
             return scored.metrics("reward")
-        from blip3o_rl.rewards.base import CombinedScores, RewardOutput
+        from ..rewards.base import CombinedScores, RewardOutput
 
         def nan(xs):
             return torch.tensor([math.nan if x is None else float(x) for x in xs], dtype=torch.float64)

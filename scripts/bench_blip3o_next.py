@@ -23,16 +23,16 @@ import torch
 from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
 from transformers import Qwen3ForCausalLM
 
-from blip3o_rl.policies.base import PromptBatch
-from blip3o_rl.policies.blip3o_next import (
+from ..policies.base import PromptBatch
+from ..policies.blip3o_next import (
     Blip3oNextConfig,
     Blip3oNextDecoder,
     Blip3oNextPolicy,
     DecodeSettings,
 )
-from blip3o_rl.policies.blip3o_next.decoder import build_connector
-from blip3o_rl.rl.engines import KVCacheEngine, SamplingParams
-from blip3o_rl.rl.generate import decode_generators
+from ..policies.blip3o_next.decoder import build_connector
+from ..rl.engines import KVCacheEngine, SamplingParams
+from ..rl.generate import decode_generators
 
 # Public Qwen3-1.7B config with the BLIP3o-NEXT vocabulary and ids (REFERENCE §1).
 QWEN3_1_7B_BLIP3O = {
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.tiny:
-            from blip3o_rl.policies.blip3o_next.testing import write_tiny_checkpoint
+            from ..policies.blip3o_next.testing import write_tiny_checkpoint
 
             policy = Blip3oNextPolicy.from_pretrained(
                 write_tiny_checkpoint(Path(tmp) / "tiny"),

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from blip3o_rl.rl.config import ModelConfig
-from blip3o_rl.rl.engines import KVCacheEngine, SamplingParams, stream_seed
-from blip3o_rl.rl.finetune import FinetuneSetup
-from blip3o_rl.rl.generate import sample_and_decode
-from blip3o_rl.rl.logprobs import micro_batches, score_rollout, sequence_logprobs
-from blip3o_rl.rl.loss import policy_loss
-from blip3o_rl.scripts.bench_blip3o_next import full_size_policy
+from ..rl.config import ModelConfig
+from ..rl.engines import KVCacheEngine, SamplingParams, stream_seed
+from ..rl.finetune import FinetuneSetup
+from ..rl.generate import sample_and_decode
+from ..rl.logprobs import micro_batches, score_rollout, sequence_logprobs
+from ..rl.loss import policy_loss
+from .bench_blip3o_next import full_size_policy
 
 
 def _sync() -> float:

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from blip3o_rl.rewards.ocr.engines import REFERENCE_DET_LIMIT_SIDE_LEN, RapidOCREngine, available_cpus
-from blip3o_rl.rewards.ocr.metric import text_reward
-from blip3o_rl.rewards.ocr.prompts import load_ocr_prompts
-from blip3o_rl.rewards.ocr.synthetic import render_text
+from ..rewards.ocr.engines import REFERENCE_DET_LIMIT_SIDE_LEN, RapidOCREngine, available_cpus
+from ..rewards.ocr.metric import text_reward
+from ..rewards.ocr.prompts import load_ocr_prompts
+from ..rewards.ocr.synthetic import render_text
 
 OCR_TEST_FILE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ocr" / "test.txt"
 FALLBACK_TARGETS = [

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from blip3o_rl.rewards.ocr.engines import RapidOCREngine, available_cpus
-from blip3o_rl.rl.config import packaged_recipe
-from blip3o_rl.rl.data import load_prompts
-from blip3o_rl.scripts.bench_ocr import mean_reward, timed
-from blip3o_rl.tiny.glyphs import GLYPH_ALPHABET, GlyphRenderer
-from blip3o_rl.tiny.signs import glyph_target_codes
+from ..rewards.ocr.engines import RapidOCREngine, available_cpus
+from ..rl.config import packaged_recipe
+from ..rl.data import load_prompts
+from ..tiny.glyphs import GLYPH_ALPHABET, GlyphRenderer
+from ..tiny.signs import glyph_target_codes
+from .bench_ocr import mean_reward, timed
 
 GRID, TILE = (1, 5), 24
 REC_240 = {"Rec.rec_img_shape": [3, 48, 240]}

@@ -22,9 +22,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from blip3o_rl.rl.config import config_from_dict, config_to_dict, load_config
-from blip3o_rl.rl.tracking import read_metrics
-from blip3o_rl.rl.trainer import train
+from ..rl.config import config_from_dict, config_to_dict, load_config
+from ..rl.tracking import read_metrics
+from ..rl.trainer import train
 
 WINDOW = 10  # steps per row of the table
 REWARDS = [

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from blip3o_rl.policies import load_policy
-from blip3o_rl.rl.engines import KVCacheEngine, SamplingParams
+from ..policies import load_policy
+from ..rl.engines import KVCacheEngine, SamplingParams
 
 
 def _ours(policy, prompts, group):
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model is None:
-        from blip3o_rl.tiny import make_tiny_world
+        from ..tiny import make_tiny_world
 
         args.model = str(make_tiny_world(tempfile.mkdtemp(prefix="tiny_world_"), grid=args.grid))
     policy = load_policy(args.policy, args.model)

@@ -26,8 +26,8 @@ STAGES = ("rollout", "hidden_states", "decode", "reward", "reward_wait", "refere
 
 
 def _trainer(recipe: str, overrides: list[str]) -> Any:
-    from blip3o_rl.rl.config import load_config
-    from blip3o_rl.rl.trainer import GRPOTrainer
+    from ..rl.config import load_config
+    from ..rl.trainer import GRPOTrainer
 
     trainer = GRPOTrainer(load_config(recipe, overrides))
     trainer.setup()
@@ -36,7 +36,7 @@ def _trainer(recipe: str, overrides: list[str]) -> Any:
 
 def run(recipe: str, overrides: list[str], steps: int, warmup: int, chunk_size: int | None, max_pending: int,
         out_dir: str) -> dict[str, Any]:
-    from blip3o_rl.rl.config import load_config
+    from ..rl.config import load_config
 
     quiet = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.image_every=0"]
     cfg = load_config(recipe, [*quiet, *overrides])

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import yaml
 
-from blip3o_rl.scripts.policy_args import add_generation_arguments
+from .policy_args import add_generation_arguments
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from blip3o_rl.rl.config import load_config
-    from blip3o_rl.rl.trainer import train
+    from ..rl.config import load_config
+    from ..rl.trainer import train
 
     cfg = load_config(args.recipe, args.overrides, check_inputs=True)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
@@ -50,14 +50,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from blip3o_rl.rl.config import config_to_dict, load_config
+    from ..rl.config import config_to_dict, load_config
 
     print(yaml.safe_dump(config_to_dict(load_config(args.recipe, args.overrides, check_inputs=True)), sort_keys=False), end="")
     return 0
 
 
 def _cmd_make_tiny_world(args: argparse.Namespace) -> int:
-    from blip3o_rl.tiny import make_tiny_world
+    from ..tiny import make_tiny_world
 
     print(make_tiny_world(args.out_dir, seed=args.seed, grid=args.grid, hidden_size=args.hidden_size,
                           num_layers=args.num_layers))
@@ -71,7 +71,7 @@ def _usage_error(message: str) -> int:
 
 def _generation_policy(args: argparse.Namespace, command: str):
     """``(policy, sampling)`` from the shared generation options; an `int` exit status after a usage error."""
-    from blip3o_rl.scripts.policy_args import GenerationArgsError, generation_policy
+    from .policy_args import GenerationArgsError, generation_policy
 
     try:
         return generation_policy(args, command)
@@ -80,8 +80,8 @@ def _generation_policy(args: argparse.Namespace, command: str):
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from blip3o_rl.rl.data import load_prompts
-    from blip3o_rl.rl.generate import generate_images
+    from ..rl.data import load_prompts
+    from ..rl.generate import generate_images
 
     prompts = list(args.prompt or [])
     if args.prompts_file:
@@ -110,7 +110,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _claim_out(args: argparse.Namespace) -> None:
     """``--out`` must be writable and empty, or ``--overwrite`` moves its old files aside (rl/run_dir.py)."""
-    from blip3o_rl.rl.run_dir import claim_output_folder
+    from ..rl.run_dir import claim_output_folder
 
     moved = claim_output_folder(args.out, overwrite=args.overwrite)
     if moved is not None:
@@ -118,7 +118,7 @@ def _claim_out(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from blip3o_rl.rl.export import export_run
+    from ..rl.export import export_run
 
     try:
         out = export_run(args.run, args.out, checkpoint=args.checkpoint, base_model=args.base_model,
@@ -130,7 +130,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve_reward(args: argparse.Namespace) -> int:
-    from blip3o_rl.rewards.server import TOKEN_ENV, ServerLimits, ServerSettings, serve
+    from ..rewards.server import TOKEN_ENV, ServerLimits, ServerSettings, serve
 
     try:
         kwargs = json.loads(args.kwargs)
@@ -178,9 +178,9 @@ def _add_serve_reward(sub) -> None:
 
 
 def _cmd_eval_ocr(args: argparse.Namespace) -> int:
-    from blip3o_rl.rewards.ocr import OCRReward, load_ocr_prompts
-    from blip3o_rl.rl.evaluate import evaluate_ocr
-    from blip3o_rl.scripts.eval_ocr import engine_kwargs
+    from ..rewards.ocr import OCRReward, load_ocr_prompts
+    from ..rl.evaluate import evaluate_ocr
+    from .eval_ocr import engine_kwargs
 
     if min(args.images_per_prompt, 1 if args.max_prompts is None else args.max_prompts) < 1:
         return _usage_error("eval ocr: --images-per-prompt and --max-prompts must be >= 1")
@@ -211,7 +211,7 @@ def _cmd_eval_ocr(args: argparse.Namespace) -> int:
 
 def _add_eval_ocr(benchmarks) -> None:
     """``blip3o-rl eval ocr``: generate with a model folder and score with the OCR reward."""
-    from blip3o_rl.scripts.eval_ocr import add_engine_arguments
+    from .eval_ocr import add_engine_arguments
 
     p = benchmarks.add_parser("ocr", help="text rendering: mean OCR reward ('OCR accuracy') and exact-match rate",
                               description="Generates images for OCR prompts (the text to render in double "
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_benchmark_commands(sub) -> None:
     """``eval <benchmark>``, ``data <benchmark>`` and ``bench <what>`` groups; each module mounts its own parsers."""
-    from blip3o_rl.scripts import bench_step, cmd_bench, cmd_geneval
+    from . import bench_step, cmd_bench, cmd_geneval
 
     evals = sub.add_parser("eval", help="generate and score a benchmark").add_subparsers(dest="benchmark", required=True)
     data = sub.add_parser("data", help="write benchmark-format prompt files").add_subparsers(dest="benchmark", required=True)
@@ -328,11 +328,11 @@ def _move_overrides(args: argparse.Namespace, extra: list[str], parser: argparse
 
 def _expected_error(exc: BaseException) -> str | None:
     """The one-line message of an expected failure (bad input, disk full, missing package), else None."""
-    from blip3o_rl.registry import ComponentError
-    from blip3o_rl.rl.config import ConfigError
-    from blip3o_rl.rl.data import PromptFileError
-    from blip3o_rl.rl.errors import RunError
-    from blip3o_rl.scripts.policy_args import GenerationArgsError
+    from ..registry import ComponentError
+    from ..rl.config import ConfigError
+    from ..rl.data import PromptFileError
+    from ..rl.errors import RunError
+    from .policy_args import GenerationArgsError
 
     if isinstance(exc, (ConfigError, ComponentError, PromptFileError, RunError, GenerationArgsError,
                         FileNotFoundError, FileExistsError, NotADirectoryError, UnicodeDecodeError)):
@@ -371,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     _move_overrides(args, extra, parser)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from blip3o_rl.rl.errors import TrainingStopped
-    from blip3o_rl.rl.progress import on_terminal, quiet_library_bars
+    from ..rl.errors import TrainingStopped
+    from ..rl.progress import on_terminal, quiet_library_bars
 
     if not on_terminal():  # a log file: no "Loading weights" / "Writing model shards" bar redraws
         quiet_library_bars()

@@ -59,8 +59,8 @@ def _available(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blip3o_rl.policies import load_policy
-    from blip3o_rl.rl.engines import SamplingParams, build_engine, stream_seed
+    from ..policies import load_policy
+    from ..rl.engines import SamplingParams, build_engine, stream_seed
 
     torch.set_num_threads(args.threads)
     if args.json:  # vLLM logs to stdout once it configures logging: keep stdout one JSON object
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     names = _available(args)
     if args.model is None:
-        from blip3o_rl.tiny import make_tiny_world
+        from ..tiny import make_tiny_world
 
         args.model = str(make_tiny_world(tempfile.mkdtemp(prefix="bench_world_"), grid=args.grid,
                                          hidden_size=args.hidden_size))

@@ -16,8 +16,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from blip3o_rl.rewards.geneval.metadata import COLORS, GENEVAL_OBJECTS, TAGS, MetadataError, load_metadata
-from blip3o_rl.scripts.policy_args import GenerationArgsError, add_generation_arguments
+from ..rewards.geneval.metadata import COLORS, GENEVAL_OBJECTS, TAGS, MetadataError, load_metadata
+from .policy_args import GenerationArgsError, add_generation_arguments
 
 
 class UsageError(ValueError):
@@ -61,8 +61,8 @@ def configure_data(parser: argparse.ArgumentParser) -> None:
 
 @_report_errors
 def run_data(args: argparse.Namespace) -> int:
-    from blip3o_rl.rewards.geneval.prompts import generate_prompts
-    from blip3o_rl.rl.run_dir import claim_output_file
+    from ..rewards.geneval.prompts import generate_prompts
+    from ..rl.run_dir import claim_output_file
 
     unknown = [o for o in args.objects if o not in GENEVAL_OBJECTS]
     if unknown:
@@ -112,8 +112,8 @@ def add_scorer_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_scorer_from_args(args: argparse.Namespace):
-    from blip3o_rl import registry
-    from blip3o_rl.rewards.geneval.scorer import build_scorer
+    from .. import registry
+    from ..rewards.geneval.scorer import build_scorer
 
     options = {
         "detector": args.detector,
@@ -167,8 +167,8 @@ def _check_eval_args(args: argparse.Namespace) -> None:
 
 def generate_folder(policy, sampling, rows: list[dict], out: Path, args: argparse.Namespace) -> None:
     """Generate ``args.images_per_prompt`` images per metadata row into GenEval's layout under ``out``."""
-    from blip3o_rl.rewards.geneval.benchmark import write_prompt_folder
-    from blip3o_rl.rl.generate import generate_images
+    from ..rewards.geneval.benchmark import write_prompt_folder
+    from ..rl.generate import generate_images
 
     images = generate_images(policy, [r["prompt"] for r in rows], args.images_per_prompt, sampling,
                              seed=args.seed, batch_size=args.batch_size)
@@ -178,8 +178,8 @@ def generate_folder(policy, sampling, rows: list[dict], out: Path, args: argpars
 
 @_report_errors
 def run_eval(args: argparse.Namespace) -> int:
-    from blip3o_rl.rewards.geneval.benchmark import format_summary, score_folder
-    from blip3o_rl.scripts.policy_args import generation_policy
+    from ..rewards.geneval.benchmark import format_summary, score_folder
+    from .policy_args import generation_policy
 
     _check_eval_args(args)
     folder = args.images

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from blip3o_rl.rewards.ocr.engines import REFERENCE_DET_LIMIT_SIDE_LEN, REFERENCE_DET_LIMIT_TYPE
-from blip3o_rl.rewards.ocr.evaluate import evaluate_image_dir
-from blip3o_rl.rewards.ocr.reward import OCRReward
+from ..rewards.ocr.engines import REFERENCE_DET_LIMIT_SIDE_LEN, REFERENCE_DET_LIMIT_TYPE
+from ..rewards.ocr.evaluate import evaluate_image_dir
+from ..rewards.ocr.reward import OCRReward
 
 if TYPE_CHECKING:  # torch-heavy; the CLI builds its parser from this module without them
     pass

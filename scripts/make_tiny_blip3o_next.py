@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from blip3o_rl.policies.blip3o_next.testing import write_tiny_checkpoint
+from ..policies.blip3o_next.testing import write_tiny_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,9 +54,9 @@ def _policy_kwargs(args: argparse.Namespace) -> dict:
 def generation_policy(args: argparse.Namespace, command: str):
     """``(policy, SamplingParams)`` from the options of `add_generation_arguments`; sampling options not given
     take the policy's own inference values. Raises `GenerationArgsError` (message starting with ``command``)."""
-    from blip3o_rl.policies import SamplingParams
-    from blip3o_rl.registry import ComponentError
-    from blip3o_rl.rl.generate import inference_policy
+    from ..policies import SamplingParams
+    from ..registry import ComponentError
+    from ..rl.generate import inference_policy
 
     if min(args.batch_size, 1 if args.steps is None else args.steps) < 1:
         raise GenerationArgsError(f"{command}: --batch-size and --steps must be >= 1")

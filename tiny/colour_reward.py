@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from blip3o_rl.rewards.base import RewardOutput
-from blip3o_rl.tiny.layout_reward import REGIONS
-from blip3o_rl.tiny.world import PALETTE
+from ..rewards.base import RewardOutput
+from .layout_reward import REGIONS
+from .world import PALETTE
 
 
 class TinyColourReward:

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from blip3o_rl.rewards.geneval.metadata import GENEVAL_OBJECTS
-from blip3o_rl.rewards.geneval.scorer import GenEvalScorer
-from blip3o_rl.tiny.objects import BACKGROUND, DEFAULT_CLASSES, GENEVAL_RGB, shape_masks
+from ..rewards.geneval.metadata import GENEVAL_OBJECTS
+from ..rewards.geneval.scorer import GenEvalScorer
+from .objects import BACKGROUND, DEFAULT_CLASSES, GENEVAL_RGB, shape_masks
 
 DEFAULT_TILE = 8  # cell size in pixels: the tiny world's default tile
 _COLOUR_NAMES = list(GENEVAL_RGB)

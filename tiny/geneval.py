@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from blip3o_rl.rewards.geneval.rules import relative_position
-from blip3o_rl.rl.data import write_prompt_splits
-from blip3o_rl.tiny.objects import DEFAULT_CLASSES, DEFAULT_COLOURS, object_code
+from ..rewards.geneval.rules import relative_position
+from ..rl.data import write_prompt_splits
+from .objects import DEFAULT_CLASSES, DEFAULT_COLOURS, object_code
 
 
 def geneval_prompts(seed: int = 0, eval_fraction: float = 0.25) -> tuple[list[dict], list[dict]]:
@@ -23,7 +23,7 @@ def geneval_prompts(seed: int = 0, eval_fraction: float = 0.25) -> tuple[list[di
     Every distinct requirement of each task is written out; ``eval_fraction`` of each task's
     requirements are held out (no train row shares one with an eval row).
     """
-    from blip3o_rl.rewards.geneval.prompts import split_prompts
+    from ..rewards.geneval.prompts import split_prompts
 
     return split_prompts(eval_fraction, seed=seed, objects=[n for n, _ in DEFAULT_CLASSES], colours=DEFAULT_COLOURS)
 

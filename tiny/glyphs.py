@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from blip3o_rl.rewards.ocr.synthetic import default_font_path
+from ..rewards.ocr.synthetic import default_font_path
 
 GLYPH_ALPHABET = string.ascii_uppercase + " "  # code k draws GLYPH_ALPHABET[k]; the last code is blank
 BLANK_CODE = GLYPH_ALPHABET.index(" ")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from blip3o_rl.rl.data import write_prompt_splits
-from blip3o_rl.tiny.world import PALETTE
+from ..rl.data import write_prompt_splits
+from .world import PALETTE
 
 NAMED_COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "cyan", "pink")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from blip3o_rl.rewards.base import RewardOutput
-from blip3o_rl.tiny.world import PALETTE
+from ..rewards.base import RewardOutput
+from .world import PALETTE
 
 REGIONS = {
     "top": lambda a: a[: a.shape[0] // 2],

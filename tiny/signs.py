@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from blip3o_rl.rewards.ocr.metric import extract_target
-from blip3o_rl.tiny.glyphs import GLYPH_ALPHABET
+from ..rewards.ocr.metric import extract_target
+from .glyphs import GLYPH_ALPHABET
 
 SIGN_PROMPT = 'a sign that says "{word}"'
 PROMPT_WORDS = ("sign", "that", "says")

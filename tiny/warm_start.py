@@ -14,9 +14,9 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from blip3o_rl.policies.base import ImageTokenPolicy
-from blip3o_rl.rl.data import PromptRow
-from blip3o_rl.rl.logprobs import sequence_logprobs
+from ..policies.base import ImageTokenPolicy
+from ..rl.data import PromptRow
+from ..rl.logprobs import sequence_logprobs
 
 
 def warm_start(

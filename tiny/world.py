@@ -26,9 +26,9 @@ from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-from blip3o_rl import registry
-from blip3o_rl.policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBatch
-from blip3o_rl.tiny.warm_start import warm_start
+from .. import registry
+from ..policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBatch
+from .warm_start import warm_start
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "

@@ -4,12 +4,12 @@ Public entry points: `Blip3oNextPolicy.from_pretrained(path)` and `load_blip3o_n
 reverse, an official-layout folder from a trained model: `Blip3oNextPolicy.save_pretrained(path)`.
 """
 
-from blip3o_rl.policies.blip3o_next.checkpoint import CheckpointError
-from blip3o_rl.policies.blip3o_next.config import Blip3oConfigError, Blip3oNextConfig
-from blip3o_rl.policies.blip3o_next.decoder import Blip3oNextDecoder, DecodeSettings
-from blip3o_rl.policies.blip3o_next.export import save_blip3o_next
-from blip3o_rl.policies.blip3o_next.loader import Blip3oNextComponents, load_blip3o_next
-from blip3o_rl.policies.blip3o_next.policy import INFERENCE_SAMPLING, Blip3oNextPolicy
+from .checkpoint import CheckpointError
+from .config import Blip3oConfigError, Blip3oNextConfig
+from .decoder import Blip3oNextDecoder, DecodeSettings
+from .export import save_blip3o_next
+from .loader import Blip3oNextComponents, load_blip3o_next
+from .policy import INFERENCE_SAMPLING, Blip3oNextPolicy
 
 __all__ = [
     "INFERENCE_SAMPLING",

@@ -22,9 +22,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import Qwen3ForCausalLM
 
-from blip3o_rl.policies.blip3o_next.checkpoint import INDEX_FILE, SINGLE_FILE, WeightFiles
-from blip3o_rl.policies.blip3o_next.config import CONFIG_FILE, Blip3oNextConfig
-from blip3o_rl.policies.blip3o_next.loader import group_keys
+from .checkpoint import INDEX_FILE, SINGLE_FILE, WeightFiles
+from .config import CONFIG_FILE, Blip3oNextConfig
+from .loader import group_keys
 
 #: Top-level files of the source folder that are not copied: the weights (rewritten) and pickles.
 _NOT_COPIED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")

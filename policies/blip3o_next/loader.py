@@ -27,9 +27,9 @@ from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransf
 from torch import nn
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, Qwen3ForCausalLM
 
-from blip3o_rl.policies.blip3o_next.checkpoint import CheckpointError, Part, WeightFiles, match_part
-from blip3o_rl.policies.blip3o_next.config import Blip3oNextConfig
-from blip3o_rl.policies.blip3o_next.decoder import Blip3oNextDecoder, DecodeSettings, build_connector
+from .checkpoint import CheckpointError, Part, WeightFiles, match_part
+from .config import Blip3oNextConfig
+from .decoder import Blip3oNextDecoder, DecodeSettings, build_connector
 
 logger = logging.getLogger(__name__)
 

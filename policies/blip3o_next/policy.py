@@ -12,13 +12,13 @@ from PIL import Image
 from torch import nn
 from transformers import PreTrainedTokenizerBase, Qwen3ForCausalLM
 
-from blip3o_rl.policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBatch, SamplingParams
-from blip3o_rl.policies.blip3o_next.config import Blip3oNextConfig
-from blip3o_rl.policies.blip3o_next.decoder import Blip3oNextDecoder, DecodeSettings, Generators, to_pil
-from blip3o_rl.policies.blip3o_next.export import save_blip3o_next
-from blip3o_rl.policies.blip3o_next.loader import load_blip3o_next
-from blip3o_rl.policies.blip3o_next.prompt import chat_text, encode_prompts
-from blip3o_rl.policies.blip3o_next.sampling import INFERENCE, SamplingValues, checkpoint_sampling
+from ..base import ImageTokenLayout, ImageTokenPolicy, PromptBatch, SamplingParams
+from .config import Blip3oNextConfig
+from .decoder import Blip3oNextDecoder, DecodeSettings, Generators, to_pil
+from .export import save_blip3o_next
+from .loader import load_blip3o_next
+from .prompt import chat_text, encode_prompts
+from .sampling import INFERENCE, SamplingValues, checkpoint_sampling
 
 #: AR sampling of the official inference script (``generate``, ``eval.sampling: inference``).
 INFERENCE_SAMPLING = SamplingParams(INFERENCE.temperature, INFERENCE.top_k, INFERENCE.top_p)

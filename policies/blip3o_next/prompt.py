@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from blip3o_rl.policies.base import PromptBatch
+from ..base import PromptBatch
 
 #: The chat template the BLIP3o training code sets on the tokenizer.
 CHAT_TEMPLATE = (

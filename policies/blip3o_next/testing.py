@@ -33,7 +33,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-from blip3o_rl.policies.blip3o_next.prompt import CHAT_TEMPLATE  # what the training code stores
+from .prompt import CHAT_TEMPLATE  # what the training code stores
 
 CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 SANA_FOLDER = "sana_tiny"

@@ -4,7 +4,7 @@ Importing this package loads only the pure parts (no torch): the rule engine and
 The detector, colour classifier, reward and benchmark live in their own modules.
 """
 
-from blip3o_rl.rewards.geneval.metadata import (
+from .metadata import (
     COLORS,
     GENEVAL_OBJECTS,
     RELATIONS,
@@ -13,7 +13,7 @@ from blip3o_rl.rewards.geneval.metadata import (
     load_metadata,
     validate_metadata,
 )
-from blip3o_rl.rewards.geneval.rules import evaluate_detections, relative_position
+from .rules import evaluate_detections, relative_position
 
 __all__ = [
     "COLORS",

@@ -22,8 +22,8 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from blip3o_rl.rewards.geneval.metadata import TAGS, MetadataError, iter_metadata_file
-from blip3o_rl.rewards.geneval.scorer import GenEvalScorer
+from .metadata import TAGS, MetadataError, iter_metadata_file
+from .scorer import GenEvalScorer
 
 _SAMPLE = re.compile(r"\d+\.png")
 

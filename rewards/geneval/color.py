@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from blip3o_rl.rewards.geneval.metadata import COLORS
+from .metadata import COLORS
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 TEMPLATES = ("a photo of a {c} {obj}", "a photo of a {c}-colored {obj}", "a photo of a {c} object")

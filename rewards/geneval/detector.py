@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from blip3o_rl.rewards.geneval.metadata import GENEVAL_OBJECTS
+from .metadata import GENEVAL_OBJECTS
 
 DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
 SCORE_FLOOR = 0.1

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from blip3o_rl.rewards.geneval.detector import SCORE_FLOOR
-from blip3o_rl.rewards.geneval.metadata import GENEVAL_OBJECTS
+from .detector import SCORE_FLOOR
+from .metadata import GENEVAL_OBJECTS
 
 _INSTALL_HINT = (
     "the 'mmdet' GenEval detector backend needs mmdet 2.x and mmcv-full 1.x (GenEval's environment), which "

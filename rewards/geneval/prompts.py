@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from itertools import combinations
 from typing import Any
 
-from blip3o_rl.rewards.geneval.metadata import COLORS, GENEVAL_OBJECTS, RELATIONS, TAGS
+from .metadata import COLORS, GENEVAL_OBJECTS, RELATIONS, TAGS
 
 _INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 _NUMBERS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine", 10: "ten"}

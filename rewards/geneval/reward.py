@@ -23,8 +23,8 @@ from typing import Any
 
 from PIL import Image
 
-from blip3o_rl.rewards.base import RewardOutput
-from blip3o_rl.rewards.geneval.scorer import GenEvalScorer, build_scorer
+from ..base import RewardOutput
+from .scorer import GenEvalScorer, build_scorer
 
 SCORES = ("partial", "bounded", "correct")
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from blip3o_rl.rewards.geneval.metadata import COLORS, GENEVAL_OBJECTS, validate_metadata
+from .metadata import COLORS, GENEVAL_OBJECTS, validate_metadata
 
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9

@@ -14,11 +14,11 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from blip3o_rl import registry
-from blip3o_rl.rewards.geneval.color import DEFAULT_CLIP, ColourClassifier, masked_crop
-from blip3o_rl.rewards.geneval.detector import DEFAULT_DETECTOR, SCORE_FLOOR, Mask2FormerDetector
-from blip3o_rl.rewards.geneval.metadata import MetadataError, validate_metadata
-from blip3o_rl.rewards.geneval.rules import colour_targets, evaluate_detections, keep_detections
+from ... import registry
+from .color import DEFAULT_CLIP, ColourClassifier, masked_crop
+from .detector import DEFAULT_DETECTOR, SCORE_FLOOR, Mask2FormerDetector
+from .metadata import MetadataError, validate_metadata
+from .rules import colour_targets, evaluate_detections, keep_detections
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def mmdet_scorer(
     """
     if not mmdet_config or not mmdet_checkpoint:
         raise ValueError("detector_backend='mmdet' needs mmdet_config and mmdet_checkpoint")
-    from blip3o_rl.rewards.geneval.mmdet_backend import MMDetDetector
+    from .mmdet_backend import MMDetDetector
 
     det = MMDetDetector(
         mmdet_config,

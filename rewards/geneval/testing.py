@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from blip3o_rl.rewards.geneval.metadata import GENEVAL_OBJECTS
+from .metadata import GENEVAL_OBJECTS
 
 
 def save_tiny_detector(

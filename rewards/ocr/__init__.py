@@ -8,8 +8,8 @@
 Importing this package does not import an OCR engine; building `OCRReward` does.
 """
 
-from blip3o_rl.rewards.ocr.engines import OCREngine, get_ocr_engine
-from blip3o_rl.rewards.ocr.metric import (
+from .engines import OCREngine, get_ocr_engine
+from .metric import (
     OCRPromptError,
     extract_target,
     normalize_text,
@@ -17,8 +17,8 @@ from blip3o_rl.rewards.ocr.metric import (
     recognized_text,
     text_reward,
 )
-from blip3o_rl.rewards.ocr.prompts import load_ocr_prompts
-from blip3o_rl.rewards.ocr.reward import OCRReward
+from .prompts import load_ocr_prompts
+from .reward import OCRReward
 
 __all__ = [
     "OCREngine",

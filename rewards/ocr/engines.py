@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from blip3o_rl import registry
+from ... import registry
 
 OCRLines = list[tuple[str, float]]
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from PIL import Image
 
-from blip3o_rl.rewards.base import Reward
-from blip3o_rl.rewards.ocr.prompts import load_ocr_prompts
+from ..base import Reward
+from .prompts import load_ocr_prompts
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _IMAGE_NAME = re.compile(r"^(\d+)(?:_(\d+))?$")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blip3o_rl.rewards.ocr.metric import OCRPromptError, extract_target
+from .metric import OCRPromptError, extract_target
 
 
 def load_ocr_prompts(path: str | Path) -> list[dict[str, str]]:

@@ -7,9 +7,9 @@ from typing import Any
 
 from PIL import Image
 
-from blip3o_rl.rewards.base import RewardOutput
-from blip3o_rl.rewards.ocr.engines import get_ocr_engine
-from blip3o_rl.rewards.ocr.metric import OCRPromptError, extract_target, recognized_text, text_reward
+from ..base import RewardOutput
+from .engines import get_ocr_engine
+from .metric import OCRPromptError, extract_target, recognized_text, text_reward
 
 
 class OCRReward:

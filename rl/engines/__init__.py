@@ -7,10 +7,10 @@ cache; the oracle), ``static`` (static KV cache, compilable step), ``vllm`` (in-
 
 from typing import Any
 
-from blip3o_rl import registry
-from blip3o_rl.rl.engines.base import Rollout, RolloutEngine, SamplingParams, stream_seed
-from blip3o_rl.rl.engines.kv_cache import KVCacheEngine
-from blip3o_rl.rl.engines.static import StaticCacheEngine
+from ... import registry
+from .base import Rollout, RolloutEngine, SamplingParams, stream_seed
+from .kv_cache import KVCacheEngine
+from .static import StaticCacheEngine
 
 __all__ = ["KVCacheEngine", "Rollout", "RolloutEngine", "SamplingParams", "StaticCacheEngine", "build_engine",
            "stream_seed"]

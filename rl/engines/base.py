@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from blip3o_rl.policies.base import ImageTokenPolicy, PromptBatch, SamplingParams
+from ...policies.base import ImageTokenPolicy, PromptBatch, SamplingParams
 
 __all__ = ["Rollout", "RolloutEngine", "SamplingParams", "stream_seed"]
 

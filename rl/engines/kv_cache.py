@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import torch
 
-from blip3o_rl.policies.base import PromptBatch
-from blip3o_rl.policies.model import StepOutput
-from blip3o_rl.rl.engines.base import Rollout, RolloutEngine, SamplingParams
-from blip3o_rl.rl.sampling import is_truncated, sample_codes
+from ...policies.base import PromptBatch
+from ...policies.model import StepOutput
+from ..sampling import is_truncated, sample_codes
+from .base import Rollout, RolloutEngine, SamplingParams
 
 
 def prefill(lm, prompts: PromptBatch) -> StepOutput:

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from blip3o_rl.policies.base import PromptBatch
-from blip3o_rl.policies.model import ImageTokenLM, StaticKVCache, positions_from_mask
-from blip3o_rl.rl.engines.base import Rollout, RolloutEngine, SamplingParams
-from blip3o_rl.rl.sampling import SampledCodes, draw_noise, is_truncated, sample_with_noise
+from ...policies.base import PromptBatch
+from ...policies.model import ImageTokenLM, StaticKVCache, positions_from_mask
+from ..sampling import SampledCodes, draw_noise, is_truncated, sample_with_noise
+from .base import Rollout, RolloutEngine, SamplingParams
 
 StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]  # codes, logprobs, kept, hidden
 

@@ -50,8 +50,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from blip3o_rl.policies.base import ImageTokenLayout, PromptBatch
-from blip3o_rl.rl.engines.base import Rollout, RolloutEngine, SamplingParams
+from ...policies.base import ImageTokenLayout, PromptBatch
+from .base import Rollout, RolloutEngine, SamplingParams
 
 logger = logging.getLogger(__name__)
 
