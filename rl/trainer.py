@@ -565,9 +565,25 @@ class GRPOTrainer:
         if hasattr(self, "acc") and self.acc.is_main_process and hasattr(self, "log"):
             self.log.close()
         if hasattr(self, "acc"):
+            self._release_wrapper()
             self.acc.end_training()
         if hasattr(self, "lock"):  # rank 0's
             self.lock.release()
+
+
+    def _release_wrapper(self) -> None:
+        """Drop the DDP / DeepSpeed wrapper (and accelerate's references to it) before the process group goes.
+
+        A gloo group whose last owner is DDP's C++ reducer is destroyed inside the reducer's destructor with the
+        GIL held, while a gloo worker may still need the GIL to free a finished collective's tensors: the
+        process then never exits (seen on CPU after the last step). Freed here, the group ends in
+        ``destroy_process_group``, which releases the GIL while it joins its threads.
+        """
+        if hasattr(self, "policy") and hasattr(self, "lm"):
+            self.lm = self.policy.lm  # the inner module: still usable for reading weights after the run
+        if hasattr(self, "engine"):
+            self.engine = getattr(self.engine, "inner", self.engine)  # GatheredRollouts holds the ZeRO-3 engine
+        self.acc.free_memory()
 
 
 def train(cfg: TrainConfig, resume: str | bool | None = None, overwrite: bool = False,

@@ -8,8 +8,10 @@ gathered on rank 0 under FSDP2 / ZeRO). ``--crash-at K``: rank 1 (or 0 on one pr
 before it runs (a hard exit, as a killed node would).
 """
 
+import gc
 import os
 import sys
+import weakref
 
 import torch
 
@@ -48,7 +50,12 @@ def main(argv: list[str]) -> None:
                     "rank": trainer.rank, "full": full, "own": own},
                    os.path.join(out, f"result_rank{trainer.rank}.pt"))
     finally:
+        ddp = isinstance(getattr(trainer, "lm", None), torch.nn.parallel.DistributedDataParallel)
+        wrapper = weakref.ref(trainer.lm) if ddp else None
         trainer.cleanup()
+    gc.collect()
+    # DDP (its C++ reducer owns the gloo group) is gone before interpreter exit: see GRPOTrainer._release_wrapper
+    assert wrapper is None or wrapper() is None, "the DDP wrapper outlived cleanup()"
 
 
 if __name__ == "__main__":
