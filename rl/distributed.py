@@ -227,6 +227,44 @@ class Distributed:
         model, opt = self.acc.prepare(lm, optimizer)
         return model, opt
 
+    @contextlib.contextmanager
+    def loading(self) -> Iterator[None]:
+        """Around loading the policy: under ZeRO-3 every rank loads the weights whole (transformers would
+        otherwise create them already partitioned, `zero.Init`, because accelerate registers the DeepSpeed
+        config with it), so the frozen reference can be copied and a checkpoint loaded into them; DeepSpeed
+        partitions them in `prepare`. (Models too large to load once per device are out of scope.)"""
+        if self.zero_stage != 3:
+            yield
+            return
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            self.acc.state.deepspeed_plugin.set_deepspeed_weakref()
+
+    def prepare_reference(self, reference: nn.Module) -> nn.Module:
+        """The frozen full-fine-tuning reference as the trainer calls it: under ZeRO-3 partitioned like the
+        policy (its own DeepSpeed engine, no optimizer: each rank keeps 1/N of the copy and gathers a layer's
+        weights in its forward); otherwise the module itself (ZeRO-1/2 and DDP keep replicas; FSDP2 has
+        sharded it in `shard`). Call after `prepare` (the DeepSpeed config is complete then)."""
+        if self.zero_stage != 3 or self.world == 1:
+            return reference
+        import copy
+
+        import deepspeed
+
+        ds = copy.deepcopy(self.acc.state.deepspeed_plugin.deepspeed_config)
+        for key in ("optimizer", "scheduler"):
+            ds.pop(key, None)
+        zero = ds.setdefault("zero_optimization", {})
+        for key in ("offload_optimizer",):  # no optimizer here
+            zero.pop(key, None)
+        engine, *_ = deepspeed.initialize(model=reference, config=ds)
+        engine.eval()
+        return engine
+
     def rollout_engine(self, engine: RolloutEngine, lm: nn.Module, gather: bool) -> RolloutEngine:
         """ZeRO-3 with ``gather``: the engine samples inside one gather of the partitioned weights."""
         if self.zero_stage == 3 and gather:

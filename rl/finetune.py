@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -58,6 +58,12 @@ class FinetuneSetup:
     def reference_module(self) -> nn.Module | None:
         """The frozen full-fine-tuning reference (None with LoRA, whose reference is the adapter off)."""
         return self._reference
+
+    def wrap_reference(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Replace the frozen full-fine-tuning reference by ``wrap(reference)`` (ZeRO-3: a partitioned
+        inference engine, `Distributed.prepare_reference`); nothing to do with LoRA or without a reference."""
+        if self._reference is not None:
+            self._reference = wrap(self._reference)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.policy.lm.parameters() if p.requires_grad]

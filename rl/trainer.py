@@ -113,7 +113,9 @@ class GRPOTrainer:
 
         kind, train_file = cfg.model.policy, cfg.data.train_file
         assert kind is not None and train_file is not None  # validate() requires both
-        self.policy = load_policy(kind, self._model_path(kind, train_file), cfg.model.dtype, **cfg.model.policy_kwargs)
+        with self.dist.loading():  # ZeRO-3: whole weights on every rank until prepare partitions them
+            self.policy = load_policy(kind, self._model_path(kind, train_file), cfg.model.dtype,
+                                      **cfg.model.policy_kwargs)
         self.policy.lm.to(self.acc.device)
         self.finetune = FinetuneSetup(self.policy, cfg.model, need_reference=cfg.grpo.beta > 0)
         if self.resume_from is not None:  # before any sharding: every rank loads the full weights
@@ -134,6 +136,7 @@ class GRPOTrainer:
         g = cfg.grpo
         self.lm, self.optimizer = self.dist.prepare(self.policy.lm, self.optimizer, g.micro_batch_size,
                                                     -(-g.batch_size // g.micro_batch_size), cfg.optim.max_grad_norm)
+        self.finetune.wrap_reference(self.dist.prepare_reference)  # ZeRO-3 partitions the full-FT reference
         self.guard = FiniteUpdateGuard(cfg.optim.max_nonfinite_steps)  # every optimizer step goes through it
 
         engine = build_engine(cfg.rollout.engine, **cfg.rollout.engine_kwargs)

@@ -45,9 +45,13 @@ def main(argv: list[str]) -> None:
         full = trainable_state(trainer.dist, trainer.lm, trainer.finetune)
         own = {k: v.detach().cpu().clone() for k, v in trainer.finetune.trainable_state_dict().items()
                if not hasattr(v, "full_tensor")}
+        ref = trainer.finetune.reference_module  # the full-FT KL reference: a ZeRO-3 engine of its own under ZeRO-3
+        ref_stage = ref.zero_optimization_stage() if hasattr(ref, "zero_optimization_stage") else 0
+        ref_shard = (sum(p.ds_tensor.numel() for p in ref.parameters()),  # (this rank's part, the whole)
+                     sum(p.ds_numel for p in ref.parameters())) if ref_stage == 3 else (0, 0)
         torch.save({"env_world": int(os.environ.get("WORLD_SIZE", "1")), "world": trainer.world,
                     "pg_world": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
-                    "rank": trainer.rank, "full": full, "own": own},
+                    "rank": trainer.rank, "full": full, "own": own, "ref_stage": ref_stage, "ref_shard": ref_shard},
                    os.path.join(out, f"result_rank{trainer.rank}.pt"))
     finally:
         ddp = isinstance(getattr(trainer, "lm", None), torch.nn.parallel.DistributedDataParallel)

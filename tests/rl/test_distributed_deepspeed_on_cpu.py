@@ -1,9 +1,10 @@
-"""DeepSpeed ZeRO on CPU (2 processes, gloo): ZeRO-2 equals the 1-process run; ZeRO-1 and ZeRO-3 (its
-rollouts inside one parameter gather) run and save a full-weight checkpoint.
+"""DeepSpeed ZeRO on CPU (2 processes, gloo): ZeRO-2, and ZeRO-3 full fine-tuning with its partitioned KL
+reference, equal the 1-process run; ZeRO-1 and ZeRO-3 LoRA (rollouts inside one parameter gather) run and
+save a full-weight checkpoint.
 
 Needs the ``[deepspeed]`` extra (tested with 0.19.8): skipped without it. Not in the default ``make
 test`` install: DeepSpeed compiles its CPU shared-memory op on first use (~80-200 s with g++/ninja on
-2 cores), which would push CI past its budget; run ``make test-deepspeed``.
+2 cores); ``make test-deepspeed`` installs it and runs this file (CI does, after ``make test``).
 """
 
 import pytest
@@ -41,6 +42,24 @@ def test_zero2_two_processes_equal_one(base, tmp_path):
     assert max_diff(results(ref, 1)[0]["full"], r0["full"]) <= TOLERANCE
     assert_same_metrics(metrics(ref), metrics(out))
     assert (out / "checkpoints" / "step_000003" / "deepspeed").is_dir()
+
+
+def test_zero3_full_finetuning_with_partitioned_reference_equals_one(base, tmp_path):
+    """Full fine-tuning with a KL term under ZeRO-3: the frozen reference is partitioned like the policy
+    (its own ZeRO-3 engine: each rank owns half of it; DeepSpeed still keeps parameters below its persistence
+    threshold whole, which here is all of them), and weights and metrics (KL included) equal the 1-process run's."""
+    extra = ["grpo.beta=0.01", "max_steps=2"]
+    ref = tmp_path / "ref"
+    launch(1, ref, common(base, ref, f"grpo.batch_size={GLOBAL_BATCH}", *extra))
+    out = tmp_path / "zero3"
+    launch(2, out, common(base, out, f"grpo.batch_size={GLOBAL_BATCH // 2}", *extra), launcher="accelerate",
+           accelerate_config="zero3.yaml")
+    one, (r0, r1) = results(ref, 1)[0], results(out, 2)
+    assert one["ref_stage"] == 0 and r0["ref_stage"] == r1["ref_stage"] == 3
+    (part0, whole), (part1, _) = r0["ref_shard"], r1["ref_shard"]
+    assert whole > 0 and part0 == part1 == whole // 2  # each rank owns half of the reference
+    assert max_diff(one["full"], r0["full"]) <= TOLERANCE
+    assert_same_metrics(metrics(ref), metrics(out))
 
 
 @pytest.mark.parametrize("config", ["zero1.yaml", "zero3.yaml"])
