@@ -85,3 +85,26 @@ def test_decode_generators_of_a_slice_are_those_samples_of_the_group():
     full = decode_generators([11, 22], 4, torch.device("cpu"))
     part = decode_generators([11, 22], 2, torch.device("cpu"), first_sample=2)
     assert [g.initial_seed() for g in part] == [g.initial_seed() for g in full[2:4] + full[6:8]]
+
+
+def test_decode_rows_seed_a_slice_by_its_true_index_in_the_group():
+    """`decode_rows` on a rollout holding samples 2, 3 of each group gives each image the decode generator of
+    that sample in the whole group (so a split group's images are the one-process images), and chunks must
+    be whole slices."""
+    from types import SimpleNamespace
+
+    from blip3o_rl.rl.engines import Rollout
+    from blip3o_rl.rl.generate import decode_rows
+
+    policy = SimpleNamespace(lm=torch.nn.Identity(), device=torch.device("cpu"),
+                             decode=lambda codes, hidden, generators: [g.initial_seed() for g in generators])
+
+    def rollout(rows, first):
+        return Rollout(prompts=None, codes=torch.zeros(rows, 3, dtype=torch.long),  # type: ignore[arg-type]
+                       sampler_logprobs=torch.zeros(rows, 3), seeds=[11, 22], first_sample=first)
+
+    full = decode_rows(policy, rollout(8, 0), slice(None))
+    assert decode_rows(policy, rollout(4, 2), slice(None)) == full[2:4] + full[6:8]
+    assert decode_rows(policy, rollout(4, 2), slice(2, 4)) == full[6:8]
+    with pytest.raises(ValueError, match="decode rows 1:4 split the 2 samples of a prompt"):
+        decode_rows(policy, rollout(4, 2), slice(1, 4))
