@@ -30,6 +30,7 @@ from .. import registry
 from ..rewards.base import REMOTE_PREFIX
 from ..rewards.remote import RemoteReward
 from .advantages import REWARD_AGGREGATIONS, SCALE_REWARDS
+from .batch_layout import batch_split_problem
 from .loss import loss_types
 
 
@@ -78,7 +79,8 @@ class RolloutConfig:
     # generate() resolved them (the checkpoint's generation_config.json, else transformers' top-k 50)
     sampling_from: str = "config"
     logprob_chunk_size: int = 128  # positions per chunk of image-head logits in the trainer's forward
-    # Samples per decode call, a multiple of grpo.num_generations (null: the whole batch at once).
+    # Samples per decode call, a multiple of grpo.num_generations (whole groups), or of grpo.batch_size when
+    # a group is split across processes (null: the whole batch at once).
     decode_chunk_size: int | None = None
     # Score each decoded chunk while the next one decodes (rl/pipeline.py); same results as without.
     pipeline_rewards: bool = False
@@ -88,7 +90,9 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class GRPOConfig:
     num_generations: int = 8  # group size G
-    batch_size: int = 64  # samples per step on each process (prompts per step = batch_size / G)
+    # samples per step on each process: a multiple of G (whole groups), or a divisor of G (one group split over
+    # G / batch_size consecutive processes; rl/batch_layout.py)
+    batch_size: int = 64
     micro_batch_size: int = 16  # samples per forward/backward; gradients accumulate over the batch
     beta: float = 0.0  # KL coefficient (k3 against the reference policy)
     epsilon: float = 0.2
@@ -215,10 +219,6 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
-
-    @property
-    def prompts_per_step(self) -> int:
-        return self.grpo.batch_size // self.grpo.num_generations
 
 
 # --------------------------------------------------------------------------- parsing
@@ -440,12 +440,8 @@ def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
 
     g, r, o, m = cfg.grpo, cfg.rollout, cfg.optim, cfg.model
     check(g.num_generations >= 2, "grpo.num_generations", f"group size must be >= 2, got {g.num_generations}")
-    check(
-        g.batch_size > 0 and g.batch_size % g.num_generations == 0,
-        "grpo.batch_size",
-        f"{g.batch_size} samples do not split into groups of num_generations={g.num_generations} (batch_size "
-        "is per process and a group is never split across processes: each process holds whole groups)",
-    )
+    split_problem = batch_split_problem(g.batch_size, g.num_generations)  # the world size is checked at setup
+    check(split_problem is None, "grpo.batch_size", f"{split_problem} (batch_size is per process)")
     check(g.micro_batch_size >= 1, "grpo.micro_batch_size", "must be >= 1")
     check(g.loss_type in loss_types(), "grpo.loss_type", f"must be one of {loss_types()}, got {g.loss_type!r}")
     check(g.scale_rewards in SCALE_REWARDS, "grpo.scale_rewards", f"must be one of {SCALE_REWARDS}")
@@ -460,9 +456,10 @@ def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
     check(r.is_correction in ("auto", "on", "off"), "rollout.is_correction", "must be 'auto', 'on' or 'off'")
     check(r.is_cap >= 1, "rollout.is_cap", "must be >= 1")
     check(r.logprob_chunk_size >= 1, "rollout.logprob_chunk_size", "must be >= 1")
-    check(r.decode_chunk_size is None or (r.decode_chunk_size > 0 and r.decode_chunk_size % g.num_generations == 0),
-          "rollout.decode_chunk_size", f"must be a positive multiple of grpo.num_generations={g.num_generations} "
-          f"(whole groups), got {r.decode_chunk_size}")
+    unit = min(g.batch_size, g.num_generations)  # the samples of one prompt a process holds
+    check(r.decode_chunk_size is None or (r.decode_chunk_size > 0 and r.decode_chunk_size % unit == 0),
+          "rollout.decode_chunk_size", f"must be a positive multiple of {unit} (the samples of a prompt one process "
+          f"holds: grpo.num_generations, or grpo.batch_size when a group is split), got {r.decode_chunk_size}")
     check(r.max_pending_chunks >= 1, "rollout.max_pending_chunks", "must be >= 1")
     check(r.sampling_from in ("config", "checkpoint"), "rollout.sampling_from", "must be 'config' or 'checkpoint'")
     check(r.sampling_from == "config" or (r.top_k, r.top_p) == (0, 1.0), "rollout.sampling_from",

@@ -88,16 +88,20 @@ def write_prompt_splits(out_dir: str | Path, stem: str, train: list[dict], held_
 
 
 class PromptSampler:
-    """Yields ``prompts_per_step`` rows per step for this rank, epoch after epoch.
+    """Yields the step's ``prompts_per_step`` rows (over all ranks) epoch after epoch, and keeps ``mine``.
 
-    Every rank draws the same global permutation from ``seed`` and the epoch, and takes its own
-    disjoint slice, so ranks never duplicate prompts within a step. State is ``(epoch, position)``.
+    Every rank draws the same global permutation from ``seed`` and the epoch and the same
+    ``prompts_per_step`` prompts each step, and keeps the indices ``mine`` among them
+    (`BatchLayout.prompts`, rl/batch_layout.py: disjoint between ranks holding whole groups, shared by the
+    ranks of a split group; None: all). State is ``(epoch, position)``, the same on every rank.
     """
 
     def __init__(self, rows: list[PromptRow], prompts_per_step: int, seed: int, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1):
+                 mine: range | None = None):
         self.rows, self.per_step, self.seed, self.shuffle = rows, prompts_per_step, seed, shuffle
-        self.rank, self.world_size = rank, world_size
+        self.mine = range(prompts_per_step) if mine is None else mine
+        if self.mine.step != 1 or self.mine.start < 0 or self.mine.stop > prompts_per_step:
+            raise ValueError(f"prompts {self.mine} are not among the step's {prompts_per_step}")
         self.epoch, self.position = 0, 0
         self._order = self._permutation()
 
@@ -109,17 +113,15 @@ class PromptSampler:
 
     def next_batch(self) -> list[PromptRow]:
         """The next step's rows for this rank (wrapping into a new epoch when the data runs out)."""
-        global_n = self.per_step * self.world_size
         picked: list[int] = []
-        while len(picked) < global_n:
+        while len(picked) < self.per_step:
             if self.position >= len(self._order):
                 self.epoch, self.position = self.epoch + 1, 0
                 self._order = self._permutation()
-            take = min(global_n - len(picked), len(self._order) - self.position)
+            take = min(self.per_step - len(picked), len(self._order) - self.position)
             picked += self._order[self.position : self.position + take]
             self.position += take
-        mine = picked[self.rank * self.per_step : (self.rank + 1) * self.per_step]
-        return [self.rows[i] for i in mine]
+        return [self.rows[i] for i in picked[self.mine.start : self.mine.stop]]
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}

@@ -1,7 +1,7 @@
 """Multi-process training: launcher checks, the wrapper around the one trainable module, collectives.
 
 One GRPO run is N processes (``torchrun``, ``accelerate launch``, SLURM), each holding whole prompt
-groups (``grpo.batch_size`` samples *per process*). This module is all the trainer knows about that:
+groups or a slice of one (``grpo.batch_size`` samples *per process*; rl/batch_layout.py). This module is all the trainer knows about that:
 
 - `make_accelerator`: the `Accelerator`, built so that the launcher's world size is really the
   trainer's: on a machine without CUDA it is created with ``cpu=True`` (with the default
@@ -342,11 +342,11 @@ class GatheredRollouts(RolloutEngine):
         self.inner.setup(policy)
         self.policy = policy
 
-    def generate(self, prompts, num_generations, params, seeds, return_hidden=False):
+    def _generate(self, prompts, num_generations, params, seeds, return_hidden, samples):
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(self.lm.parameters()), modifier_rank=None):
-            return self.inner.generate(prompts, num_generations, params, seeds, return_hidden)
+            return self.inner.generate(prompts, num_generations, params, seeds, return_hidden, samples)
 
     def update_weights(self, policy) -> None:
         self.inner.update_weights(policy)

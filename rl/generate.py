@@ -37,10 +37,13 @@ class Generation:
     timings: dict[str, float] = field(default_factory=dict)  # time/rollout, time/hidden_states, time/decode
 
 
-def decode_generators(seeds: Sequence[int], num_generations: int, device: torch.device) -> list[torch.Generator]:
-    """One generator per image, seeded from its prompt's seed and its index in the group."""
+def decode_generators(seeds: Sequence[int], num_generations: int, device: torch.device,
+                      first_sample: int = 0) -> list[torch.Generator]:
+    """One generator per image, seeded from its prompt's seed and its index in the group: samples
+    ``first_sample .. first_sample + num_generations - 1`` of each prompt (a slice of a split group
+    decodes exactly as those samples of the whole group)."""
     return [torch.Generator(device).manual_seed(stream_seed(s, i, "decode")) for s in seeds
-            for i in range(num_generations)]
+            for i in range(first_sample, first_sample + num_generations)]
 
 
 @contextlib.contextmanager
@@ -63,14 +66,19 @@ def sample_rollout(
     seeds: Sequence[int],
     micro_batch_size: int = 16,
     logprob_chunk_size: int = 128,
+    samples: range | None = None,
 ) -> Generation:
-    """The first half of `sample_and_decode`: the codes (and hidden states) of every sample, no images yet."""
+    """The first half of `sample_and_decode`: the codes (and hidden states) of every sample, no images yet.
+    ``samples``: only those samples of each group (`RolloutEngine.generate`; None: all)."""
     t: dict[str, float] = {}
     lm = policy.lm
     with eval_mode(lm):
         with timed("rollout", t):
+            # `samples` only for a slice of a group: an engine written against the former `generate`
+            # (without it) still serves whole groups
+            part = {} if samples is None or len(samples) == num_generations else {"samples": samples}
             ro = engine.generate(policy.prompt_batch(captions), num_generations, params, seeds,
-                                 return_hidden=policy.needs_hidden_states)
+                                 return_hidden=policy.needs_hidden_states, **part)
         forward_logprobs = None
         if policy.needs_hidden_states and ro.hidden_states is None:
             with timed("hidden_states", t):
@@ -80,20 +88,23 @@ def sample_rollout(
     return Generation(ro, [], forward_logprobs, t)
 
 
-def decode_rows(policy: ImageTokenPolicy, rollout: Rollout, num_generations: int, rows: slice) -> list[Image.Image]:
-    """Images of the samples ``rows`` (whole groups: ``rows.start`` and ``rows.stop`` multiples of G).
+def decode_rows(policy: ImageTokenPolicy, rollout: Rollout, rows: slice) -> list[Image.Image]:
+    """Images of the samples ``rows`` (whole prompts: ``rows.start`` and ``rows.stop`` multiples of the
+    rollout's samples per prompt, G unless a group is split across processes).
 
-    Each image draws its decode noise from its own generator (`decode_generators`), so decoding a batch
-    in chunks gives the images of decoding it at once.
+    Each image draws its decode noise from its own generator (`decode_generators`, by its true index in
+    its group), so decoding a batch in chunks, or a group in slices on several processes, gives the images
+    of decoding it at once.
     """
+    k = rollout.samples_per_prompt
     start, stop, _ = rows.indices(rollout.codes.shape[0])
-    if start % num_generations or stop % num_generations:
-        raise ValueError(f"decode rows {start}:{stop} split a group of {num_generations}")
-    seeds = rollout.seeds[start // num_generations : stop // num_generations]
+    if start % k or stop % k:
+        raise ValueError(f"decode rows {start}:{stop} split the {k} samples of a prompt")
+    seeds = rollout.seeds[start // k : stop // k]
     hidden = None if rollout.hidden_states is None else rollout.hidden_states[start:stop]
     with eval_mode(policy.lm):
         return policy.decode(rollout.codes[start:stop], hidden,
-                             generators=decode_generators(seeds, num_generations, policy.device))
+                             generators=decode_generators(seeds, k, policy.device, rollout.first_sample))
 
 
 def sample_and_decode(
@@ -115,7 +126,7 @@ def sample_and_decode(
     gen = sample_rollout(policy, engine, captions, num_generations, params, seeds, micro_batch_size,
                          logprob_chunk_size)
     with timed("decode", gen.timings):
-        gen.images = decode_rows(policy, gen.rollout, num_generations, slice(None))
+        gen.images = decode_rows(policy, gen.rollout, slice(None))
     return gen
 
 

@@ -3,7 +3,8 @@
 Sequential: roll out the batch, decode it (in chunks of ``decode_chunk_size`` samples if set), then
 score every image at once and wait.
 
-Pipelined (``pipelined=True``): roll out the batch, then decode it chunk by chunk (whole groups); each
+Pipelined (``pipelined=True``): roll out the batch, then decode it chunk by chunk (whole prompts: G samples
+each, or the slice of a group split across processes); each
 decoded chunk goes to `WeightedRewards.submit` at once (reward threads for in-process rewards,
 concurrent requests for `RemoteReward`) while the next chunk decodes. At most ``max_pending`` chunks
 wait for their rewards: past that, decoding waits for the oldest. Results are collected in submission
@@ -43,11 +44,13 @@ class SubmitsBatches(Protocol):
     def submit(self, images: Any, prompts: Any, metadata: Any) -> Future[CombinedScores]: ...
 
 
-def chunk_slices(num_samples: int, chunk_size: int | None, num_generations: int) -> list[slice]:
-    """Consecutive row slices of ``chunk_size`` samples (whole groups; the last may be shorter)."""
+def chunk_slices(num_samples: int, chunk_size: int | None, samples_per_prompt: int) -> list[slice]:
+    """Consecutive row slices of ``chunk_size`` samples (whole prompts' ``samples_per_prompt`` rows: G, or
+    the slice of a split group; the last chunk may be shorter)."""
     size = chunk_size or num_samples
-    if size % num_generations:
-        raise ValueError(f"decode chunk of {size} samples splits a group of {num_generations}")
+    if size % samples_per_prompt:
+        raise ValueError(f"decode chunk of {size} samples splits a group (the {samples_per_prompt} samples of a "
+                         "prompt held here)")
     return [slice(s, min(s + size, num_samples)) for s in range(0, num_samples, size)]
 
 
@@ -72,16 +75,18 @@ def generate_and_score(
     decode_chunk_size: int | None = None,
     pipelined: bool = False,
     max_pending: int = 4,
+    samples: range | None = None,
 ) -> tuple[Generation, CombinedScores]:
     """Samples of ``captions`` (``seeds[j]`` seeds caption j's group), their images and their rewards.
 
-    ``prompts`` / ``metadata`` are per sample (``[B]``, each caption's repeated for its group's rows).
+    ``prompts`` / ``metadata`` are per sample (``[B]``, each caption's repeated for its rows).
+    ``samples``: only those samples of each group (a group split across processes; None: all G).
     """
     prompts, metadata = list(prompts), list(metadata)
     if max_pending < 1:
         raise ValueError(f"max_pending must be >= 1, got {max_pending}")
     gen = sample_rollout(policy, engine, captions, num_generations, params, seeds, micro_batch_size,
-                         logprob_chunk_size)
+                         logprob_chunk_size, samples)
     t = gen.timings
     b = gen.rollout.codes.shape[0]
     if len(prompts) != b or len(metadata) != b:
@@ -96,9 +101,9 @@ def generate_and_score(
         t["time/reward_wait"] += time.perf_counter() - start
 
     first_submit = None
-    for rows in chunk_slices(b, decode_chunk_size, num_generations):
+    for rows in chunk_slices(b, decode_chunk_size, gen.rollout.samples_per_prompt):
         start = time.perf_counter()
-        images = decode_rows(policy, gen.rollout, num_generations, rows)
+        images = decode_rows(policy, gen.rollout, rows)
         _synchronize(policy.device)
         t["time/decode"] += time.perf_counter() - start
         gen.images.extend(images)

@@ -68,31 +68,47 @@ def sample_codes(
     top_p: float = 1.0,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     group_size: int | None = None,
+    samples: range | None = None,
 ) -> SampledCodes:
     """Draw one code per row of ``logits [B, K]``; returns ``(codes [B], logprobs [B], kept [B] | None)``.
 
     Uses the exponential-race trick (argmax of p / Exp(1) noise), which needs no host sync. With a list
     of generators, consecutive blocks of ``group_size`` rows draw their noise from one generator each
-    (a prompt's group), so a block's samples do not depend on the other rows.
+    (a prompt's group), so a block's samples do not depend on the other rows; with ``samples`` the blocks
+    are those rows of each group's draw (`draw_noise`).
     ``temperature == 0`` is greedy decoding; its log-probs are those of the temperature-1 distribution
     (and ``kept`` is None: greedy is for generation, not for training).
     """
     if temperature == 0:
         return sample_with_noise(logits, None, 0.0)
     noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-    draw_noise(noise, generator, group_size)
+    draw_noise(noise, generator, group_size, samples)
     return sample_with_noise(logits, noise, temperature, top_k, top_p)
 
 
 def draw_noise(noise: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None,
-               group_size: int | None = None) -> torch.Tensor:
+               group_size: int | None = None, samples: range | None = None) -> torch.Tensor:
     """Fill ``noise [B, K]`` with Exp(1) draws in place: consecutive blocks of ``group_size`` rows from one
-    generator each (a prompt's group), or all rows from ``generator``. Launches kernels only (no host sync)."""
+    generator each (a prompt's group), or all rows from ``generator``. Launches kernels only (no host sync).
+
+    ``samples`` (part of a group held by this process): each generator still draws its whole
+    ``[group_size, K]`` block, and its rows ``samples`` fill a block of ``len(samples)`` rows, so a slice of
+    a group gets exactly the noise those samples get when the whole group is drawn.
+    """
     if isinstance(generator, Sequence):
-        if group_size is None or group_size * len(generator) != noise.shape[0]:
-            raise ValueError(f"{len(generator)} generators x group_size {group_size} != {noise.shape[0]} rows")
+        rows = group_size if samples is None else len(samples)
+        if group_size is None or rows is None or rows * len(generator) != noise.shape[0]:
+            raise ValueError(f"{len(generator)} generators x {rows} rows (samples {samples} of group_size "
+                             f"{group_size}) != {noise.shape[0]} rows")
+        whole = samples is None or len(samples) == group_size
+        block = None if whole else noise.new_empty(group_size, noise.shape[1])  # [G, K] one group's draw
         for i, gen in enumerate(generator):
-            noise[i * group_size : (i + 1) * group_size].exponential_(1, generator=gen)
+            dst = noise[i * rows : (i + 1) * rows]
+            if block is None:
+                dst.exponential_(1, generator=gen)
+            else:
+                assert samples is not None
+                dst.copy_(block.exponential_(1, generator=gen)[samples.start : samples.stop])
     else:
         noise.exponential_(1, generator=generator)
     return noise

@@ -25,6 +25,7 @@ import yaml
 from ..policies import can_build, load_policy, policy_class
 from ..rewards import WeightedRewards, load_reward
 from .advantages import count_groups_without_baseline, reward_advantages
+from .batch_layout import BatchLayout
 from .best_checkpoint import BestCheckpoint
 from .checkpoint import (
     latest_checkpoint,
@@ -102,6 +103,10 @@ class GRPOTrainer:
         self.acc = make_accelerator(strategy, cfg.model.mixed_precision, d.timeout_minutes)
         self.dist = Distributed(self.acc, strategy)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        try:  # this rank's prompts and samples of each step's global batch (rl/batch_layout.py)
+            self.layout = BatchLayout(cfg.grpo.batch_size, cfg.grpo.num_generations, self.world, self.rank)
+        except ValueError as exc:
+            raise ConfigError(f"grpo.batch_size: {exc}") from None
         self._claim_run_dir(resume, overwrite)
         self.show_bars = show_bars(cfg.logging.progress_bar)
         if not self.show_bars:
@@ -127,7 +132,7 @@ class GRPOTrainer:
             raise RuntimeError("a frozen (decoder) parameter is trainable: it must not enter the optimizer")
         train_rows = load_prompts(train_file)
         self._check_prompts(train_rows, train_file)
-        horizon = lr_schedule_steps(cfg.optim, cfg.max_steps, len(train_rows), cfg.prompts_per_step * self.world)
+        horizon = lr_schedule_steps(cfg.optim, cfg.max_steps, len(train_rows), self.layout.prompts_per_step)
         self.optimizer = build_optimizer(self.params, cfg.optim)
         # rl/presets.py: the LR horizon is optim.schedule_steps / schedule_epochs, else max_steps
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, horizon * cfg.grpo.num_iterations)
@@ -152,9 +157,8 @@ class GRPOTrainer:
         rewards = _build_rewards(cfg.rewards)
         self.eval_rewards = _build_rewards(cfg.eval.rewards) if cfg.eval.rewards else rewards
         self.rewards = RewardFailureWatch(rewards, cfg.grpo.max_failed_reward_steps)  # rl/reward_watch.py
-        self.sampler = PromptSampler(
-            train_rows, cfg.prompts_per_step, cfg.seed, cfg.data.shuffle, self.rank, self.world
-        )
+        self.sampler = PromptSampler(train_rows, self.layout.prompts_per_step, cfg.seed, cfg.data.shuffle,
+                                     self.layout.prompts)
         self.eval_rows = load_prompts(cfg.eval.prompts_file)[: cfg.eval.num_prompts] if cfg.eval.prompts_file else []
         if cfg.eval.prompts_file:
             self._check_prompts(self.eval_rows, cfg.eval.prompts_file)
@@ -297,24 +301,25 @@ class GRPOTrainer:
 
     def step(self, step: int) -> dict[str, float]:
         """One GRPO step: prompts → rollouts → images → rewards → advantages → μ updates."""
-        g, t = self.cfg.grpo, dict[str, float]()
+        g, t, lay = self.cfg.grpo, dict[str, float](), self.layout
         with timed("step", t):
-            # 1. Prompts for this rank; each is repeated for its group of G rows below.
+            # 1. Prompts for this rank, with their global indices; each is repeated for the samples of its
+            #    group held here: all G, or a slice when a group is split across ranks (rl/batch_layout.py).
             rows = self.sampler.next_batch()
-            texts = [r.prompt for r in rows for _ in range(g.num_generations)]  # [B]
-            meta = [r.metadata for r in rows for _ in range(g.num_generations)]  # [B]
-            first = self.rank * len(rows)  # global index of this rank's first prompt
-            seeds = [stream_seed(self.cfg.seed, "train", step, first + j) for j in range(len(rows))]
+            texts = [r.prompt for r in rows for _ in lay.samples]  # [B]
+            meta = [r.metadata for r in rows for _ in lay.samples]  # [B]
+            seeds = [stream_seed(self.cfg.seed, "train", step, i) for i in lay.prompts]  # by global prompt index
 
             # 2. Rollout and decode: exactly N image codes per sample, among the image tokens only.
+            #    Each sample's noise is keyed by its prompt's seed and its index in the group.
             # 3. Rewards; None (failed) becomes NaN and excludes the sample. With rollout.pipeline_rewards,
-            #    each decoded chunk of whole groups is scored while the next decodes (rl/pipeline.py).
+            #    each decoded chunk of whole prompts is scored while the next decodes (rl/pipeline.py).
             rc = self.cfg.rollout
             gen, scored = generate_and_score(
                 self.policy, self.engine, [r.prompt for r in rows], g.num_generations, self.sampling, seeds,
                 self.rewards, texts, meta, micro_batch_size=g.micro_batch_size,
                 logprob_chunk_size=rc.logprob_chunk_size, decode_chunk_size=rc.decode_chunk_size,
-                pipelined=rc.pipeline_rewards, max_pending=rc.max_pending_chunks)
+                pipelined=rc.pipeline_rewards, max_pending=rc.max_pending_chunks, samples=lay.samples)
             ro, images = gen.rollout, gen.images
             t.update(gen.timings)
             rewards = torch.tensor([math.nan if s is None else s for s in scored.total], dtype=torch.float32)
@@ -323,16 +328,16 @@ class GRPOTrainer:
                     first_error = next(d for s, d in zip(out.scores, out.details, strict=True) if s is None)
                     logger.warning("step %d: reward %r failed on %d of %d samples (first: %s)", step, name,
                                    out.num_failed, len(out.scores), first_error.get("error", first_error))
-            # 4. Advantages over the gathered per-reward scores of all ranks (whole groups live on one rank),
-            #    combined as grpo.reward_aggregation says (rl/advantages.py).
+            # 4. Advantages over the gathered per-reward scores of all ranks (in rank order: the global batch,
+            #    groups contiguous, whether a group lives on one rank or is split over several), combined as
+            #    grpo.reward_aggregation says (rl/advantages.py); this rank keeps its rows.
             all_rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()  # [world * B]
             per = torch.tensor([[math.nan if x is None else x for x in scored.outputs[s.log_name].scores]
                                 for s in self.cfg.rewards], dtype=torch.float32).T  # [B, K]
             all_per = self.acc.gather(per.contiguous().to(self.acc.device)).cpu()  # [world * B, K]
             all_adv = reward_advantages(all_per, [s.weight for s in self.cfg.rewards], g.num_generations,
                                         g.scale_rewards, g.reward_aggregation)  # [world * B]
-            b = rewards.numel()
-            adv = all_adv[self.rank * b : (self.rank + 1) * b].to(self.acc.device)  # [B]
+            adv = all_adv[lay.rows].to(self.acc.device)  # [B]
             mask = (~torch.isnan(rewards)).to(self.acc.device)  # [B]
             global_valid = int(self.acc.gather(mask.sum()[None]).sum()) * ro.codes.shape[1]
             # 5. π_old (μ > 1; the trainer's forward, never the engine's log-probs) and π_ref (β > 0).
@@ -472,7 +477,8 @@ class GRPOTrainer:
         return CombinedScores(back(nan(scored.total)), outputs).metrics("reward")
 
     def _log_samples(self, step, images, texts, rewards, scored) -> None:
-        g, k = self.cfg.grpo.num_generations, self.cfg.logging.num_images
+        """Rank 0's samples: a grid row per prompt (its G samples, or rank 0's slice of a split group)."""
+        g, k = len(self.layout.samples), self.cfg.logging.num_images
         rows = max(1, min(k // g, len(images) // g))
         shown = images[: rows * g]
         labels = [texts[r * g] for r in range(rows)]

@@ -40,7 +40,8 @@ def run(recipe: str, overrides: list[str], steps: int, warmup: int, chunk_size: 
 
     quiet = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.image_every=0"]
     cfg = load_config(recipe, [*quiet, *overrides])
-    chunk = chunk_size or cfg.grpo.num_generations * max(1, cfg.prompts_per_step // 4)
+    g = cfg.grpo
+    chunk = chunk_size or g.num_generations * max(1, g.batch_size // g.num_generations // 4)  # one process: whole groups
     out = Path(out_dir)
     modes = {
         "pipelined": ["rollout.pipeline_rewards=true", f"rollout.decode_chunk_size={chunk}",

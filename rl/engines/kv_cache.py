@@ -1,14 +1,13 @@
 """`KVCacheEngine`: our batched, KV-cached sampler over the policy's `ImageTokenLM` (CPU and GPU).
 
-Prefill each prompt once, copy its KV cache to the G rows of its group, then decode exactly N image
-codes, sampling only among the image tokens (their rows of ``lm_head``) from `rl/sampling.py`'s
-distribution. Each prompt's noise comes from its own generator seeded with its seed, so a group's
-samples do not depend on what else is in the batch.
+Prefill each prompt once, copy its KV cache to the G rows of its group (or to the rows of the part of
+it asked for), then decode exactly N image codes, sampling only among the image tokens (their rows of
+``lm_head``) from `rl/sampling.py`'s distribution. Each prompt's noise comes from its own generator
+seeded with its seed, drawn for the whole group at every step, so a group's samples do not depend on
+what else is in the batch, nor on which of its samples this call produces.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 
@@ -35,28 +34,27 @@ class KVCacheEngine(RolloutEngine):
     provides_hidden_states = True
 
     @torch.no_grad()
-    def generate(
+    def _generate(
         self,
         prompts: PromptBatch,
         num_generations: int,
         params: SamplingParams,
-        seeds: Sequence[int],
-        return_hidden: bool = False,
+        seeds: list[int],
+        return_hidden: bool,
+        samples: range,
     ) -> Rollout:
-        lm, g = self.policy.lm, num_generations
-        if len(seeds) != prompts.input_ids.shape[0]:
-            raise ValueError(f"got {len(seeds)} seeds for {prompts.input_ids.shape[0]} prompts")
+        lm, g, k = self.policy.lm, num_generations, len(samples)
         n = lm.layout.tokens_per_image
         out = prefill(lm, prompts)
-        # One prefill per prompt, then the cache is copied to its G rows.
+        # One prefill per prompt, then the cache is copied to its k rows (k = G, or the slice held here).
         cache = out.cache
-        cache.batch_repeat_interleave(g)
-        logits, h = out.logits.repeat_interleave(g, 0), out.hidden.repeat_interleave(g, 0)  # [B, K], [B, H]
-        group = prompts.repeat_interleave(g)  # [B, P]
+        cache.batch_repeat_interleave(k)
+        logits, h = out.logits.repeat_interleave(k, 0), out.hidden.repeat_interleave(k, 0)  # [B, K], [B, H]
+        group = prompts.repeat_interleave(k)  # [B, P]
         b, p = group.input_ids.shape
         mask = torch.cat([group.attention_mask, group.attention_mask.new_ones(b, n)], 1)  # [B, P + N]
         next_pos = group.attention_mask.sum(1)  # [B] position of the first image token
-        generators = [torch.Generator(h.device).manual_seed(int(s)) for s in seeds]
+        generators = [torch.Generator(h.device).manual_seed(s) for s in seeds]
 
         codes = torch.empty(b, n, dtype=torch.long, device=h.device)
         logprobs = torch.empty(b, n, dtype=torch.float32, device=h.device)
@@ -64,10 +62,11 @@ class KVCacheEngine(RolloutEngine):
         kept = torch.empty(b, n, dtype=torch.long, device=h.device) if truncated else None  # kept-set sizes
         hidden = [h] if return_hidden else None
         for j in range(n):
-            c, lp, k = sample_codes(logits, params.temperature, params.top_k, params.top_p, generators, g)
+            # each prompt's generator draws its whole group's noise; rows `samples` of it are used
+            c, lp, kp = sample_codes(logits, params.temperature, params.top_k, params.top_p, generators, g, samples)
             codes[:, j], logprobs[:, j] = c, lp
-            if kept is not None and k is not None:
-                kept[:, j] = k
+            if kept is not None and kp is not None:
+                kept[:, j] = kp
             # The last code's hidden state is needed only as a conditioning state: one extra step.
             if j < n - 1 or return_hidden:
                 step = decode_one_token(lm, c, cache, mask[:, : p + j + 1], next_pos + j)
@@ -75,5 +74,5 @@ class KVCacheEngine(RolloutEngine):
                 if hidden is not None:
                     hidden.append(step.hidden)
         states = torch.stack(hidden, 1) if hidden is not None else None  # [B, N + 1, H]
-        return Rollout(prompts=group, codes=codes, sampler_logprobs=logprobs, seeds=[int(s) for s in seeds],
-                       hidden_states=states, kept_sizes=kept)
+        return Rollout(prompts=group, codes=codes, sampler_logprobs=logprobs, seeds=seeds,
+                       hidden_states=states, kept_sizes=kept, first_sample=samples.start)

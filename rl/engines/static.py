@@ -4,7 +4,7 @@ Image-token sampling is unusually regular (exactly N tokens, G samples per promp
 allowed ids), so everything can have its final shape from the start:
 
 - `prefill` runs each prompt **once** into a `StaticKVCache` of P rows; its columns are then copied to
-  the G rows of the prompt's group in the decode cache, which is allocated once per batch shape at
+  the G rows of the prompt's group (or the rows of the part of it asked for) in the decode cache, which is allocated once per batch shape at
   ``[B, H_kv, S_max, D]`` per layer and reused across calls (``S_max`` = prompt + N + 1 rounded up to
   ``length_bucket``, so prompts of different lengths share one compiled step);
 - `decode_one_token` feeds one code per row at its cache column and samples the next one from
@@ -118,56 +118,59 @@ class StaticCacheEngine(RolloutEngine):
         return cache
 
     @torch.no_grad()
-    def generate(
+    def _generate(
         self,
         prompts: PromptBatch,
         num_generations: int,
         params: SamplingParams,
-        seeds: Sequence[int],
-        return_hidden: bool = False,
+        seeds: list[int],
+        return_hidden: bool,
+        samples: range,
     ) -> Rollout:
-        lm, g = self.policy.lm, num_generations
+        lm, g, k = self.policy.lm, num_generations, len(samples)
         if self._step is None:
             raise RuntimeError("StaticCacheEngine.setup(policy) must be called before generate")
-        if len(seeds) != prompts.input_ids.shape[0]:
-            raise ValueError(f"got {len(seeds)} seeds for {prompts.input_ids.shape[0]} prompts")
         n = lm.layout.tokens_per_image
-        # 1. One prefill per prompt, copied to its G rows of the decode cache.
+        # 1. One prefill per prompt, copied to its k rows of the decode cache (k = G, or the slice held here).
         pre, logits, h = prefill(lm, prompts)
-        group = prompts.repeat_interleave(g)  # [B, P]
+        group = prompts.repeat_interleave(k)  # [B, P]
         b, p = group.input_ids.shape
         device = group.input_ids.device
         s_max = -(-(p + n + 1) // self.length_bucket) * self.length_bucket
         cache = self._decode_cache(lm, b, s_max)
-        cache.copy_prefix_from(pre, g)
+        cache.copy_prefix_from(pre, k)
         del pre
         columns = torch.zeros(b, s_max, dtype=torch.long, device=device)  # [B, S_max] valid cache columns
         columns[:, :p] = group.attention_mask
         columns[:, p:] = 1  # image columns: masked causally by the step until written
         first_pos = group.attention_mask.sum(1)  # [B] RoPE position of the first image code
         slots = torch.arange(p, p + n, device=device)  # [N] cache column of code j
-        generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+        generators = [torch.Generator(device).manual_seed(s) for s in seeds]
 
         # 2. The fixed-length loop.
         out = decode_n_tokens(
-            self._step, lm, logits.repeat_interleave(g, 0), h.repeat_interleave(g, 0), cache, columns, first_pos,
+            self._step, lm, logits.repeat_interleave(k, 0), h.repeat_interleave(k, 0), cache, columns, first_pos,
             slots, p, generators, g, params, return_hidden, clone_outputs=self._on_cuda, window=self._window,
+            samples=samples,
         )
-        return Rollout(prompts=group, codes=out["codes"], sampler_logprobs=out["logprobs"],
-                       seeds=[int(s) for s in seeds], hidden_states=out["hidden"], kept_sizes=out["kept"])
+        return Rollout(prompts=group, codes=out["codes"], sampler_logprobs=out["logprobs"], seeds=seeds,
+                       hidden_states=out["hidden"], kept_sizes=out["kept"], first_sample=samples.start)
 
 
 def decode_n_tokens(step: Callable[..., StepResult], lm: ImageTokenLM, logits: torch.Tensor, hidden0: torch.Tensor,
                     cache: StaticKVCache, columns: torch.Tensor, first_pos: torch.Tensor, slots: torch.Tensor, start: int,
                     generators: Sequence[torch.Generator], group_size: int, params: SamplingParams,
-                    return_hidden: bool, clone_outputs: bool = False, window: int | None = None) -> dict[str, Any]:
+                    return_hidden: bool, clone_outputs: bool = False, window: int | None = None,
+                    samples: range | None = None) -> dict[str, Any]:
     """Sample exactly ``len(slots)`` codes per row, starting from the prefill's ``logits [B, K]``.
 
     ``slots [N]``: the cache column of each code (``start`` = ``slots[0]``, known to the caller without a
     host sync). Code j is drawn from the logits after code j - 1 (the prefill's for j = 0) with noise from each
     prompt's generator, in `KVCacheEngine`'s order; the last code is fed once more only when its hidden
     state is asked for (``return_hidden``: the N + 1 conditioning states). ``window``: attend over the
-    written columns rounded up to a multiple of it (None: all columns). No host syncs.
+    written columns rounded up to a multiple of it (None: all columns). ``samples``: the rows are those
+    samples of each group of ``group_size`` (each generator still draws the whole group's noise; None: all
+    of it). No host syncs.
     """
     b, n = logits.shape[0], slots.shape[0]
     device = logits.device
@@ -183,7 +186,7 @@ def decode_n_tokens(step: Callable[..., StepResult], lm: ImageTokenLM, logits: t
 
     def draw() -> torch.Tensor | None:
         # the caller's noise buffer is refilled; a compiled (CUDA-graph) step copies its inputs anyway
-        return None if noise is None else draw_noise(noise, generators, group_size)
+        return None if noise is None else draw_noise(noise, generators, group_size, samples)
 
     first: SampledCodes = sample_with_noise(logits, draw(), t, k, p)  # code 0, from the prefill's logits
     c, lp, kp = first.codes, first.logprobs, first.kept

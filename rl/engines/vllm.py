@@ -16,7 +16,8 @@ How each rollout is made to mean what the trainer assumes:
 - **seeds**: one request per prompt with ``n = G`` and ``seed`` = the prompt's seed; vLLM seeds sample i
   with ``seed + i``, so prompts' seeds must be at least G apart (checked; `stream_seed`'s 62-bit values
   are, with overwhelming probability, and vLLM accepts them); a prompt's samples then depend only on its
-  seed, whatever else is in the batch;
+  seed, whatever else is in the batch; samples ``[start, stop)`` of a group (a group split across
+  processes) are one request with ``n = stop - start`` and ``seed + start``;
 - **weights**: `update_weights` pushes the full Hugging Face state dict after every optimizer step (LoRA:
   merged into the pushed copy, the policy's own weights untouched), names and shapes validated against
   the exported model first, then the prefix cache is reset (stale cached prompt states otherwise);
@@ -172,9 +173,9 @@ def sampling_kwargs(params: SamplingParams, n: int, layout: ImageTokenLayout, se
 
 
 def assemble_rollout(samples: list[list[tuple[list[int], list[float]]]], prompts: PromptBatch, group_size: int,
-                     layout: ImageTokenLayout, seeds: list[int]) -> Rollout:
-    """``samples[j][i] = (token ids, log-probs)`` of prompt j's sample i → a `Rollout` (rows of a group
-    contiguous), checking exactly N image tokens per sample."""
+                     layout: ImageTokenLayout, seeds: list[int], first_sample: int = 0) -> Rollout:
+    """``samples[j][i] = (token ids, log-probs)`` of prompt j's sample ``first_sample + i`` (``group_size``
+    of them) → a `Rollout` (rows of a prompt contiguous), checking exactly N image tokens per sample."""
     n, start, k = layout.tokens_per_image, layout.image_token_start, layout.num_codes
     ids = torch.tensor([t for group in samples for t, _ in group], dtype=torch.long)  # [B, N]
     lps = torch.tensor([lp for group in samples for _, lp in group], dtype=torch.float32)  # [B, N]
@@ -185,7 +186,7 @@ def assemble_rollout(samples: list[list[tuple[list[int], list[float]]]], prompts
         raise RuntimeError("vLLM sampled a token outside the image tokens (allowed_token_ids not applied?)")
     device = prompts.input_ids.device
     return Rollout(prompts=prompts.repeat_interleave(group_size), codes=codes.to(device),
-                   sampler_logprobs=lps.to(device), seeds=seeds)
+                   sampler_logprobs=lps.to(device), seeds=seeds, first_sample=first_sample)
 
 
 class _RNGState:
@@ -285,24 +286,24 @@ class VLLMEngine(RolloutEngine):
         return int(min(limit, n + 1024))
 
     @torch.no_grad()
-    def generate(self, prompts: PromptBatch, num_generations: int, params: SamplingParams, seeds: Sequence[int],
-                 return_hidden: bool = False) -> Rollout:
+    def _generate(self, prompts: PromptBatch, num_generations: int, params: SamplingParams, seeds: list[int],
+                  return_hidden: bool, samples: range) -> Rollout:
         if self.llm is None:
             raise RuntimeError("VLLMEngine.setup(policy) must be called before generate")
-        if len(seeds) != prompts.input_ids.shape[0]:
-            raise ValueError(f"got {len(seeds)} seeds for {prompts.input_ids.shape[0]} prompts")
-        layout, g = self.policy.layout, num_generations
+        layout, g, k = self.policy.layout, num_generations, len(samples)
         seeds = check_seeds(seeds, g)
         requests = [{"prompt_token_ids": ids} for ids in prompt_token_ids(prompts)]
-        sps = [self._sampling_params(detokenize=False, **sampling_kwargs(params, g, layout, s)) for s in seeds]
+        # sample i of a request seeded s uses s + i: samples [start, stop) are n = k from s + start
+        sps = [self._sampling_params(detokenize=False, **sampling_kwargs(params, k, layout, s + samples.start))
+               for s in seeds]
         with _RNGState():
             outputs = self.llm.generate(requests, sps, use_tqdm=False)
-        samples = []
+        results = []
         for out in outputs:
             group = sorted(out.outputs, key=lambda c: c.index)
-            samples.append([(list(c.token_ids), [lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs, strict=True)])
+            results.append([(list(c.token_ids), [lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs, strict=True)])
                             for c in group])
-        return assemble_rollout(samples, prompts, g, layout, seeds)
+        return assemble_rollout(results, prompts, k, layout, seeds, samples.start)
 
     def update_weights(self, policy) -> None:
         """Push the full (LoRA-merged) weights in memory, then drop the prefix cache."""
@@ -435,19 +436,18 @@ class VLLMServerEngine(RolloutEngine):
         return [(list(c["token_ids"]), [float(x) for x in c["logprobs"]["token_logprobs"]]) for c in choices]
 
     @torch.no_grad()
-    def generate(self, prompts: PromptBatch, num_generations: int, params: SamplingParams, seeds: Sequence[int],
-                 return_hidden: bool = False) -> Rollout:
+    def _generate(self, prompts: PromptBatch, num_generations: int, params: SamplingParams, seeds: list[int],
+                  return_hidden: bool, samples: range) -> Rollout:
         if self.base_url is None:
             raise RuntimeError("VLLMServerEngine.setup(policy) must be called before generate")
-        if len(seeds) != prompts.input_ids.shape[0]:
-            raise ValueError(f"got {len(seeds)} seeds for {prompts.input_ids.shape[0]} prompts")
-        layout, g = self.policy.layout, num_generations
+        layout, g, k = self.policy.layout, num_generations, len(samples)
         seeds = check_seeds(seeds, g)
-        jobs = [(ids, sampling_kwargs(params, g, layout, s)) for ids, s in zip(prompt_token_ids(prompts), seeds,
-                                                                                 strict=True)]
+        # sample i of a request seeded s uses s + i: samples [start, stop) are n = k from s + start
+        jobs = [(ids, sampling_kwargs(params, k, layout, s + samples.start))
+                for ids, s in zip(prompt_token_ids(prompts), seeds, strict=True)]
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_parallel_requests, len(jobs)))) as pool:
-            samples = list(pool.map(lambda job: self._complete(*job), jobs))
-        return assemble_rollout(samples, prompts, g, layout, seeds)
+            results = list(pool.map(lambda job: self._complete(*job), jobs))
+        return assemble_rollout(results, prompts, k, layout, seeds, samples.start)
 
     def update_weights(self, policy) -> None:
         """Write the merged weights to ``weights_dir``, have the server reload them, reset its prefix cache."""

@@ -33,7 +33,7 @@ def test_train_demo_writes_every_artefact_and_resumes(cli, tmp_path):
     ("args", "message"),
     [
         (["train", "demo", "grpo.betta=1"], "unknown key 'grpo.betta'"),
-        (["train", "demo", "grpo.batch_size=7"], "do not split into groups"),
+        (["train", "demo", "grpo.batch_size=7"], "one must divide the other"),
         (["train", "no_such_recipe"], "no recipe 'no_such_recipe'"),
         (["train", "demo", "data.train_file=missing.jsonl"], "missing.jsonl does not exist"),
     ],

@@ -59,11 +59,12 @@ def test_ocr_recipe_lr_horizon_matches_the_official_text_run():
     prompt group of 16 = 8 prompts per step; on ~20K prompts that is 7,500 steps (LR ~97% of peak at 900)."""
     import math
 
+    from blip3o_rl.rl.batch_layout import BatchLayout
     from blip3o_rl.rl.presets import lr_schedule_steps
 
     cfg = load_config(str(CONFIGS / "blip3o_next_ocr.yaml"), check_inputs=False)
     ranks = 8
-    per_step = cfg.prompts_per_step * ranks
+    per_step = BatchLayout(cfg.grpo.batch_size, cfg.grpo.num_generations, ranks, 0).prompts_per_step
     assert per_step == 8
     assert lr_schedule_steps(cfg.optim, cfg.max_steps, 20_000, per_step) == 7_500
     assert lr_schedule_steps(cfg.optim, cfg.max_steps, 20_003, per_step) == 3 * (20_003 // 8)  # floor per epoch

@@ -57,6 +57,24 @@ def test_sampler_covers_each_epoch_and_resumes_exactly():
 
 
 def test_ranks_take_disjoint_slices():
-    a = PromptSampler(_rows(16), 4, seed=1, rank=0, world_size=2).next_batch()
-    b = PromptSampler(_rows(16), 4, seed=1, rank=1, world_size=2).next_batch()
+    a = PromptSampler(_rows(16), 8, seed=1, mine=range(0, 4)).next_batch()
+    b = PromptSampler(_rows(16), 8, seed=1, mine=range(4, 8)).next_batch()
     assert not {r.prompt for r in a} & {r.prompt for r in b}
+    whole = PromptSampler(_rows(16), 8, seed=1).next_batch()  # one process: the concatenation, in rank order
+    assert whole == a + b
+
+
+def test_ranks_of_a_split_group_share_its_prompt_and_advance_alike():
+    """G=4, B=2, W=4 (rl/batch_layout.py): ranks 0, 1 hold global prompt 0, ranks 2, 3 prompt 1."""
+    from blip3o_rl.rl.batch_layout import BatchLayout
+
+    layouts = [BatchLayout(2, 4, 4, r) for r in range(4)]
+    samplers = [PromptSampler(_rows(5), lay.prompts_per_step, seed=3, mine=lay.prompts) for lay in layouts]
+    one = PromptSampler(_rows(5), 2, seed=3)  # one process with batch 8: the same 2 prompts per step
+    for _ in range(4):  # past an epoch boundary (5 prompts, 2 per step)
+        got = [s.next_batch() for s in samplers]
+        ref = one.next_batch()
+        assert got[0] == got[1] == ref[:1] and got[2] == got[3] == ref[1:]
+    assert all(s.state_dict() == one.state_dict() for s in samplers)  # resume state: global, rank-independent
+    with pytest.raises(ValueError, match="not among the step's 2"):
+        PromptSampler(_rows(5), 2, seed=3, mine=range(1, 3))

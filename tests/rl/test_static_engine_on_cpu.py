@@ -123,3 +123,58 @@ def test_first_code_distribution_matches_kv_cache_and_the_model(tiny_policy, par
     q = probs[support].double()
     expected = q / q.sum() * float(ca.sum())
     assert chisquare(ca[support].double().numpy(), expected.numpy()).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("cls", [KVCacheEngine, StaticCacheEngine])
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(temperature=0.7, top_k=5, top_p=0.9)],
+                         ids=["untruncated", "truncated"])
+def test_a_slice_of_each_group_is_those_rows_of_the_whole_group(tiny_policy, cls, params):
+    """samples=range(2, 4) of G=4 (a group split over 2 processes): each prompt's generator still draws the
+    whole group's noise, so the slice gets exactly rows 2..3 of every group, on 2 rows per prompt."""
+    engine = _engine(tiny_policy, cls)
+    seeds = [7, 1007, 2007]
+    batch = tiny_policy.prompt_batch(CAPTIONS)
+    full = engine.generate(batch, 4, params, seeds, return_hidden=True)
+    part = engine.generate(batch, 4, params, seeds, return_hidden=True, samples=range(2, 4))
+    rows = [4 * j + i for j in range(len(CAPTIONS)) for i in (2, 3)]  # [0..2] x samples 2, 3
+    assert part.codes.shape == (6, tiny_policy.layout.tokens_per_image)
+    assert (part.first_sample, part.samples_per_prompt, full.first_sample) == (2, 2, 0)
+    assert torch.equal(part.codes, full.codes[rows])
+    assert torch.equal(part.prompts.input_ids, full.prompts.input_ids[rows])
+    torch.testing.assert_close(part.sampler_logprobs, full.sampler_logprobs[rows], **TOL)
+    torch.testing.assert_close(part.hidden_states, full.hidden_states[rows], **TOL)
+    if full.kept_sizes is not None:
+        assert torch.equal(part.kept_sizes, full.kept_sizes[rows])
+    first = engine.generate(batch, 4, params, seeds, samples=range(0, 2))  # the other half: the rest of the group
+    assert torch.equal(first.codes, full.codes[[4 * j + i for j in range(len(CAPTIONS)) for i in (0, 1)]])
+
+
+def test_generate_checks_its_arguments_once_for_every_engine(tiny_policy):
+    for engine in (_engine(tiny_policy), _engine(tiny_policy, KVCacheEngine)):
+        batch = tiny_policy.prompt_batch(CAPTIONS[:2])
+        with pytest.raises(ValueError, match="got 1 seeds for 2 prompts"):
+            engine.generate(batch, 4, SamplingParams(), [0])
+        for bad in (range(3, 5), range(0, 4, 2), range(2, 2), range(-1, 1)):
+            with pytest.raises(ValueError, match="is not a non-empty contiguous part of a group of 4"):
+                engine.generate(batch, 4, SamplingParams(), [0, 100], samples=bad)
+
+
+def test_an_engine_with_the_former_generate_still_serves_whole_groups(tiny_policy):
+    """A plug-in overriding `generate(prompts, G, params, seeds, return_hidden)` (no ``samples``) is
+    asked for whole groups exactly as before; only a split group passes ``samples``."""
+    from blip3o_rl.rl.engines import RolloutEngine
+    from blip3o_rl.rl.generate import sample_rollout
+
+    class Former(RolloutEngine):
+        def generate(self, prompts, num_generations, params, seeds, return_hidden=False):
+            return _engine(self.policy, KVCacheEngine).generate(prompts, num_generations, params, seeds, return_hidden)
+
+    engine = _engine(tiny_policy, Former)
+    for samples in (None, range(4)):
+        gen = sample_rollout(tiny_policy, engine, CAPTIONS, 4, SamplingParams(), [0, 100, 200], samples=samples)
+        assert gen.rollout.codes.shape[0] == 12
+    with pytest.raises(TypeError, match="samples"):
+        sample_rollout(tiny_policy, engine, CAPTIONS, 4, SamplingParams(), [0, 100, 200], samples=range(2, 4))
+    with pytest.raises(NotImplementedError, match="implements neither _generate nor generate"):
+        _engine(tiny_policy, type("Nothing", (RolloutEngine,), {})).generate(
+            tiny_policy.prompt_batch(CAPTIONS), 4, SamplingParams(), [0, 100, 200])

@@ -66,6 +66,17 @@ def test_seeds_independent_and_batch_invariant(world):
         engine.generate(policy.prompt_batch(CAPTIONS[:2]), 4, SamplingParams(), [100, 102])
 
 
+def test_a_slice_of_each_group_is_those_samples_of_the_whole_group(world):
+    """samples=range(2, 4) of G=4 (a group split over 2 processes): n=2 requests seeded s + 2."""
+    policy, engine = world
+    seeds = _seeds(3, tag=5)
+    full = engine.generate(policy.prompt_batch(CAPTIONS), 4, SamplingParams(), seeds)
+    part = engine.generate(policy.prompt_batch(CAPTIONS), 4, SamplingParams(), seeds, samples=range(2, 4))
+    rows = [4 * j + i for j in range(3) for i in (2, 3)]
+    assert part.first_sample == 2 and torch.equal(part.codes, full.codes[rows])
+    torch.testing.assert_close(part.sampler_logprobs, full.sampler_logprobs[rows], atol=BOUND, rtol=0)
+
+
 def test_first_code_distribution_matches_kv_cache(world):
     """Chi-square homogeneity of the first code, vLLM vs the KV-cache engine, 2,400 samples each
     (disjoint fixed seeds; reject at p < 1e-3: 0.1% false failures were the seeds random; deterministic)."""
