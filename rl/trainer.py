@@ -48,7 +48,7 @@ from .config import ConfigError, RewardSpec, TrainConfig, check_components, conf
 from .data import PromptSampler, check_prompt_lengths, load_prompts
 from .distributed import Distributed, make_accelerator, resolve_strategy
 from .engines import Rollout, build_engine, stream_seed
-from .errors import CheckpointError, ResumeError, RunError, TrainingStopped
+from .errors import CheckpointError, NothingLearnedError, ResumeError, RunError, TrainingStopped
 from .eval_guard import OverOptimisationGuard
 from .finetune import FinetuneSetup
 from .generate import sample_and_decode
@@ -282,7 +282,7 @@ class GRPOTrainer:
                     step == cfg.max_steps and cfg.checkpoint.save_final
                 )) and self.best.saved_step != step:
                     saved = self.save_checkpoint(step)
-                self.rewards.check(step, last=step == cfg.max_steps)
+                self._check_rewards(step, last=step == cfg.max_steps)
                 if guard_stop:
                     logger.warning("stopping at step %d: %s", step, self.overopt.stop_reason)
                     break
@@ -292,6 +292,22 @@ class GRPOTrainer:
                     raise TrainingStopped(stop.name or "SIGTERM", stop.received or 15, step, path)
         progress.close()
         return self._summarise() if main else {}
+
+    def _check_rewards(self, step: int, last: bool) -> None:
+        """`RewardFailureWatch.check` (rl/reward_watch.py), agreed over the ranks: when one rank's rewards
+        failed too often every rank stops, with that rank's message (alone, it would leave the others waiting
+        in the next collective until the timeout)."""
+        error: NothingLearnedError | None = None
+        try:
+            self.rewards.check(step, last)
+        except NothingLearnedError as exc:
+            error = exc
+        if self.dist.any_rank(error is not None):
+            if error is not None:
+                self.dist.all_gather_objects(str(error))
+                raise error
+            rank, text = next((r, m) for r, m in enumerate(self.dist.all_gather_objects(None)) if m is not None)
+            raise NothingLearnedError(f"rank {rank}: {text}")
 
     def _watch(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
         """The eval watchers: the over-optimisation guard (rl/eval_guard.py), then the best checkpoint."""

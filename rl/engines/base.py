@@ -18,6 +18,7 @@ group, the same codes as rows ``start..stop-1`` of generating all G.
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,7 +55,7 @@ def stream_seed(*parts: int | str) -> int:
     return int.from_bytes(digest, "little") >> 2
 
 
-class RolloutEngine:
+class RolloutEngine(ABC):
     """Samples exactly ``policy.layout.tokens_per_image`` image codes per sample, among the image tokens."""
 
     #: True when `generate` fills `Rollout.hidden_states` (else one no-grad forward of the trainer does).
@@ -92,6 +93,7 @@ class RolloutEngine:
             raise ValueError(f"samples {samples} is not a non-empty contiguous part of a group of {num_generations}")
         return self._generate(prompts, num_generations, params, [int(s) for s in seeds], return_hidden, samples)
 
+    @abstractmethod
     def _generate(
         self,
         prompts: PromptBatch,
@@ -101,12 +103,8 @@ class RolloutEngine:
         return_hidden: bool,
         samples: range,
     ) -> Rollout:
-        """`generate` with its arguments checked: one seed per prompt, ``samples`` a valid part of the group.
+        """`generate` with its arguments checked (one seed per prompt, ``samples`` a valid part of the
+        group): what an engine implements."""
 
-        What an engine implements. (An engine overriding `generate` itself, the interface before split
-        groups, still serves whole groups: callers pass ``samples`` only for a slice of a group.)
-        """
-        raise NotImplementedError(f"{type(self).__name__} implements neither _generate nor generate")
-
-    def update_weights(self, policy: ImageTokenPolicy) -> None:
+    def update_weights(self, policy: ImageTokenPolicy) -> None:  # noqa: B027 (a no-op is the right default)
         """The policy's weights changed (after an optimizer step)."""

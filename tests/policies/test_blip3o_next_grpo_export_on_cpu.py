@@ -189,10 +189,10 @@ def test_engine_without_hidden_states_gets_them_from_one_trainer_forward(tiny_bl
     class CodesOnlyEngine(RolloutEngine):
         provides_hidden_states = False
 
-        def generate(self, *args, **kwargs):
+        def _generate(self, prompts, num_generations, params, seeds, return_hidden, samples):
             inner = KVCacheEngine()
             inner.setup(self.policy)
-            ro = inner.generate(*args, **kwargs)
+            ro = inner.generate(prompts, num_generations, params, seeds, return_hidden, samples)
             collected.append(ro.hidden_states)
             ro.hidden_states = None
             return ro

@@ -157,24 +157,3 @@ def test_generate_checks_its_arguments_once_for_every_engine(tiny_policy):
         for bad in (range(3, 5), range(0, 4, 2), range(2, 2), range(-1, 1)):
             with pytest.raises(ValueError, match="is not a non-empty contiguous part of a group of 4"):
                 engine.generate(batch, 4, SamplingParams(), [0, 100], samples=bad)
-
-
-def test_an_engine_with_the_former_generate_still_serves_whole_groups(tiny_policy):
-    """A plug-in overriding `generate(prompts, G, params, seeds, return_hidden)` (no ``samples``) is
-    asked for whole groups exactly as before; only a split group passes ``samples``."""
-    from blip3o_rl.rl.engines import RolloutEngine
-    from blip3o_rl.rl.generate import sample_rollout
-
-    class Former(RolloutEngine):
-        def generate(self, prompts, num_generations, params, seeds, return_hidden=False):
-            return _engine(self.policy, KVCacheEngine).generate(prompts, num_generations, params, seeds, return_hidden)
-
-    engine = _engine(tiny_policy, Former)
-    for samples in (None, range(4)):
-        gen = sample_rollout(tiny_policy, engine, CAPTIONS, 4, SamplingParams(), [0, 100, 200], samples=samples)
-        assert gen.rollout.codes.shape[0] == 12
-    with pytest.raises(TypeError, match="samples"):
-        sample_rollout(tiny_policy, engine, CAPTIONS, 4, SamplingParams(), [0, 100, 200], samples=range(2, 4))
-    with pytest.raises(NotImplementedError, match="implements neither _generate nor generate"):
-        _engine(tiny_policy, type("Nothing", (RolloutEngine,), {})).generate(
-            tiny_policy.prompt_batch(CAPTIONS), 4, SamplingParams(), [0, 100, 200])

@@ -178,6 +178,32 @@ def test_a_short_run_that_never_scored_a_sample_fails_at_its_end(tmp_path):
         train(cfg)
 
 
+def test_the_reward_failure_stop_is_agreed_over_ranks():
+    """A rank whose rewards failed too often stops every rank, each naming the rank that failed (alone it
+    would leave the others waiting in the next collective). The ranks are two fake `Distributed` views."""
+    from types import SimpleNamespace
+
+    class Watch:
+        def __init__(self, fails):
+            self.fails = fails
+
+        def check(self, step, last=False):
+            if self.fails:
+                raise NothingLearnedError("reward 'ocr' failed every sample of 3 steps in a row")
+
+    def rank_view(fails, gathered):
+        dist = SimpleNamespace(any_rank=lambda flag: True, all_gather_objects=lambda obj: gathered)
+        return SimpleNamespace(rewards=Watch(fails), dist=dist)
+
+    message = "reward 'ocr' failed every sample of 3 steps in a row"
+    with pytest.raises(NothingLearnedError, match=f"^{message}$"):  # the failing rank: its own error
+        GRPOTrainer._check_rewards(rank_view(True, [None, message]), 3, False)  # type: ignore[arg-type]
+    with pytest.raises(NothingLearnedError, match=f"^rank 1: {message}$"):  # a healthy rank stops too
+        GRPOTrainer._check_rewards(rank_view(False, [None, message]), 3, False)  # type: ignore[arg-type]
+    quiet = SimpleNamespace(rewards=Watch(False), dist=SimpleNamespace(any_rank=lambda flag: flag))
+    GRPOTrainer._check_rewards(quiet, 3, False)  # type: ignore[arg-type]  # nobody failed: no gather, no stop
+
+
 def test_prompts_longer_than_the_model_are_refused_with_file_and_line(tmp_path):
     prompts = tmp_path / "p.jsonl"
     row = {"prompt": "a red image", "regions": {"all": "red"}}
