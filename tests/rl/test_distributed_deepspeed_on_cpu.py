@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO on CPU (2 processes, gloo): ZeRO-2, and ZeRO-3 full fine-tuning with its partitioned KL
-reference, equal the 1-process run; ZeRO-1 and ZeRO-3 LoRA (rollouts inside one parameter gather) run and
-save a full-weight checkpoint.
+reference, equal the 1-process run; a ZeRO-3 run killed at step 3 resumes exactly; ZeRO-1 and ZeRO-3 LoRA
+(rollouts inside one parameter gather) run and save a full-weight checkpoint.
 
 Needs the ``[deepspeed]`` extra (tested with 0.19.8): skipped without it. Not in the default ``make
 test`` install: DeepSpeed compiles its CPU shared-memory op on first use (~80-200 s with g++/ninja on
@@ -60,6 +60,22 @@ def test_zero3_full_finetuning_with_partitioned_reference_equals_one(base, tmp_p
     assert whole > 0 and part0 == part1 == whole // 2  # each rank owns half of the reference
     assert max_diff(one["full"], r0["full"]) <= TOLERANCE
     assert_same_metrics(metrics(ref), metrics(out))
+
+
+def test_zero3_killed_rank_then_resume_is_exact(base, tmp_path):
+    """ZeRO-3 full fine-tuning with KL: rank 1 dies at step 3; the resume (whole weights loaded from the
+    checkpoint before DeepSpeed partitions them, then DeepSpeed's own optimizer shards) ends where the
+    uninterrupted run ends."""
+    extra = [f"grpo.batch_size={GLOBAL_BATCH // 2}", "grpo.beta=0.01"]
+    whole, out = tmp_path / "whole", tmp_path / "crashed"
+    launch(2, whole, common(base, whole, *extra), launcher="accelerate", accelerate_config="zero3.yaml")
+    proc = launch(2, out, common(base, out, *extra), launcher="accelerate", accelerate_config="zero3.yaml",
+                  worker_args=("--crash-at", "3"), check=False)
+    assert proc.returncode != 0 and (out / "checkpoints" / "latest").read_text().strip() == "step_000002"
+    launch(2, out, common(base, out, *extra), launcher="accelerate", accelerate_config="zero3.yaml",
+           worker_args=("--resume",))
+    assert max_diff(results(whole, 2)[0]["full"], results(out, 2)[0]["full"]) == 0.0
+    assert_same_metrics(metrics(whole), metrics(out), rel=0.0)
 
 
 @pytest.mark.parametrize("config", ["zero1.yaml", "zero3.yaml"])
