@@ -17,6 +17,19 @@ def test_every_recipe_loads_through_the_schema(recipe):
     assert config_from_dict(config_to_dict(cfg)) == cfg
 
 
+@pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_recipe_launch_comments_name_real_files_and_the_recipe(recipe):
+    """A launch line in a recipe's comments uses an accelerate config that exists (each of those is run by
+    the multi-process tests) and trains this very recipe through ``-m blip3o_rl train``."""
+    comments = "\n".join(line for line in recipe.read_text().splitlines() if line.lstrip().startswith("#"))
+    for config in re.findall(r"--config_file (\S+)", comments):
+        assert (CONFIGS.parent / config).is_file(), (recipe.name, config)
+    for line in re.findall(r"(?:accelerate launch|torchrun)[^\n]*", comments):
+        assert re.search(rf"-m blip3o_rl train {re.escape(recipe.stem)}\b", line), (recipe.name, line)
+    for config in re.findall(r"ACCELERATE_CONFIG=([\w./-]+\.yaml)", comments):
+        assert (CONFIGS.parent / config).is_file(), (recipe.name, config)
+
+
 def test_packaged_recipe_by_name_and_yaml_relative_paths():
     cfg = load_config("demo")
     assert Path(cfg.data.train_file).is_file()  # relative to the YAML file, not the cwd
