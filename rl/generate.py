@@ -74,11 +74,8 @@ def sample_rollout(
     lm = policy.lm
     with eval_mode(lm):
         with timed("rollout", t):
-            # `samples` only for a slice of a group: an engine written against the former `generate`
-            # (without it) still serves whole groups
-            part = {} if samples is None or len(samples) == num_generations else {"samples": samples}
             ro = engine.generate(policy.prompt_batch(captions), num_generations, params, seeds,
-                                 return_hidden=policy.needs_hidden_states, **part)
+                                 return_hidden=policy.needs_hidden_states, samples=samples)
         forward_logprobs = None
         if policy.needs_hidden_states and ro.hidden_states is None:
             with timed("hidden_states", t):
