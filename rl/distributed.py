@@ -256,11 +256,9 @@ class Distributed:
         import deepspeed
 
         ds = copy.deepcopy(self.acc.state.deepspeed_plugin.deepspeed_config)
-        for key in ("optimizer", "scheduler"):
+        for key in ("optimizer", "scheduler"):  # an engine without an optimizer
             ds.pop(key, None)
-        zero = ds.setdefault("zero_optimization", {})
-        for key in ("offload_optimizer",):  # no optimizer here
-            zero.pop(key, None)
+        ds.get("zero_optimization", {}).pop("offload_optimizer", None)
         engine, *_ = deepspeed.initialize(model=reference, config=ds)
         engine.eval()
         return engine

@@ -39,8 +39,9 @@ class RewardFailureWatch:
             if exc is not None:
                 outer.set_exception(exc)
                 return
-            self._observe(done.result())
-            outer.set_result(done.result())
+            scored = done.result()
+            self._observe(scored)
+            outer.set_result(scored)
 
         inner.add_done_callback(relay)
         return outer

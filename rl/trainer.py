@@ -303,10 +303,10 @@ class GRPOTrainer:
         except NothingLearnedError as exc:
             error = exc
         if self.dist.any_rank(error is not None):
+            messages = self.dist.all_gather_objects(None if error is None else str(error))
             if error is not None:
-                self.dist.all_gather_objects(str(error))
                 raise error
-            rank, text = next((r, m) for r, m in enumerate(self.dist.all_gather_objects(None)) if m is not None)
+            rank, text = next((r, m) for r, m in enumerate(messages) if m is not None)
             raise NothingLearnedError(f"rank {rank}: {text}")
 
     def _watch(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
@@ -597,7 +597,7 @@ class GRPOTrainer:
 
 
     def _release_wrapper(self) -> None:
-        """Drop the DDP / DeepSpeed wrapper (and accelerate's references to it) before the process group goes.
+        """Drop the wrapper (and accelerate's references to it) before the process group goes.
 
         A gloo group whose last owner is DDP's C++ reducer is destroyed inside the reducer's destructor with the
         GIL held, while a gloo worker may still need the GIL to free a finished collective's tensors: the
@@ -606,8 +606,6 @@ class GRPOTrainer:
         """
         if hasattr(self, "policy") and hasattr(self, "lm"):
             self.lm = self.policy.lm  # the inner module: still usable for reading weights after the run
-        if hasattr(self, "engine"):
-            self.engine = getattr(self.engine, "inner", self.engine)  # GatheredRollouts holds the ZeRO-3 engine
         self.acc.free_memory()
 
 
