@@ -25,7 +25,7 @@ import torch
 from ..rl.config import ModelConfig
 from ..rl.engines import KVCacheEngine, SamplingParams, stream_seed
 from ..rl.finetune import FinetuneSetup
-from ..rl.generate import sample_and_decode
+from ..rl.generate import GenerationDriver, RolloutRequest
 from ..rl.logprobs import micro_batches, score_rollout, sequence_logprobs
 from ..rl.loss import policy_loss
 from .bench_blip3o_next import full_size_policy
@@ -54,7 +54,8 @@ def one_step(mode: str, group: int, micro: int, device: torch.device) -> dict:
     out: dict = {"mode": mode, "group": group, "micro_batch": micro}
     t0 = _sync()
     with autocast:
-        gen = sample_and_decode(policy, engine, captions, group, sampling, [stream_seed(0, "bench", 0)], micro)
+        gen = GenerationDriver(policy, engine, micro).generate(
+            RolloutRequest(captions, group, sampling, [stream_seed(0, "bench", 0)]))
     t1 = _sync()
     out["rollout_decode_s"] = t1 - t0
     ro = gen.rollout
