@@ -1,6 +1,6 @@
 """The GRPO recipe: orchestration only; each phase is a component call.
 
-Objective per step (see `rl/loss.py` for the exact normalisations)::
+Objective per step (see `rl/grpo/loss.py` for the exact normalisations)::
 
     for each prompt: G image-token sequences y_1..y_G ~ π_old(·|prompt)   (sampled among image codes only)
     r_i = Σ_k w_k · reward_k(decode(y_i), prompt)                        (a failed reward excludes y_i)
@@ -23,10 +23,13 @@ import torch
 
 from ..policies import can_build, load_policy, policy_class
 from ..rewards import WeightedRewards, load_reward
-from .advantages import count_groups_without_baseline, reward_advantages
 from .batch_layout import BatchLayout
-from .checkpoint import load_checkpoint
-from .checkpoint_shards import (
+from .config import ConfigError, RewardSpec, TrainConfig, check_components
+from .data import PromptSampler, check_prompt_lengths, load_prompts
+from .grpo.advantages import count_groups_without_baseline, reward_advantages
+from .grpo.logprobs import micro_batches, score_rollout, sequence_logprobs
+from .grpo.loss import policy_loss, tis_weights
+from .parallel.checkpoint_shards import (
     check_world_size,
     load_optimizer_state,
     optimizer_state,
@@ -34,22 +37,19 @@ from .checkpoint_shards import (
     stage_rank_files,
     trainable_state,
 )
-from .config import ConfigError, RewardSpec, TrainConfig, check_components
-from .data import PromptSampler, check_prompt_lengths, load_prompts
-from .distributed import Distributed, make_accelerator, resolve_strategy
-from .engines import Rollout, build_engine, stream_seed
-from .finetune import FinetuneSetup
-from .generate import GenerationDriver, RolloutRequest
-from .guard import FiniteUpdateGuard
-from .lifecycle import CheckpointContents, RunLifecycle, RunSummary
-from .logprobs import micro_batches, score_rollout, sequence_logprobs
-from .loss import policy_loss, tis_weights
-from .optim import build_optimizer, build_scheduler
-from .pipeline import PipelinedScoring, SequentialScoring
+from .parallel.distributed import Distributed, make_accelerator, resolve_strategy
 from .presets import describe as describe_sampling
 from .presets import eval_sampling, lr_schedule_steps, rollout_sampling
-from .resume import apply_optimizer_config, optimizer_hyperparameters
-from .tracking import image_grid, timed
+from .rollout.engines import Rollout, build_engine, stream_seed
+from .rollout.generate import GenerationDriver, RolloutRequest
+from .rollout.pipeline import PipelinedScoring, SequentialScoring
+from .run.checkpoint import load_checkpoint
+from .run.guard import FiniteUpdateGuard
+from .run.lifecycle import CheckpointContents, RunLifecycle, RunSummary
+from .run.resume import apply_optimizer_config, optimizer_hyperparameters
+from .run.tracking import image_grid, timed
+from .weights.finetune import FinetuneSetup
+from .weights.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +71,13 @@ class GRPOTrainer:
               allow_config_change: Sequence[str] = ()) -> None:
         """Build everything; ``resume``: True (the latest checkpoint) or a checkpoint (path, ``step_N``, N).
 
-        A new run refuses an ``output_dir`` holding files unless ``overwrite`` (rl/run_dir.py); a resume
-        refuses a changed config except the ``allow_config_change`` keys (rl/resume.py). The run's folder,
-        resume checks, checkpoints, stops and summary are its `RunLifecycle` (rl/lifecycle.py).
+        A new run refuses an ``output_dir`` holding files unless ``overwrite`` (rl/run/run_dir.py); a resume
+        refuses a changed config except the ``allow_config_change`` keys (rl/run/resume.py). The run's folder,
+        resume checks, checkpoints, stops and summary are its `RunLifecycle` (rl/run/lifecycle.py).
         """
         cfg = self.cfg
         check_components(cfg)  # names resolve and input files exist, before any folder or model is touched
-        # rl/distributed.py: the launcher's world size checked, the strategy from the launcher or the recipe
+        # rl/parallel/distributed.py: the launcher's world size checked, the strategy from the launcher or the recipe
         d = cfg.distributed
         strategy = resolve_strategy(d.strategy)
         self.acc = make_accelerator(strategy, cfg.model.mixed_precision, d.timeout_minutes)
@@ -90,7 +90,7 @@ class GRPOTrainer:
         self.run = RunLifecycle(cfg, self.dist, self.acc.is_main_process)
         self.run.claim(resume, overwrite)
         self.resume_from = None
-        if resume:  # before any model loads (rl/checkpoint_shards.py: the saved world size must match)
+        if resume:  # before any model loads (rl/parallel/checkpoint_shards.py: the saved world size must match)
             self.resume_from = self.run.check_resume(resume, allow_config_change,
                                                      lambda path, saved: check_world_size(path, saved, self.world))
         if cfg.num_threads is not None:
@@ -106,7 +106,7 @@ class GRPOTrainer:
         self.finetune = FinetuneSetup(self.policy, cfg.model, need_reference=cfg.grpo.beta > 0)
         if self.resume_from is not None:  # before any sharding: every rank loads the full weights
             self.finetune.load_trainable_state_dict(load_checkpoint(self.resume_from, verify=False).weights)
-        self.dist.shard(self.policy.lm, self.finetune.reference_module)  # FSDP2: in place (rl/distributed.py)
+        self.dist.shard(self.policy.lm, self.finetune.reference_module)  # FSDP2: in place (rl/parallel/distributed.py)
         self.params = self.finetune.trainable_parameters()
         frozen = {id(p) for p in self.policy.frozen_parameters()}
         if any(id(p) in frozen for p in self.params):
@@ -126,13 +126,13 @@ class GRPOTrainer:
         self.guard = FiniteUpdateGuard(cfg.optim.max_nonfinite_steps)  # every optimizer step goes through it
 
         engine = build_engine(cfg.rollout.engine, **cfg.rollout.engine_kwargs)
-        r = cfg.rollout  # truncated IS when the engine's numerics differ from ours (rl/loss.py tis_weights)
+        r = cfg.rollout  # truncated IS when the engine's numerics differ from ours (rl/grpo/loss.py tis_weights)
         self.is_cap = r.is_cap if r.is_correction == "on" or (r.is_correction == "auto" and not engine.exact_logprobs) else None
         self.engine = self.dist.rollout_engine(engine, self.lm, d.zero3_gather_for_rollout)
         self.engine.setup(self.policy)
         scoring = PipelinedScoring(r.max_pending_chunks) if r.pipeline_rewards else SequentialScoring()
         self.driver = GenerationDriver(self.policy, self.engine, g.micro_batch_size, r.logprob_chunk_size,
-                                       r.decode_chunk_size, scoring)  # rl/generate.py, rl/pipeline.py
+                                       r.decode_chunk_size, scoring)  # rl/rollout/generate.py, pipeline.py
         self.sampling, how = rollout_sampling(cfg.rollout, self.policy)  # rl/presets.py
         self.eval_sampling, eval_how = eval_sampling(cfg.eval, self.policy, self.sampling)
         if self.acc.is_main_process and (cfg.rollout.sampling_from != "config" or cfg.eval.sampling != "rollout"):
@@ -174,7 +174,7 @@ class GRPOTrainer:
         """Optimizer, schedule, data position and this rank's RNG (the weights loaded before wrapping)."""
         ckpt = load_checkpoint(path, verify=False)  # verified in _check_resume
         fresh = optimizer_hyperparameters(self.optimizer)  # the configured values, before the saved ones load
-        load_optimizer_state(self.dist, self.lm, self.optimizer, ckpt.optimizer, path)  # rl/checkpoint_shards.py
+        load_optimizer_state(self.dist, self.lm, self.optimizer, ckpt.optimizer, path)  # rl/parallel/checkpoint_shards.py
         self.scheduler.load_state_dict(ckpt.scheduler)
         apply_optimizer_config(self.optimizer, self.scheduler, fresh,  # allowed changes really apply
                                recompute=self.run.optimizer_config_changed)
@@ -185,7 +185,7 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ training
     def train(self) -> RunSummary | None:
-        """Steps ``start_step + 1 .. max_steps``, each closed by the run's lifecycle (rl/lifecycle.py: log,
+        """Steps ``start_step + 1 .. max_steps``, each closed by the run's lifecycle (rl/run/lifecycle.py: log,
         checkpoints; SIGINT / SIGTERM end it after the current step with a checkpoint, `TrainingStopped`; a
         reward that fails every sample too often stops it). The summary on rank 0, None elsewhere."""
         if self.start_step == 0 and self.cfg.eval.eval_every:
@@ -210,10 +210,10 @@ class GRPOTrainer:
                                      [stream_seed(self.cfg.seed, "train", step, i) for i in lay.prompts],
                                      [r.metadata for r in rows], samples=lay.samples)
             # 2. Rollout and decode: exactly N image codes per sample, among the image tokens only; each
-            #    image's noise keyed by its prompt's seed and its index in the group (rl/generate.py).
+            #    image's noise keyed by its prompt's seed and its index in the group (rl/rollout/generate.py).
             # 3. Rewards; None (failed) becomes NaN and excludes the sample, reported and counted towards the
-            #    reward-failure stop (rl/lifecycle.py). With rollout.pipeline_rewards, each decoded chunk of
-            #    whole prompts is scored while the next decodes (rl/pipeline.py).
+            #    reward-failure stop (rl/run/lifecycle.py). With rollout.pipeline_rewards, each decoded chunk of
+            #    whole prompts is scored while the next decodes (rl/rollout/pipeline.py).
             gen, scored = self.driver.generate_and_score(request, self.rewards)
             ro = gen.rollout
             t.update(gen.timings)
@@ -221,7 +221,7 @@ class GRPOTrainer:
             rewards = torch.tensor([math.nan if s is None else s for s in scored.total], dtype=torch.float32)  # [B]
             # 4. Advantages over the gathered per-reward scores of all ranks (in rank order: the global batch,
             #    groups contiguous, whether a group lives on one rank or is split over several), combined as
-            #    grpo.reward_aggregation says (rl/advantages.py); this rank keeps its rows.
+            #    grpo.reward_aggregation says (rl/grpo/advantages.py); this rank keeps its rows.
             all_rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()  # [world * B]
             per = torch.tensor([[math.nan if x is None else x for x in scored.outputs[s.log_name].scores]
                                 for s in self.cfg.rewards], dtype=torch.float32).T  # [B, K]
@@ -274,7 +274,7 @@ class GRPOTrainer:
         global_samples = global_valid // ro.codes.shape[1]  # valid samples of the step (all ranks)
         skipped, step_losses = 0, []
         for it in range(g.num_iterations):
-            step_loss = 0.0  # Σ of the micro-batches' shares = this update's loss (rl/loss.py)
+            step_loss = 0.0  # Σ of the micro-batches' shares = this update's loss (rl/grpo/loss.py)
             for i, sl in enumerate(slices):
                 last = i == len(slices) - 1
                 with self.dist.no_sync(self.lm, last):  # gradients all-reduced once per update
@@ -287,7 +287,7 @@ class GRPOTrainer:
                         ref_logprobs=None if ref is None else ref[sl],
                         global_valid_tokens=global_valid, global_valid_samples=global_samples, is_weights=isw,
                     )
-                    self.dist.backward(self.lm, loss, last)  # x world size: wrappers average (rl/distributed.py)
+                    self.dist.backward(self.lm, loss, last)  # x world size: wrappers average (rl/parallel/distributed.py)
                 w = st.valid_tokens
                 m = mask[sl]
                 step_loss += float(loss.detach())
@@ -309,7 +309,7 @@ class GRPOTrainer:
             max_norm = o.max_grad_norm if o.max_grad_norm is not None else math.inf
             norm = self.dist.clip_grad_norm(self.params, max_norm)  # global: the gradients are synchronised
             step_loss = self.dist.all_sum([step_loss])[0]  # every rank's share: the update's global loss
-            # optimizer step, or a skipped non-finite update on every rank at once (rl/guard.py); the LR
+            # optimizer step, or a skipped non-finite update on every rank at once (rl/run/guard.py); the LR
             # schedule steps either way; grads cleared
             skipped += not self.guard.step(self.dist.optimizer_for_guard(self.lm, self.optimizer), self.scheduler,
                                            step_loss, norm, agree=self.dist.all_ranks)
@@ -411,13 +411,13 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ checkpoints and the end
     def save_checkpoint(self, step: int) -> Path | None:
-        """Checkpoint ``step`` (rl/lifecycle.py: every rank stages its files, rank 0 seals the folder).
+        """Checkpoint ``step`` (rl/run/lifecycle.py: every rank stages its files, rank 0 seals the folder).
         Collective; the path on rank 0, None elsewhere."""
         return self.run.save_checkpoint(step, lambda staging: self._checkpoint_contents(step, staging))
 
     def _checkpoint_contents(self, step: int, staging: Path) -> CheckpointContents:
         """Every rank's own files (RNG; DeepSpeed shards) staged; the gathered weights and optimizer (rank 0)."""
-        stage_rank_files(self.dist, self.lm, staging)  # rl/checkpoint_shards.py
+        stage_rank_files(self.dist, self.lm, staging)  # rl/parallel/checkpoint_shards.py
         weights = trainable_state(self.dist, self.lm, self.finetune)  # full, on rank 0
         optim = optimizer_state(self.dist, self.lm, self.optimizer)
         state = {"step": step, "data": self.sampler.state_dict(), "world_size": self.world,

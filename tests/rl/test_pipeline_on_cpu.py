@@ -1,4 +1,4 @@
-"""The generation driver's pipelined scoring (rl/pipeline.py): same results as the sequential one, order
+"""The generation driver's pipelined scoring (rl/rollout/pipeline.py): same results as the sequential one, order
 kept, rewards that hang or live on a reward server."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 
 from blip3o_rl.rewards import WeightedRewards
 from blip3o_rl.rl.config import ConfigError, load_config
-from blip3o_rl.rl.engines import KVCacheEngine, SamplingParams
-from blip3o_rl.rl.generate import GenerationDriver, RolloutRequest
-from blip3o_rl.rl.pipeline import PipelinedScoring, chunk_slices
+from blip3o_rl.rl.rollout.engines import KVCacheEngine, SamplingParams
+from blip3o_rl.rl.rollout.generate import GenerationDriver, RolloutRequest
+from blip3o_rl.rl.rollout.pipeline import PipelinedScoring, chunk_slices
 from blip3o_rl.rl.trainer import GRPOTrainer, train
 
 QUIET = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.image_every=0", "eval.eval_every=0",

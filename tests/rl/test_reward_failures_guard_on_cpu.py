@@ -8,8 +8,8 @@ import pytest
 from blip3o_rl.rewards import CombinedScores, WeightedRewards
 from blip3o_rl.rewards.base import RewardOutput
 from blip3o_rl.rl.errors import NothingLearnedError
-from blip3o_rl.rl.guards.reward_failures import RewardFailureGuard
-from blip3o_rl.rl.pipeline import Chunk, PipelinedScoring, SequentialScoring
+from blip3o_rl.rl.rollout.pipeline import Chunk, PipelinedScoring, SequentialScoring
+from blip3o_rl.rl.run.guards.reward_failures import RewardFailureGuard
 
 
 class Switch:

@@ -4,13 +4,13 @@ sample's reward failed.
 The trainer `record`s each step's scores (all of the step's samples on this process, however many
 chunks the generation driver scored them in) and `check`s after the step, which closes it: the step
 failed if no sample got a total reward. The run agrees on the verdict across processes
-(rl/lifecycle.py): one process's stop stops every process.
+(rl/run/lifecycle.py): one process's stop stops every process.
 """
 
 from __future__ import annotations
 
-from ...rewards import CombinedScores
-from ..errors import NothingLearnedError
+from ....rewards import CombinedScores
+from ...errors import NothingLearnedError
 
 
 class RewardFailureGuard:

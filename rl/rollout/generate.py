@@ -2,7 +2,7 @@
 
 Training (`GRPOTrainer.step`), in-training evaluation, ``blip3o-rl generate``, ``eval geneval``,
 ``eval ocr`` and the benchmarks all sample through a `GenerationDriver`; how decoded chunks are scored
-(sequentially, or pipelined behind decoding) is the driver's ``scoring`` option (rl/pipeline.py). The
+(sequentially, or pipelined behind decoding) is the driver's ``scoring`` option (rl/rollout/pipeline.py). The
 π_old log-probs of the policy forward that supplies missing hidden states are a field of the result
 (`Generation.old_logprobs`). Randomness is explicit: each
 prompt's group is sampled from its seed, and each image's decode noise (BLIP3o-NEXT's refiner) comes
@@ -23,12 +23,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..policies.base import ImageTokenPolicy
-from ..rewards import CombinedScores
+from ...policies.base import ImageTokenPolicy
+from ...rewards import CombinedScores
+from ..grpo.logprobs import score_rollout
+from ..run.tracking import timed
 from .engines import KVCacheEngine, Rollout, RolloutEngine, SamplingParams, stream_seed
-from .logprobs import score_rollout
 from .pipeline import Chunk, Scoring, SequentialScoring, SubmitsBatches, chunk_slices
-from .tracking import timed
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class GenerationDriver:
 
     ``micro_batch_size`` / ``logprob_chunk_size`` bound the memory of the policy forward that supplies the
     hidden states when the engine does not; ``decode_chunk_size`` samples are decoded at a time (None: all
-    at once); ``scoring`` says how decoded chunks reach the rewards (rl/pipeline.py: sequential, or
+    at once); ``scoring`` says how decoded chunks reach the rewards (rl/rollout/pipeline.py: sequential, or
     pipelined behind decoding).
     """
 
@@ -231,8 +231,8 @@ def inference_policy(
     """A policy to generate with: from a model folder (``policy`` kind + its ``policy_kwargs``), or from a
     training ``run`` with a checkpoint applied (its own kind and settings). On the GPU when there is one;
     ``dtype`` defaults to bfloat16 there and float32 on the CPU."""
-    from ..policies import DTYPES, load_policy
-    from .export import load_run_policy
+    from ...policies import DTYPES, load_policy
+    from ..weights.export import load_run_policy
 
     dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
     if run is not None:

@@ -1,6 +1,6 @@
 """How decoded images reach the rewards: the generation driver's scoring option (phases 2-3 of the step).
 
-The driver (`GenerationDriver.generate_and_score`, rl/generate.py) decodes a rollout chunk by chunk
+The driver (`GenerationDriver.generate_and_score`, rl/rollout/generate.py) decodes a rollout chunk by chunk
 (``decode_chunk_size`` samples: whole prompts, G samples each or the slice of a group split across
 processes) and hands the chunks, lazily decoded, to its `Scoring`:
 
@@ -10,7 +10,7 @@ processes) and hands the chunks, lazily decoded, to its `Scoring`:
   ``max_pending`` chunks wait for their rewards: past that, decoding waits for the oldest. Results are
   collected in submission order and joined (`CombinedScores.concat`), so nothing is reordered or
   dropped, and the step gets the same rewards as the sequential path: the decode gives each image its
-  own noise generator (rl/generate.py), and a reward scores each image on its own.
+  own noise generator (rl/rollout/generate.py), and a reward scores each image on its own.
 
 Timings (seconds, added to the caller's ``timings``): ``time/reward`` (the reward stage's span: from the
 first chunk's submission until every reward is in) and ``time/reward_wait`` (the part of it spent
@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, Protocol
 
 from PIL import Image
 
-from ..rewards import CombinedScores
+from ...rewards import CombinedScores
 
 
 class SubmitsBatches(Protocol):

@@ -16,7 +16,7 @@
 
 Everything collective is run on every rank through a `Collectives` (the strategy's helper), so a stop one
 rank decides (a signal, its rewards failing, rank 0's failed checkpoint write) is every rank's stop.
-The guards (rl/guards/) are the lifecycle's: `reward_failures` (fed each step's scores by the recipe)
+The guards (rl/run/guards/) are the lifecycle's: `reward_failures` (fed each step's scores by the recipe)
 and `over_optimisation`; the finite-update guard belongs to the update.
 """
 
@@ -34,7 +34,9 @@ from typing import Any, NamedTuple, Protocol
 import torch
 import yaml
 
-from ..rewards import CombinedScores
+from ...rewards import CombinedScores
+from ..config import TrainConfig, config_to_dict
+from ..errors import CheckpointError, NothingLearnedError, ResumeError, RunError, TrainingStopped
 from .best_checkpoint import BestCheckpoint
 from .checkpoint import (
     latest_checkpoint,
@@ -44,8 +46,6 @@ from .checkpoint import (
     staging_dir,
     verify_checkpoint,
 )
-from .config import TrainConfig, config_to_dict
-from .errors import CheckpointError, NothingLearnedError, ResumeError, RunError, TrainingStopped
 from .guards.over_optimisation import OverOptimisationGuard
 from .guards.reward_failures import RewardFailureGuard
 from .progress import Progress, quiet_library_bars, show_bars
@@ -109,8 +109,8 @@ class RunLifecycle:
         self.allowed_changes: tuple[str, ...] = ()
         self.lock: RunLock | None = None  # rank 0's
         self.log: RunLogger | None = None  # rank 0's
-        self.reward_failures = RewardFailureGuard(cfg.grpo.max_failed_reward_steps)  # rl/guards/reward_failures.py
-        self.over_optimisation = OverOptimisationGuard(cfg.eval.guard)  # rl/guards/over_optimisation.py
+        self.reward_failures = RewardFailureGuard(cfg.grpo.max_failed_reward_steps)  # rl/run/guards/reward_failures.py
+        self.over_optimisation = OverOptimisationGuard(cfg.eval.guard)  # rl/run/guards/over_optimisation.py
         self._save: Callable[[int], Path | None] | None = None
 
     # ------------------------------------------------------------------ the run folder and resume
