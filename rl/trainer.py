@@ -12,11 +12,9 @@ with μ = ``num_iterations`` optimizer passes over each rollout batch (π_old = 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -41,13 +39,14 @@ from .parallel.distributed import Distributed, make_accelerator, resolve_strateg
 from .presets import describe as describe_sampling
 from .presets import eval_sampling, lr_schedule_steps, rollout_sampling
 from .rollout.engines import Rollout, build_engine, stream_seed
+from .rollout.evaluation import HeldOutEvaluation
 from .rollout.generate import GenerationDriver, RolloutRequest
 from .rollout.pipeline import PipelinedScoring, SequentialScoring
 from .run.checkpoint import load_checkpoint
 from .run.guard import FiniteUpdateGuard
 from .run.lifecycle import CheckpointContents, RunLifecycle, RunSummary
 from .run.resume import apply_optimizer_config, optimizer_hyperparameters
-from .run.tracking import image_grid, timed
+from .run.tracking import timed
 from .weights.finetune import FinetuneSetup
 from .weights.optim import build_optimizer, build_scheduler
 
@@ -145,6 +144,9 @@ class GRPOTrainer:
         self.eval_rows = load_prompts(cfg.eval.prompts_file)[: cfg.eval.num_prompts] if cfg.eval.prompts_file else []
         if cfg.eval.prompts_file:
             self._check_prompts(self.eval_rows, cfg.eval.prompts_file)
+        self.held_out = HeldOutEvaluation(self.eval_rows, cfg.eval.num_generations, self.eval_sampling,
+                                          self.eval_rewards, cfg.seed, g.batch_size // cfg.eval.num_generations,
+                                          self.rank, self.world, self.dist)
 
         if self.resume_from is not None:
             self._resume(self.resume_from)
@@ -248,8 +250,7 @@ class GRPOTrainer:
 
         metrics = {**t, **upd, **self._reward_metrics(scored, all_rewards, all_adv)}
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])
-        if self.acc.is_main_process and self.cfg.logging.image_every and step % self.cfg.logging.image_every == 0:
-            self._log_samples(step, gen.images, request.per_sample()[0], rewards, scored)
+        self.run.log_samples(step, gen.images, request.per_sample()[0], rewards, scored, len(lay.samples))
         return metrics
 
     def _forward(self, ro: Rollout, sl: slice):
@@ -367,47 +368,12 @@ class GRPOTrainer:
         outputs = {n: RewardOutput(back(nan(o.scores))) for n, o in scored.outputs.items()}
         return CombinedScores(back(nan(scored.total)), outputs).metrics("reward")
 
-    def _log_samples(self, step, images, texts, rewards, scored) -> None:
-        """Rank 0's samples: a grid row per prompt (its G samples, or rank 0's slice of a split group)."""
-        g, k = len(self.layout.samples), self.cfg.logging.num_images
-        rows = max(1, min(k // g, len(images) // g))
-        shown = images[: rows * g]
-        labels = [texts[r * g] for r in range(rows)]
-        self.run.log.log_images(step, image_grid(shown, g, labels))
-        with (self.out / "samples" / f"step_{step:06d}.jsonl").open("w") as f:
-            for i in range(len(shown)):
-                row = {"prompt": texts[i], "reward": None if math.isnan(rewards[i]) else float(rewards[i]),
-                       "rewards": {n: {"score": o.scores[i], **o.details[i]} for n, o in scored.outputs.items()}}
-                f.write(json.dumps(row, default=str) + "\n")
-
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Score held-out prompts with the eval rewards; fixed per-prompt seeds keep steps comparable."""
-        if not self.eval_rows:
-            return {}
-        cfg, n = self.cfg, self.cfg.eval.num_generations
-        totals: dict[str, list[float]] = {}
-        failed: dict[str, int] = {}
-        per_call = max(1, cfg.grpo.batch_size // n)
-        driver = replace(self.driver, decode_chunk_size=None, scoring=SequentialScoring())  # decode, then score
-        mine = list(range(self.rank, len(self.eval_rows), self.world))  # prompt i on rank i % world
-        for s in range(0, len(mine), per_call):
-            index = mine[s : s + per_call]
-            rows = [self.eval_rows[i] for i in index]
-            seeds = [stream_seed(cfg.seed, "eval", i) for i in index]  # by global index: any world size
-            request = RolloutRequest([r.prompt for r in rows], n, self.eval_sampling, seeds, [r.metadata for r in rows])
-            _, scored = driver.generate_and_score(request, self.eval_rewards)
-            for name, out in scored.outputs.items():
-                totals.setdefault(name, []).extend(x for x in out.scores if x is not None)
-                failed[name] = failed.get(name, 0) + out.num_failed
-        res = {}
-        gathered = self.dist.all_gather_objects((totals, failed))  # every rank's scores, on every rank
-        for name in gathered[0][0]:
-            vals = [v for t, _ in gathered for v in t.get(name, [])]
-            res[f"eval/{name}/mean"] = math.fsum(vals) / len(vals) if vals else math.nan  # order-independent
-            res[f"eval/{name}/failed"] = float(sum(f.get(name, 0) for _, f in gathered))
-        return res
+        """Score held-out prompts with the eval rewards (rl/rollout/evaluation.py); fixed per-prompt seeds
+        keep steps comparable. Collective."""
+        return self.held_out.evaluate(self.driver)
 
     # ------------------------------------------------------------------ checkpoints and the end
     def save_checkpoint(self, step: int) -> Path | None:

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 import yaml
+from PIL import Image
 
 from ...rewards import CombinedScores
 from ..config import TrainConfig, config_to_dict
@@ -52,7 +53,7 @@ from .progress import Progress, quiet_library_bars, show_bars
 from .resume import check_resume_config, record_changes, with_defaults
 from .run_dir import RunLock, archive_after, claim_run_dir
 from .signals import StopSignals
-from .tracking import METRICS_FILE, RunLogger, plot_reward_curve, read_metrics
+from .tracking import METRICS_FILE, RunLogger, image_grid, plot_reward_curve, read_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +274,22 @@ class RunLifecycle:
                 raise error
             rank, text = next((r, m) for r, m in enumerate(messages) if m is not None)
             raise NothingLearnedError(f"rank {rank}: {text}")
+
+    def log_samples(self, step: int, images: Sequence[Image.Image], texts: Sequence[str], rewards: torch.Tensor,
+                    scored: CombinedScores, group: int) -> None:
+        """Rank 0's samples every ``logging.image_every`` steps: a grid row per prompt (its ``group`` samples
+        here: G, or rank 0's slice of a split group) and ``samples/step_N.jsonl`` with every reward."""
+        every = self.cfg.logging.image_every
+        if self.log is None or not every or step % every:
+            return
+        rows = max(1, min(self.cfg.logging.num_images // group, len(images) // group))
+        shown = images[: rows * group]
+        self.log.log_images(step, image_grid(list(shown), group, [texts[r * group] for r in range(rows)]))
+        with (self.out / "samples" / f"step_{step:06d}.jsonl").open("w") as f:
+            for i in range(len(shown)):
+                row = {"prompt": texts[i], "reward": None if math.isnan(rewards[i]) else float(rewards[i]),
+                       "rewards": {n: {"score": o.scores[i], **o.details[i]} for n, o in scored.outputs.items()}}
+                f.write(json.dumps(row, default=str) + "\n")
 
     # ------------------------------------------------------------------ the end
     def summarise(self) -> RunSummary | None:
