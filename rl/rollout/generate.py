@@ -151,7 +151,7 @@ class GenerationDriver:
                                           request.sampling, request.seeds, return_hidden=hidden,
                                           samples=request.samples)
             old = None
-            if policy.needs_hidden_states and ro.hidden_states is None:
+            if hidden and ro.hidden_states is None:  # the policy's own forward supplies them
                 with timed("hidden_states", t):
                     old, ro.hidden_states = score_rollout(
                         policy.lm, ro.prompts, ro.codes, request.sampling, self.micro_batch_size,
