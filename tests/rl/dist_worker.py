@@ -15,7 +15,6 @@ import weakref
 
 import torch
 
-from blip3o_rl.rl.checkpoint_shards import trainable_state
 from blip3o_rl.rl.config import load_config
 from blip3o_rl.rl.trainer import GRPOTrainer
 
@@ -42,10 +41,10 @@ def main(argv: list[str]) -> None:
 
             trainer.step = crashing  # type: ignore[method-assign]
         trainer.train()
-        full = trainable_state(trainer.dist, trainer.lm, trainer.finetune)
-        own = {k: v.detach().cpu().clone() for k, v in trainer.finetune.trainable_state_dict().items()
+        full = trainer.strategy.trainable_state(trainer.trainable)
+        own = {k: v.detach().cpu().clone() for k, v in trainer.trainable.state_dict().items()
                if not hasattr(v, "full_tensor")}
-        ref = trainer.finetune.reference_module  # the full-FT KL reference: a ZeRO-3 engine of its own under ZeRO-3
+        ref = trainer.trainable.reference_module  # the full-FT KL reference: a ZeRO-3 engine of its own under ZeRO-3
         ref_stage = ref.zero_optimization_stage() if hasattr(ref, "zero_optimization_stage") else 0
         ref_shard = (sum(p.ds_tensor.numel() for p in ref.parameters()),  # (this rank's part, the whole)
                      sum(p.ds_numel for p in ref.parameters())) if ref_stage == 3 else (0, 0)

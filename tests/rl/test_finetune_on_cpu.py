@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from blip3o_rl.rl.config import ModelConfig
-from blip3o_rl.rl.finetune import FinetuneSetup
+from blip3o_rl.rl.finetune import TrainableWeights
 from blip3o_rl.rl.logprobs import sequence_logprobs
 from blip3o_rl.rl.loss import policy_loss
 from blip3o_rl.tiny import TinyWorldPolicy
@@ -26,7 +26,7 @@ def _one_step(policy, setup):
 def test_lora_changes_only_adapter_weights_and_reference_is_the_base_model(tiny_world_dir):
     policy = TinyWorldPolicy.from_pretrained(tiny_world_dir)
     base = TinyWorldPolicy.from_pretrained(tiny_world_dir)
-    setup = FinetuneSetup(policy, ModelConfig(finetune="lora", lora_r=4), need_reference=True)
+    setup = TrainableWeights(policy, ModelConfig(finetune="lora", lora_r=4), need_reference=True)
     before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
     prompts, codes = _one_step(policy, setup)
     for _ in range(2):  # B is zero at init: a second step moves the adapter's output too
@@ -48,7 +48,7 @@ def test_lora_changes_only_adapter_weights_and_reference_is_the_base_model(tiny_
 def test_full_finetuning_keeps_a_frozen_reference_copy(tiny_world_dir):
     policy = TinyWorldPolicy.from_pretrained(tiny_world_dir)
     base = TinyWorldPolicy.from_pretrained(tiny_world_dir)
-    setup = FinetuneSetup(policy, ModelConfig(finetune="full"), need_reference=True)
+    setup = TrainableWeights(policy, ModelConfig(finetune="full"), need_reference=True)
     assert len(setup.trainable_parameters()) == len(list(policy.model.parameters()))
     prompts, codes = _one_step(policy, setup)
     with torch.no_grad(), setup.reference() as ref:
@@ -56,14 +56,14 @@ def test_full_finetuning_keeps_a_frozen_reference_copy(tiny_world_dir):
         torch.testing.assert_close(sequence_logprobs(ref, prompts, codes, 1.0).logprobs,
                                    sequence_logprobs(base.lm, prompts, codes, 1.0).logprobs)
     # state dict round trip restores the trained weights exactly
-    state = {k: v.clone() for k, v in setup.trainable_state_dict().items()}
+    state = {k: v.clone() for k, v in setup.state_dict().items()}
     fresh = TinyWorldPolicy.from_pretrained(tiny_world_dir)
-    FinetuneSetup(fresh, ModelConfig(finetune="full"), need_reference=False).load_trainable_state_dict(state)
+    TrainableWeights(fresh, ModelConfig(finetune="full"), need_reference=False).load_state_dict(state)
     for (n, p), (_, q) in zip(policy.model.named_parameters(), fresh.model.named_parameters(), strict=True):
         assert torch.equal(p, q), n
 
 
 def test_full_finetuning_without_beta_has_no_reference(tiny_world_dir):
-    setup = FinetuneSetup(TinyWorldPolicy.from_pretrained(tiny_world_dir), ModelConfig(finetune="full"), False)
+    setup = TrainableWeights(TinyWorldPolicy.from_pretrained(tiny_world_dir), ModelConfig(finetune="full"), False)
     with pytest.raises(RuntimeError, match="no reference"), setup.reference():
         pass
