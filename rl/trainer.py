@@ -1,6 +1,6 @@
 """The GRPO recipe: orchestration only; each phase is a component call.
 
-Objective per step (see `rl/loss.py` for the exact normalisations)::
+Objective per step (see `rl/grpo/loss.py` for the exact normalisations)::
 
     for each prompt: G image-token sequences y_1..y_G ~ π_old(·|prompt)   (sampled among image codes only)
     r_i = Σ_k w_k · reward_k(decode(y_i), prompt)                        (a failed reward excludes y_i)
@@ -24,10 +24,20 @@ import yaml
 
 from ..policies import can_build, load_policy, policy_class
 from ..rewards import WeightedRewards, load_reward
-from .advantages import count_groups_without_baseline, reward_advantages
 from .batch_layout import BatchLayout
-from .best_checkpoint import BestCheckpoint
-from .checkpoint import (
+from .config import ConfigError, RewardSpec, TrainConfig, check_components, config_to_dict
+from .data import PromptSampler, check_prompt_lengths, load_prompts
+from .errors import CheckpointError, NothingLearnedError, ResumeError, RunError, TrainingStopped
+from .grpo.advantages import count_groups_without_baseline, reward_advantages
+from .parallel import make_strategy
+from .parallel.checkpoint_shards import check_world_size, restore_rank_state
+from .presets import describe as describe_sampling
+from .presets import eval_sampling, lr_schedule_steps, rollout_sampling
+from .rollout.engines import build_engine, stream_seed
+from .rollout.generate import sample_and_decode
+from .rollout.pipeline import generate_and_score
+from .run.best_checkpoint import BestCheckpoint
+from .run.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     previous_intact,
@@ -36,33 +46,23 @@ from .checkpoint import (
     staging_dir,
     verify_checkpoint,
 )
-from .checkpoint_shards import check_world_size, restore_rank_state
-from .config import ConfigError, RewardSpec, TrainConfig, check_components, config_to_dict
-from .data import PromptSampler, check_prompt_lengths, load_prompts
-from .engines import build_engine, stream_seed
-from .errors import CheckpointError, NothingLearnedError, ResumeError, RunError, TrainingStopped
-from .eval_guard import OverOptimisationGuard
-from .finetune import TrainableWeights
-from .generate import sample_and_decode
-from .guard import FiniteUpdateGuard
-from .optim import build_optimizer, build_scheduler
-from .parallel import make_strategy
-from .pipeline import generate_and_score
-from .presets import describe as describe_sampling
-from .presets import eval_sampling, lr_schedule_steps, rollout_sampling
-from .progress import Progress, quiet_library_bars, show_bars
-from .resume import (
+from .run.eval_guard import OverOptimisationGuard
+from .run.guard import FiniteUpdateGuard
+from .run.progress import Progress, quiet_library_bars, show_bars
+from .run.resume import (
     apply_optimizer_config,
     check_resume_config,
     optimizer_hyperparameters,
     record_changes,
     with_defaults,
 )
-from .reward_watch import RewardFailureWatch
-from .run_dir import archive_after, claim_run_dir
-from .signals import StopSignals
-from .tracking import METRICS_FILE, RunLogger, image_grid, plot_reward_curve, read_metrics, timed
+from .run.reward_watch import RewardFailureWatch
+from .run.run_dir import archive_after, claim_run_dir
+from .run.signals import StopSignals
+from .run.tracking import METRICS_FILE, RunLogger, image_grid, plot_reward_curve, read_metrics, timed
 from .update import PolicyUpdate
+from .weights.finetune import TrainableWeights
+from .weights.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +84,8 @@ class GRPOTrainer:
               allow_config_change: Sequence[str] = ()) -> None:
         """Build everything; ``resume``: True (the latest checkpoint) or a checkpoint (path, ``step_N``, N).
 
-        A new run refuses an ``output_dir`` holding files unless ``overwrite`` (rl/run_dir.py); a resume
-        refuses a changed config except the ``allow_config_change`` keys (rl/resume.py).
+        A new run refuses an ``output_dir`` holding files unless ``overwrite`` (rl/run/run_dir.py); a resume
+        refuses a changed config except the ``allow_config_change`` keys (rl/run/resume.py).
         """
         cfg = self.cfg
         check_components(cfg)  # names resolve and input files exist, before any folder or model is touched
@@ -152,13 +152,13 @@ class GRPOTrainer:
                   f"eval sampling: {describe_sampling(self.eval_sampling)}, {eval_how}", flush=True)
         rewards = _build_rewards(cfg.rewards)
         self.eval_rewards = _build_rewards(cfg.eval.rewards) if cfg.eval.rewards else rewards
-        self.rewards = RewardFailureWatch(rewards, cfg.grpo.max_failed_reward_steps)  # rl/reward_watch.py
+        self.rewards = RewardFailureWatch(rewards, cfg.grpo.max_failed_reward_steps)  # rl/run/reward_watch.py
         self.sampler = PromptSampler(train_rows, self.layout.prompts_per_step, cfg.seed, cfg.data.shuffle,
                                      self.layout.prompts)
         self.eval_rows = load_prompts(cfg.eval.prompts_file)[: cfg.eval.num_prompts] if cfg.eval.prompts_file else []
         if cfg.eval.prompts_file:
             self._check_prompts(self.eval_rows, cfg.eval.prompts_file)
-        self.overopt = OverOptimisationGuard(cfg.eval.guard)  # rl/eval_guard.py
+        self.overopt = OverOptimisationGuard(cfg.eval.guard)  # rl/run/eval_guard.py
         self.best = BestCheckpoint(self.out / "checkpoints", cfg.checkpoint.best_metric, cfg.checkpoint.best_mode)
 
         if self.resume_from is not None:
@@ -168,7 +168,7 @@ class GRPOTrainer:
             self.log = RunLogger(self.out, cfg.logging, config_to_dict(cfg), self.start_step)
 
     def _claim_run_dir(self, resume: str | bool | None, overwrite: bool) -> None:
-        """Rank 0 locks the run folder (rl/run_dir.py); the others learn its verdict."""
+        """Rank 0 locks the run folder (rl/run/run_dir.py); the others learn its verdict."""
         error: BaseException | None = None
         if self.acc.is_main_process:
             try:
@@ -204,7 +204,7 @@ class GRPOTrainer:
         if path is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {root}")
         try:
-            if not verify_checkpoint(path):  # every file against its sha256 (rl/checkpoint.py)
+            if not verify_checkpoint(path):  # every file against its sha256 (rl/run/checkpoint.py)
                 logger.warning("checkpoint %s predates checksums (no manifest.json): resuming unverified", path)
         except CheckpointError as exc:
             prev = previous_intact(root, path)
@@ -214,7 +214,7 @@ class GRPOTrainer:
         state_json = path / "trainer_state.json"
         saved_state = json.loads(state_json.read_text()) if state_json.is_file() else {}
         step = int(saved_state["step"]) if "step" in saved_state else None
-        check_world_size(path, saved_state.get("world_size"), self.world)  # rl/checkpoint_shards.py
+        check_world_size(path, saved_state.get("world_size"), self.world)  # rl/parallel/checkpoint_shards.py
         if step is not None and step >= self.cfg.max_steps:
             raise ResumeError(f"--resume: checkpoint {path} is at step {step} and max_steps is {self.cfg.max_steps}: "
                               f"nothing to train; raise max_steps (e.g. max_steps={2 * step}) to continue the run")
@@ -254,15 +254,15 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ training
     def train(self) -> dict[str, float]:
         """Steps ``start_step + 1 .. max_steps``; SIGINT / SIGTERM end it after the current step with a
-        checkpoint (`TrainingStopped`), and a reward that fails every sample stops it (rl/reward_watch.py)."""
+        checkpoint (`TrainingStopped`), and a reward that fails every sample stops it (rl/run/reward_watch.py)."""
         cfg, main = self.cfg, self.acc.is_main_process
         if self.start_step == 0 and cfg.eval.eval_every:
             first = self.evaluate()  # every rank: sharded and gathered, as at later steps
             watched = self._watch(0, first)  # every rank: the metrics agree, a best checkpoint is collective
             if main:
                 self.log.log(0, {**first, **watched})
-        progress = Progress(self.start_step, cfg.max_steps, bar=self.show_bars, enabled=main)  # rl/progress.py
-        with StopSignals() as stop:  # rl/signals.py
+        progress = Progress(self.start_step, cfg.max_steps, bar=self.show_bars, enabled=main)  # rl/run/progress.py
+        with StopSignals() as stop:  # rl/run/signals.py
             for step in range(self.start_step + 1, cfg.max_steps + 1):
                 metrics = self.step(step)
                 if cfg.eval.eval_every and (step % cfg.eval.eval_every == 0 or step == cfg.max_steps):
@@ -290,7 +290,7 @@ class GRPOTrainer:
         return self._summarise() if main else {}
 
     def _check_rewards(self, step: int, last: bool) -> None:
-        """`RewardFailureWatch.check` (rl/reward_watch.py), agreed over the ranks: when one rank's rewards
+        """`RewardFailureWatch.check` (rl/run/reward_watch.py), agreed over the ranks: when one rank's rewards
         failed too often every rank stops, with that rank's message (alone, it would leave the others waiting
         in the next collective until the timeout)."""
         error: NothingLearnedError | None = None
@@ -306,7 +306,7 @@ class GRPOTrainer:
             raise NothingLearnedError(f"rank {rank}: {text}")
 
     def _watch(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
-        """The eval watchers: the over-optimisation guard (rl/eval_guard.py), then the best checkpoint."""
+        """The eval watchers: the over-optimisation guard (rl/run/eval_guard.py), then the best checkpoint."""
         out = self.overopt.observe(step, metrics)
         out.update(self.best.observe(step, metrics, self.save_checkpoint))
         return out
@@ -325,7 +325,7 @@ class GRPOTrainer:
             # 2. Rollout and decode: exactly N image codes per sample, among the image tokens only.
             #    Each sample's noise is keyed by its prompt's seed and its index in the group.
             # 3. Rewards; None (failed) becomes NaN and excludes the sample. With rollout.pipeline_rewards,
-            #    each decoded chunk of whole prompts is scored while the next decodes (rl/pipeline.py).
+            #    each decoded chunk of whole prompts is scored while the next decodes (rl/rollout/pipeline.py).
             rc = self.cfg.rollout
             gen, scored = generate_and_score(
                 self.policy, self.engine, [r.prompt for r in rows], g.num_generations, self.sampling, seeds,
@@ -342,7 +342,7 @@ class GRPOTrainer:
                                    out.num_failed, len(out.scores), first_error.get("error", first_error))
             # 4. Advantages over the gathered per-reward scores of all ranks (in rank order: the global batch,
             #    groups contiguous, whether a group lives on one rank or is split over several), combined as
-            #    grpo.reward_aggregation says (rl/advantages.py); this rank keeps its rows.
+            #    grpo.reward_aggregation says (rl/grpo/advantages.py); this rank keeps its rows.
             all_rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()  # [world * B]
             per = torch.tensor([[math.nan if x is None else x for x in scored.outputs[s.log_name].scores]
                                 for s in self.cfg.rewards], dtype=torch.float32).T  # [B, K]
@@ -441,7 +441,7 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ checkpoints and the end
     def save_checkpoint(self, step: int) -> Path | None:
         """Every rank stages its own files (RNG; DeepSpeed shards), rank 0 the gathered weights and optimizer,
-        then rank 0 seals the folder (manifest, atomic rename, ``latest``; rl/checkpoint.py). Collective."""
+        then rank 0 seals the folder (manifest, atomic rename, ``latest``; rl/run/checkpoint.py). Collective."""
         root, main = self.out / "checkpoints", self.acc.is_main_process
         staging = staging_dir(root, step)
         if main:

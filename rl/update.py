@@ -6,7 +6,7 @@
     for each of μ passes:
         for each micro-batch (gradients reduced over ranks on the last one only):
             π_θ = the trainer's forward of the sampled codes               (the wrapped module)
-            loss_share, stats = loss(π_θ, π_old, A, mask, π_ref, global counts, IS weights)   (rl/loss.py)
+            loss_share, stats = loss(π_θ, π_old, A, mask, π_ref, global counts, IS weights)   (rl/grpo/loss.py)
             strategy.backward(loss_share)
         strategy.clip_and_step(...)   grad norm → finite-update guard → optimizer step (or none) → LR schedule
     the statistics, reduced once over ranks: one collective, one transfer to the host
@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .engines import Rollout, SamplingParams
-from .finetune import TrainableWeights
-from .guard import FiniteUpdateGuard
-from .logprobs import SequenceLogprobs, micro_batches, score_rollout, sequence_logprobs
-from .loss import GRPOLoss, masked_mean, tis_weights
+from .grpo.logprobs import SequenceLogprobs, micro_batches, score_rollout, sequence_logprobs
+from .grpo.loss import GRPOLoss, masked_mean, tis_weights
 from .parallel import ParallelStrategy
+from .rollout.engines import Rollout, SamplingParams
+from .run.guard import FiniteUpdateGuard
+from .weights.finetune import TrainableWeights
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class UpdateBatch:
     """What one step's update reads: this rank's rows of the step, and the step's global counts."""
 
     rollout: Rollout  # codes [B, N], prompts [B, P], sampler log-probs [B, N], kept sets [B, N]
-    advantages: torch.Tensor  # [B] per-sample advantages (rl/advantages.py)
+    advantages: torch.Tensor  # [B] per-sample advantages (rl/grpo/advantages.py)
     mask: torch.Tensor  # [B] bool: False for a sample excluded by a failed reward
     old_logprobs: torch.Tensor | None  # [B, N] π_old (μ > 1); None: π_θ detached (μ = 1)
     ref_logprobs: torch.Tensor | None  # [B, N] π_ref (β > 0)
@@ -101,7 +101,7 @@ class PolicyUpdate:
                  sampling: SamplingParams, is_cap: float | None):
         self.strategy, self.trainable, self.params = strategy, trainable, list(params)
         self.scheduler, self.guard, self.sampling, self.is_cap = scheduler, guard, sampling, is_cap
-        self.loss = GRPOLoss.from_config(cfg.grpo)  # the loss-type registry: rl/loss.py
+        self.loss = GRPOLoss.from_config(cfg.grpo)  # the loss-type registry: rl/grpo/loss.py
         g = cfg.grpo
         self.num_iterations, self.micro_batch_size, self.beta = g.num_iterations, g.micro_batch_size, g.beta
         self.max_grad_norm = cfg.optim.max_grad_norm

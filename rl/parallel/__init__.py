@@ -3,7 +3,8 @@
 `make_strategy` (rl/parallel/factory.py) picks one by ``distributed.strategy``; the recipe then calls the
 `ParallelStrategy` interface only (rl/parallel/base.py): `SingleProcess` and `DDP`, `FSDP2`
 (rl/parallel/native.py), `DeepSpeedZeRO` (ZeRO-1/2) and `DeepSpeedZeRO3` (rl/parallel/zero.py). The
-collectives every strategy shares are strategy-free (rl/distributed.py `Collectives`).
+collectives every strategy shares are strategy-free (rl/parallel/distributed.py `Collectives`); the
+per-rank checkpoint files are rl/parallel/checkpoint_shards.py.
 """
 
 from .base import ParallelStrategy

@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 
 from ...policies.model import ImageTokenLM
-from ..finetune import TrainableWeights
+from ..weights.finetune import TrainableWeights
 from .base import ParallelStrategy
 
 

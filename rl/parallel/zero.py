@@ -26,8 +26,8 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from ..finetune import TrainableWeights
-from ..guard import step_schedule
+from ..run.guard import step_schedule
+from ..weights.finetune import TrainableWeights
 from .base import ParallelStrategy
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from ..policies.base import ImageTokenPolicy
-from .config import ModelConfig
+from ...policies.base import ImageTokenPolicy
+from ..config import ModelConfig
 
 
 class TrainableWeights:

@@ -1,7 +1,7 @@
 """What each process puts into a checkpoint, across ranks.
 
-`rl/checkpoint.py` owns the folder (staging, manifest, atomic rename, ``latest``, pruning); the run's
-`ParallelStrategy` (rl/parallel/) gathers the weights and the optimizer state; this module holds the
+`rl/run/checkpoint.py` owns the folder (staging, manifest, atomic rename, ``latest``, pruning); the run's
+`ParallelStrategy` (rl/parallel/base.py) gathers the weights and the optimizer state; this module holds the
 per-rank files and the rule on world sizes. The contents:
 
 - ``weights.safetensors``: the *full* trainable state (LoRA adapter or all policy weights), gathered on
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .errors import ResumeError
+from ..errors import ResumeError
 
 
 def rank_file(rank: int) -> str:

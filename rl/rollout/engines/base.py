@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ...policies.base import ImageTokenPolicy, PromptBatch, SamplingParams
+from ....policies.base import ImageTokenPolicy, PromptBatch, SamplingParams
 
 __all__ = ["Rollout", "RolloutEngine", "SamplingParams", "stream_seed"]
 

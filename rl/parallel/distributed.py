@@ -2,7 +2,7 @@
 
 One GRPO run is N processes (``torchrun``, ``accelerate launch``, SLURM), each holding whole prompt
 groups or a slice of one (``grpo.batch_size`` samples *per process*; rl/batch_layout.py). How the model
-is wrapped, sharded and stepped over those processes is a `ParallelStrategy` (rl/parallel/); this module
+is wrapped, sharded and stepped over those processes is a `ParallelStrategy` (rl/parallel/base.py); this module
 is what every strategy shares:
 
 - `launcher_world_size` / `is_main_process`: what the launcher set, before any `Accelerator` exists;
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .errors import RunError
+from ..errors import RunError
 
 
 class LaunchError(RunError):
