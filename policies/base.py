@@ -65,7 +65,7 @@ class ImageTokenPolicy(ABC):
 
     - `model` (``PreTrainedModel``, the Hugging Face ``*ForCausalLM``): what peft adapts in place and what is
       saved, exported and pushed to vLLM (Hugging Face state-dict keys; a LoRA adapter merged by the
-      trainable-weights owner, rl/finetune.py). Never called in a training forward.
+      trainable-weights owner, rl/weights/finetune.py). Never called in a training forward.
     - `lm` (`ImageTokenLM` around `model`): what rollout engines sample through and what a parallel strategy
       shards or wraps (rl/parallel/); outside the trainer (generate, eval, export) the module to run.
     - the *wrapped module* (``nn.Module``: ``ParallelStrategy.model``, the recipe's ``lm``): DDP or a

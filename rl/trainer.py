@@ -93,7 +93,7 @@ class GRPOTrainer:
         d = cfg.distributed
         self.strategy = make_strategy(d.strategy, cfg.model.mixed_precision, d.timeout_minutes,
                                       d.zero3_gather_for_rollout)
-        self.acc, self.dist = self.strategy.acc, self.strategy.comm  # dist: the collectives (rl/distributed.py)
+        self.acc, self.dist = self.strategy.acc, self.strategy.comm  # dist: the collectives (rl/parallel/distributed.py)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         try:  # this rank's prompts and samples of each step's global batch (rl/batch_layout.py)
             self.layout = BatchLayout(cfg.grpo.batch_size, cfg.grpo.num_generations, self.world, self.rank)
@@ -114,7 +114,7 @@ class GRPOTrainer:
             self.policy = load_policy(kind, self._model_path(kind, train_file), cfg.model.dtype,
                                       **cfg.model.policy_kwargs)
         self.policy.lm.to(self.acc.device)
-        # rl/finetune.py: the one owner of what trains (LoRA or full), the reference and the merged weights
+        # rl/weights/finetune.py: the one owner of what trains (LoRA or full), the reference and the merged weights
         self.trainable = TrainableWeights(self.policy, cfg.model, need_reference=cfg.grpo.beta > 0)
         if self.resume_from is not None:  # before any sharding: every rank loads the full weights
             self.trainable.load_state_dict(load_checkpoint(self.resume_from, verify=False).weights)
@@ -138,7 +138,7 @@ class GRPOTrainer:
         self.guard = FiniteUpdateGuard(cfg.optim.max_nonfinite_steps)  # every optimizer step goes through it
 
         self.engine = build_engine(cfg.rollout.engine, **cfg.rollout.engine_kwargs)
-        r = cfg.rollout  # truncated IS when the engine's numerics differ from ours (rl/loss.py tis_weights)
+        r = cfg.rollout  # truncated IS when the engine's numerics differ from ours (rl/grpo/loss.py tis_weights)
         is_cap = r.is_cap if r.is_correction == "on" or (r.is_correction == "auto" and not self.engine.exact_logprobs) else None
         self.engine.setup(self.policy)
         self.engine.sample_within(self.strategy.rollout_weights)  # ZeRO-3: one gather of the weights per rollout

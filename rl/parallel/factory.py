@@ -17,8 +17,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
-from .distributed import LaunchError, launcher_world_size
 from .base import ParallelStrategy
+from .distributed import LaunchError, launcher_world_size
 from .native import DDP, FSDP2, SingleProcess
 from .zero import DeepSpeedZeRO, DeepSpeedZeRO3
 

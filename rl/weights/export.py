@@ -79,7 +79,7 @@ def load_run_policy(
             policy, dataclasses.replace(m, gradient_checkpointing=False), need_reference=False
         )
         trainable.load_state_dict(weights)
-        trainable.merge_into_base()  # peft's merge, as in the vLLM pushes (rl/finetune.py)
+        trainable.merge_into_base()  # peft's merge, as in the vLLM pushes (rl/weights/finetune.py)
     else:
         policy.model.load_state_dict(weights, strict=True)
     return policy, ckpt, base

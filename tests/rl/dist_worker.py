@@ -21,7 +21,6 @@ import weakref
 import torch
 
 from blip3o_rl.rl.config import load_config
-from blip3o_rl.rl.parallel.checkpoint_shards import trainable_state
 from blip3o_rl.rl.trainer import GRPOTrainer
 
 
