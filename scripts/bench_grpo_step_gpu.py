@@ -26,7 +26,7 @@ from ..rl.config import ModelConfig
 from ..rl.grpo.logprobs import micro_batches, score_rollout, sequence_logprobs
 from ..rl.grpo.loss import GRPOLoss
 from ..rl.rollout.engines import KVCacheEngine, SamplingParams, stream_seed
-from ..rl.rollout.generate import sample_and_decode
+from ..rl.rollout.generate import GenerationDriver, RolloutRequest
 from ..rl.weights.finetune import TrainableWeights
 from .bench_blip3o_next import full_size_policy
 
@@ -55,7 +55,8 @@ def one_step(mode: str, group: int, micro: int, device: torch.device) -> dict:
     out: dict = {"mode": mode, "group": group, "micro_batch": micro}
     t0 = _sync()
     with autocast:
-        gen = sample_and_decode(policy, engine, captions, group, sampling, [stream_seed(0, "bench", 0)], micro)
+        gen = GenerationDriver(policy, engine, micro).generate(
+            RolloutRequest(captions, group, sampling, [stream_seed(0, "bench", 0)]))
     t1 = _sync()
     out["rollout_decode_s"] = t1 - t0
     ro = gen.rollout
