@@ -25,20 +25,11 @@ from .batch_layout import BatchLayout
 from .config import ConfigError, RewardSpec, TrainConfig, check_components
 from .data import PromptSampler, check_prompt_lengths, load_prompts
 from .grpo.advantages import count_groups_without_baseline, reward_advantages
-from .grpo.logprobs import micro_batches, score_rollout, sequence_logprobs
-from .grpo.loss import policy_loss, tis_weights
-from .parallel.checkpoint_shards import (
-    check_world_size,
-    load_optimizer_state,
-    optimizer_state,
-    restore_rank_state,
-    stage_rank_files,
-    trainable_state,
-)
-from .parallel.distributed import Distributed, make_accelerator, resolve_strategy
+from .parallel import make_strategy
+from .parallel.checkpoint_shards import check_world_size, restore_rank_state
 from .presets import describe as describe_sampling
 from .presets import eval_sampling, lr_schedule_steps, rollout_sampling
-from .rollout.engines import Rollout, build_engine, stream_seed
+from .rollout.engines import build_engine, stream_seed
 from .rollout.evaluation import HeldOutEvaluation
 from .rollout.generate import GenerationDriver, RolloutRequest
 from .rollout.pipeline import PipelinedScoring, SequentialScoring
@@ -47,7 +38,8 @@ from .run.guard import FiniteUpdateGuard
 from .run.lifecycle import CheckpointContents, RunLifecycle, RunSummary
 from .run.resume import apply_optimizer_config, optimizer_hyperparameters
 from .run.tracking import timed
-from .weights.finetune import FinetuneSetup
+from .update import PolicyUpdate
+from .weights.finetune import TrainableWeights
 from .weights.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -76,11 +68,11 @@ class GRPOTrainer:
         """
         cfg = self.cfg
         check_components(cfg)  # names resolve and input files exist, before any folder or model is touched
-        # rl/parallel/distributed.py: the launcher's world size checked, the strategy from the launcher or the recipe
+        # rl/parallel/: the launcher's world size checked, the strategy from the launcher or the recipe
         d = cfg.distributed
-        strategy = resolve_strategy(d.strategy)
-        self.acc = make_accelerator(strategy, cfg.model.mixed_precision, d.timeout_minutes)
-        self.dist = Distributed(self.acc, strategy)
+        self.strategy = make_strategy(d.strategy, cfg.model.mixed_precision, d.timeout_minutes,
+                                      d.zero3_gather_for_rollout)
+        self.acc, self.dist = self.strategy.acc, self.strategy.comm  # dist: the collectives (rl/parallel/distributed.py)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         try:  # this rank's prompts and samples of each step's global batch (rl/batch_layout.py)
             self.layout = BatchLayout(cfg.grpo.batch_size, cfg.grpo.num_generations, self.world, self.rank)
@@ -98,15 +90,16 @@ class GRPOTrainer:
 
         kind, train_file = cfg.model.policy, cfg.data.train_file
         assert kind is not None and train_file is not None  # validate() requires both
-        with self.dist.loading():  # ZeRO-3: whole weights on every rank until prepare partitions them
+        with self.strategy.loading():  # ZeRO-3: whole weights on every rank until wrap partitions them
             self.policy = load_policy(kind, self._model_path(kind, train_file), cfg.model.dtype,
                                       **cfg.model.policy_kwargs)
         self.policy.lm.to(self.acc.device)
-        self.finetune = FinetuneSetup(self.policy, cfg.model, need_reference=cfg.grpo.beta > 0)
+        # rl/weights/finetune.py: the one owner of what trains (LoRA or full), the reference and the merged weights
+        self.trainable = TrainableWeights(self.policy, cfg.model, need_reference=cfg.grpo.beta > 0)
         if self.resume_from is not None:  # before any sharding: every rank loads the full weights
-            self.finetune.load_trainable_state_dict(load_checkpoint(self.resume_from, verify=False).weights)
-        self.dist.shard(self.policy.lm, self.finetune.reference_module)  # FSDP2: in place (rl/parallel/distributed.py)
-        self.params = self.finetune.trainable_parameters()
+            self.trainable.load_state_dict(load_checkpoint(self.resume_from, verify=False).weights)
+        self.strategy.shard(self.policy.lm, self.trainable.reference_module)  # FSDP2: in place
+        self.params = self.trainable.trainable_parameters()
         frozen = {id(p) for p in self.policy.frozen_parameters()}
         if any(id(p) in frozen for p in self.params):
             raise RuntimeError("a frozen (decoder) parameter is trainable: it must not enter the optimizer")
@@ -119,20 +112,23 @@ class GRPOTrainer:
         # The one module every trainer forward runs through (wrapped here when distributed); the engine
         # samples through policy.lm, the same module inside the wrapper.
         g = cfg.grpo
-        self.lm, self.optimizer = self.dist.prepare(self.policy.lm, self.optimizer, g.micro_batch_size,
-                                                    -(-g.batch_size // g.micro_batch_size), cfg.optim.max_grad_norm)
-        self.finetune.wrap_reference(self.dist.prepare_reference)  # ZeRO-3 partitions the full-FT reference
+        self.lm, self.optimizer = self.strategy.wrap(self.policy.lm, self.optimizer, g.micro_batch_size,
+                                                     -(-g.batch_size // g.micro_batch_size), cfg.optim.max_grad_norm)
+        self.trainable.wrap_reference(self.strategy.wrap_reference)  # ZeRO-3 partitions the full-FT reference
         self.guard = FiniteUpdateGuard(cfg.optim.max_nonfinite_steps)  # every optimizer step goes through it
 
-        engine = build_engine(cfg.rollout.engine, **cfg.rollout.engine_kwargs)
+        self.engine = build_engine(cfg.rollout.engine, **cfg.rollout.engine_kwargs)
         r = cfg.rollout  # truncated IS when the engine's numerics differ from ours (rl/grpo/loss.py tis_weights)
-        self.is_cap = r.is_cap if r.is_correction == "on" or (r.is_correction == "auto" and not engine.exact_logprobs) else None
-        self.engine = self.dist.rollout_engine(engine, self.lm, d.zero3_gather_for_rollout)
+        is_cap = r.is_cap if r.is_correction == "on" or (r.is_correction == "auto" and not self.engine.exact_logprobs) else None
         self.engine.setup(self.policy)
+        self.engine.sample_within(self.strategy.rollout_weights)  # ZeRO-3: one gather of the weights per rollout
         scoring = PipelinedScoring(r.max_pending_chunks) if r.pipeline_rewards else SequentialScoring()
         self.driver = GenerationDriver(self.policy, self.engine, g.micro_batch_size, r.logprob_chunk_size,
                                        r.decode_chunk_size, scoring)  # rl/rollout/generate.py, pipeline.py
         self.sampling, how = rollout_sampling(cfg.rollout, self.policy)  # rl/presets.py
+        # rl/update.py: π_old / π_ref, then μ optimizer passes through the strategy and the guard
+        self.update = PolicyUpdate(cfg, self.strategy, self.trainable, self.params, self.scheduler, self.guard,
+                                   self.sampling, is_cap)
         self.eval_sampling, eval_how = eval_sampling(cfg.eval, self.policy, self.sampling)
         if self.acc.is_main_process and (cfg.rollout.sampling_from != "config" or cfg.eval.sampling != "rollout"):
             print(f"rollout sampling: {describe_sampling(self.sampling)}, from {how}\n"
@@ -176,7 +172,7 @@ class GRPOTrainer:
         """Optimizer, schedule, data position and this rank's RNG (the weights loaded before wrapping)."""
         ckpt = load_checkpoint(path, verify=False)  # verified in _check_resume
         fresh = optimizer_hyperparameters(self.optimizer)  # the configured values, before the saved ones load
-        load_optimizer_state(self.dist, self.lm, self.optimizer, ckpt.optimizer, path)  # rl/parallel/checkpoint_shards.py
+        self.strategy.load_optimizer_state(ckpt.optimizer, path)  # rl/parallel/
         self.scheduler.load_state_dict(ckpt.scheduler)
         apply_optimizer_config(self.optimizer, self.scheduler, fresh,  # allowed changes really apply
                                recompute=self.run.optimizer_config_changed)
@@ -235,16 +231,10 @@ class GRPOTrainer:
             global_valid = int(self.acc.gather(mask.sum()[None]).sum()) * ro.codes.shape[1]
             # 5. π_old (μ > 1; the trainer's forward, never the engine's log-probs) and π_ref (β > 0).
             with timed("reference", t):
-                old = gen.old_logprobs if g.num_iterations > 1 else None  # the hidden-state forward's
-                if g.num_iterations > 1 and old is None:
-                    old = self._no_grad_logprobs(self.lm, ro)
-                ref = None
-                if g.beta > 0:
-                    with self.finetune.reference(self.lm) as ref_lm:
-                        ref = self._no_grad_logprobs(ref_lm, ro)
+                batch = self.update.batch(ro, adv, mask, global_valid, gen.old_logprobs)  # rl/update.py
             # 6. μ optimizer passes over the batch, accumulating over micro-batches.
             with timed("update", t):
-                upd = self._update(ro, adv, mask, old, ref, global_valid)
+                upd = self.update(batch)
             with timed("weight_sync", t):  # an engine with its own copy of the weights reloads them here
                 self.engine.update_weights(self.policy)
 
@@ -252,93 +242,6 @@ class GRPOTrainer:
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])
         self.run.log_samples(step, gen.images, request.per_sample()[0], rewards, scored, len(lay.samples))
         return metrics
-
-    def _forward(self, ro: Rollout, sl: slice):
-        s = self.sampling  # the resolved rollout sampling (rl/presets.py)
-        kept = None if ro.kept_sizes is None else ro.kept_sizes[sl]  # the sampler's kept sets (truncated sampling)
-        return sequence_logprobs(self.lm, ro.prompts.slice(sl), ro.codes[sl], s.temperature, s.top_k, s.top_p,
-                                 chunk_size=self.cfg.rollout.logprob_chunk_size, kept=kept)
-
-    def _no_grad_logprobs(self, lm, ro: Rollout) -> torch.Tensor:
-        """Log-probs ``[B, N]`` of the rollout under ``lm`` (the policy's, or the frozen reference's)."""
-        return score_rollout(lm, ro.prompts, ro.codes, self.sampling, self.cfg.grpo.micro_batch_size,
-                             self.cfg.rollout.logprob_chunk_size, kept=ro.kept_sizes)[0]
-
-    def _update(self, ro: Rollout, adv, mask, old, ref, global_valid: int) -> dict[str, float]:
-        g, o = self.cfg.grpo, self.cfg.optim
-        slices = micro_batches(ro.codes.shape[0], g.micro_batch_size)
-        self.lm.train()
-        sums: dict[str, float] = {}
-        if global_valid == 0:  # nothing to learn from on any rank, and Adam would still move the weights
-            return {"update/skipped": 1.0, "loss": 0.0, "kl": 0.0, "entropy": math.nan, "grad_norm": 0.0,
-                    "update/skipped_nonfinite": 0.0}
-        global_samples = global_valid // ro.codes.shape[1]  # valid samples of the step (all ranks)
-        skipped, step_losses = 0, []
-        for it in range(g.num_iterations):
-            step_loss = 0.0  # Σ of the micro-batches' shares = this update's loss (rl/grpo/loss.py)
-            for i, sl in enumerate(slices):
-                last = i == len(slices) - 1
-                with self.dist.no_sync(self.lm, last):  # gradients all-reduced once per update
-                    fwd = self._forward(ro, sl)
-                    isw = None if self.is_cap is None else tis_weights(
-                        fwd.logprobs if old is None else old[sl], ro.sampler_logprobs[sl], self.is_cap)
-                    loss, st = policy_loss(
-                        fwd.logprobs, fwd.logprobs.detach() if old is None else old[sl], adv[sl], mask[sl],
-                        loss_type=g.loss_type, epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
-                        ref_logprobs=None if ref is None else ref[sl],
-                        global_valid_tokens=global_valid, global_valid_samples=global_samples, is_weights=isw,
-                    )
-                    self.dist.backward(self.lm, loss, last)  # x world size: wrappers average (rl/parallel/distributed.py)
-                w = st.valid_tokens
-                m = mask[sl]
-                step_loss += float(loss.detach())
-                vals = {"kl": st.kl, "clip/low": st.clip_low,
-                        "clip/high": st.clip_high, "ratio/mean": st.ratio_mean}
-                if it == 0 and m.any():
-                    vals["entropy"] = float(fwd.entropy[m].mean())
-                    diff = (fwd.logprobs.detach() - ro.sampler_logprobs[sl])[m].abs()
-                    vals["rollout/logprob_diff_mean"] = float(diff.mean())
-                    sums["rollout/logprob_diff_max"] = max(sums.get("rollout/logprob_diff_max", 0.0), float(diff.max()))
-                    if isw is not None and self.is_cap is not None:
-                        vals["rollout/is_weight_mean"] = float(isw[m].mean())
-                        vals["rollout/is_capped_fraction"] = float((isw[m] >= self.is_cap).float().mean())
-                for k, v in vals.items():
-                    sums[k] = sums.get(k, 0.0) + v * w
-                    sums[f"_w/{k}"] = sums.get(f"_w/{k}", 0.0) + w
-                sums["ratio/min"] = min(sums.get("ratio/min", math.inf), st.ratio_min)
-                sums["ratio/max"] = max(sums.get("ratio/max", -math.inf), st.ratio_max)
-            max_norm = o.max_grad_norm if o.max_grad_norm is not None else math.inf
-            norm = self.dist.clip_grad_norm(self.params, max_norm)  # global: the gradients are synchronised
-            step_loss = self.dist.all_sum([step_loss])[0]  # every rank's share: the update's global loss
-            # optimizer step, or a skipped non-finite update on every rank at once (rl/run/guard.py); the LR
-            # schedule steps either way; grads cleared
-            skipped += not self.guard.step(self.dist.optimizer_for_guard(self.lm, self.optimizer), self.scheduler,
-                                           step_loss, norm, agree=self.dist.all_ranks)
-            sums["grad_norm"] = self.dist.grad_norm_after_step(self.lm, norm)
-            step_losses.append(step_loss)
-        sums = self._reduce_update_sums(sums)
-        out = {k: v / sums[f"_w/{k}"] for k, v in sums.items() if f"_w/{k}" in sums and sums[f"_w/{k}"] > 0}
-        out.update({k: v for k, v in sums.items() if k in ("ratio/min", "ratio/max", "grad_norm",
-                                                               "rollout/logprob_diff_max")})
-        out["clip/fraction"] = out["clip/low"] + out["clip/high"]
-        out["loss"] = sum(step_losses) / len(step_losses)
-        out["update/skipped_nonfinite"] = float(skipped)
-        return out
-
-    _WEIGHTED = ("kl", "clip/low", "clip/high", "ratio/mean", "entropy", "rollout/logprob_diff_mean")
-
-    def _reduce_update_sums(self, sums: dict[str, float]) -> dict[str, float]:
-        """Token-weighted sums and weights added over ranks, minima and maxima taken over ranks."""
-        if self.world == 1:
-            return sums
-        keys = [k for name in self._WEIGHTED for k in (name, f"_w/{name}")]
-        total = self.dist.all_sum([sums.get(k, 0.0) for k in keys])
-        lo, hi = self.dist.all_min_max([sums.get("ratio/min", math.inf)],
-                                       [sums.get("ratio/max", -math.inf), sums.get("rollout/logprob_diff_max", 0.0)])
-        out = dict(zip(keys, total, strict=True))  # a weight of 0 (no valid token anywhere) drops its metric
-        out.update({"ratio/min": lo[0], "ratio/max": hi[0], "rollout/logprob_diff_max": hi[1],
-                    "grad_norm": sums["grad_norm"]})
-        return out
 
     def _reward_metrics(self, scored, all_rewards, all_adv) -> dict[str, float]:
         """Reward, exclusion and advantage metrics over the global batch (every rank's samples)."""
@@ -383,11 +286,11 @@ class GRPOTrainer:
 
     def _checkpoint_contents(self, step: int, staging: Path) -> CheckpointContents:
         """Every rank's own files (RNG; DeepSpeed shards) staged; the gathered weights and optimizer (rank 0)."""
-        stage_rank_files(self.dist, self.lm, staging)  # rl/parallel/checkpoint_shards.py
-        weights = trainable_state(self.dist, self.lm, self.finetune)  # full, on rank 0
-        optim = optimizer_state(self.dist, self.lm, self.optimizer)
+        self.strategy.stage_rank_files(staging)  # rl/parallel/: RNG states, DeepSpeed's shards
+        weights = self.strategy.trainable_state(self.trainable)  # full, on rank 0
+        optim = self.strategy.optimizer_state()
         state = {"step": step, "data": self.sampler.state_dict(), "world_size": self.world,
-                 "strategy": self.dist.strategy, "rng_cpu": torch.get_rng_state()}
+                 "strategy": self.strategy.name, "rng_cpu": torch.get_rng_state()}
         return CheckpointContents(weights, optim, self.scheduler.state_dict(), state)
 
     def cleanup(self) -> None:
@@ -410,6 +313,7 @@ class GRPOTrainer:
         """
         if hasattr(self, "policy") and hasattr(self, "lm"):
             self.lm = self.policy.lm  # the inner module: still usable for reading weights after the run
+            self.strategy.release()
         self.acc.free_memory()
 
 

@@ -141,7 +141,7 @@ def test_export_is_an_official_folder_that_reloads_with_identical_outputs(
     trained_policy = trainer.policy
     if mode == "lora":
         trained_policy = copy.copy(trainer.policy)
-        trained_policy.model = copy.deepcopy(trainer.finetune.peft_model).merge_and_unload()
+        trained_policy.model = copy.deepcopy(trainer.trainable.peft_model).merge_and_unload()
     for key, value in trained_policy.model.state_dict().items():
         if key != "lm_head.weight":  # tied to the embeddings: stored once
             assert torch.equal(exported[key], value), key
