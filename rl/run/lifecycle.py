@@ -2,17 +2,17 @@
 
 `GRPOTrainer` (rl/trainer.py) holds one `RunLifecycle` and calls it at fixed points::
 
-    claim(resume, overwrite)                   # lock output_dir (rl/run_dir.py), every rank learns rank 0's verdict
-    check_resume(resume, allowed, ...)         # the checkpoint verified, the config diffed (rl/resume.py)
-    ... the model, optimizer and engine are built ...
-    resumed(path, step)                        # config changes recorded, a rollback's later files archived
-    open(start_step, save)                     # config.yaml, metrics log, the best-checkpoint watcher
-    with steps(start_step) as loop:            # SIGINT / SIGTERM caught, progress shown
+    claim(resume, overwrite)             # lock output_dir (rl/run/run_dir.py); every rank learns rank 0's verdict
+    check_resume(resume, allowed, ...)   # the checkpoint verified, the config diffed (rl/run/resume.py)
+    ...                                  # the model, optimizer, engine are built; optimizer state restored
+    resumed(path, step)                  # config changes recorded, a rollback's later files archived
+    open(start_step, save)               # config.yaml, the metrics log, the best-checkpoint watcher
+    with steps(start_step) as loop:      # SIGINT / SIGTERM caught, progress shown
         for step in loop:
-            ...                                # the recipe's step (and evaluation)
-            loop.end_step(step, metrics)       # watchers, log, checkpoint, the agreed stops
-    summarise()                                # summary.json, reward curve -> `RunSummary`
-    close()
+            ...                          # the recipe's step: record_rewards(step, scores), log_samples(...)
+            loop.end_step(step, metrics) # watchers, log, a due checkpoint, the agreed stops
+    summarise()                          # reward curve, summary.json -> `RunSummary` (rank 0)
+    close(); release()                   # logs closed; the run folder unlocked last
 
 Everything collective is run on every rank through a `Collectives` (the strategy's helper), so a stop one
 rank decides (a signal, its rewards failing, rank 0's failed checkpoint write) is every rank's stop.
