@@ -59,7 +59,7 @@ from .optim import build_optimizer, build_scheduler
 from .pipeline import generate_and_score
 from .presets import describe as describe_sampling
 from .presets import eval_sampling, lr_schedule_steps, rollout_sampling
-from .progress import Progress, quiet_library_bars, show_bars
+from .progress import Progress, library_bars_off, quiet_library_bars, show_bars
 from .resume import (
     apply_optimizer_config,
     check_resume_config,
@@ -197,7 +197,8 @@ class GRPOTrainer:
             raise ConfigError(f"model.name_or_path is required: policy {kind!r} cannot build a model folder")
         path = self.out / "base_model"
         if self.acc.is_main_process and not (path / "config.json").is_file():
-            cls.build(path, load_prompts(train_file), progress=self.show_bars, **m.build)
+            with library_bars_off():  # the build's own progress covers its model saves and loads
+                cls.build(path, load_prompts(train_file), progress=self.show_bars, **m.build)
         self.acc.wait_for_everyone()
         return path
 
@@ -493,12 +494,14 @@ class GRPOTrainer:
         return CombinedScores(back(nan(scored.total)), outputs).metrics("reward")
 
     def _log_samples(self, step, images, texts, rewards, scored) -> None:
-        """Rank 0's samples: a grid row per prompt (its G samples, or rank 0's slice of a split group)."""
+        """Rank 0's samples: a grid row per prompt (its G samples, or rank 0's slice of a split group),
+        each image's reward under it (``excluded``: a reward failed on it)."""
         g, k = len(self.layout.samples), self.cfg.logging.num_images
         rows = max(1, min(k // g, len(images) // g))
         shown = images[: rows * g]
         labels = [texts[r * g] for r in range(rows)]
-        self.log.log_images(step, image_grid(shown, g, labels))
+        captions = ["excluded" if math.isnan(r) else f"{r:.3f}" for r in map(float, rewards[: len(shown)])]
+        self.log.log_images(step, image_grid(shown, g, labels, captions))
         with (self.out / "samples" / f"step_{step:06d}.jsonl").open("w") as f:
             for i in range(len(shown)):
                 row = {"prompt": texts[i], "reward": None if math.isnan(rewards[i]) else float(rewards[i]),
