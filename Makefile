@@ -20,14 +20,15 @@ PACKAGE_DIRS := configs policies rewards rl scripts $(wildcard tiny)
 # The install says what it installs and roughly how long (pip itself runs quietly); setuptools' notice that
 # a strict editable install links build/__editable__.* is an information-only warning, filtered by its text.
 $(VENV)/.installed: pyproject.toml constraints.txt $(VENV)/.sources
-	@echo "Setting up $(VENV) (a first install downloads ~1 GB: about 3 min on 2 cores, seconds once set up)"
+	@echo "Setting up $(VENV): the first time ~2 GB, 3 min on an idle 2-core machine, 6 on a busy one;"
+	@echo "  again when the package's files or pins change: under a minute"
 	@echo "[1/3] a virtual environment and the latest pip"
 	@t=$$(date +%s); $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install -q --upgrade pip \
 	    && echo "      done in $$(( $$(date +%s) - t )) s"
 	@echo "[2/3] torch 2.13.0 (pinned by constraints.txt; the CPU build ~200 MB, a CUDA build several GB)"
 	@t=$$(date +%s); $(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) -c constraints.txt torch==2.13.0 \
 	    && echo "      done in $$(( $$(date +%s) - t )) s"
-	@echo "[3/3] blip3o-rl (editable) with transformers, diffusers, peft, accelerate, rapidocr, onnxruntime, ..."
+	@echo "[3/3] blip3o-rl (editable) with transformers, diffusers, peft, accelerate, rapidocr, onnxruntime, ...,"
 	@echo "      and the dev tools (pytest, ruff, mypy, import-linter)"
 	@t=$$(date +%s); $(BIN)/python -W "ignore:Editable installation:UserWarning" -m pip install -q \
 	    -c constraints.txt -e '.[dev]' --config-settings editable_mode=strict \
