@@ -328,13 +328,14 @@ def _move_overrides(args: argparse.Namespace, extra: list[str], parser: argparse
 
 def _expected_error(exc: BaseException) -> str | None:
     """The one-line message of an expected failure (bad input, disk full, missing package), else None."""
+    from ..policies.errors import ModelFolderError
     from ..registry import ComponentError
     from ..rl.config import ConfigError
     from ..rl.data import PromptFileError
     from ..rl.errors import RunError
     from .policy_args import GenerationArgsError
 
-    if isinstance(exc, (ConfigError, ComponentError, PromptFileError, RunError, GenerationArgsError,
+    if isinstance(exc, (ConfigError, ComponentError, PromptFileError, RunError, GenerationArgsError, ModelFolderError,
                         FileNotFoundError, FileExistsError, NotADirectoryError, UnicodeDecodeError)):
         return str(exc)
     if isinstance(exc, ImportError):  # an optional dependency that is not installed
