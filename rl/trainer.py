@@ -45,7 +45,7 @@ from .checkpoint_shards import (
     trainable_state,
 )
 from .config import ConfigError, RewardSpec, TrainConfig, check_components, config_to_dict
-from .data import PromptSampler, check_prompt_lengths, load_prompts
+from .data import PromptSampler, check_policy_prompts, load_prompts
 from .distributed import Distributed, make_accelerator, resolve_strategy
 from .engines import Rollout, build_engine, stream_seed
 from .errors import CheckpointError, NothingLearnedError, ResumeError, RunError, TrainingStopped
@@ -232,9 +232,7 @@ class GRPOTrainer:
 
     def _check_prompts(self, rows, path: str) -> None:
         """Prompts that leave no room for the image tokens in the model's positions fail, naming the line."""
-        context = getattr(getattr(self.policy.model, "config", None), "max_position_embeddings", None)
-        check_prompt_lengths(rows, path, lambda texts: self.policy.tokenize_prompts(texts).attention_mask.sum(1).tolist(),
-                             self.policy.layout.tokens_per_image, context if isinstance(context, int) else None)
+        check_policy_prompts(self.policy, rows, path)  # rl/data.py, shared with generate and eval
 
     def _resume(self, path: Path) -> None:
         """Optimizer, schedule, data position and this rank's RNG (the weights loaded before wrapping)."""

@@ -80,12 +80,12 @@ def _generation_policy(args: argparse.Namespace, command: str):
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from ..rl.data import load_prompts
+    from ..rl.data import PromptRow, check_policy_prompts, load_prompts
     from ..rl.generate import generate_images
 
-    prompts = list(args.prompt or [])
-    if args.prompts_file:
-        prompts += [r.prompt for r in load_prompts(args.prompts_file)]
+    given = [PromptRow(p, {}, i) for i, p in enumerate(args.prompt or [], 1)]  # "--prompt:2": the second
+    from_file = load_prompts(args.prompts_file) if args.prompts_file else []
+    prompts = [r.prompt for r in (*given, *from_file)]
     if not prompts:
         return _usage_error("generate: give at least one --prompt or a --prompts-file")
     if args.num_images < 1:
@@ -95,6 +95,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     policy, sampling = loaded
+    check_policy_prompts(policy, given, "--prompt")  # what train refuses: no room for the image tokens
+    check_policy_prompts(policy, from_file, args.prompts_file)
     images = generate_images(policy, prompts, args.num_images, sampling, seed=args.seed, batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +181,7 @@ def _add_serve_reward(sub) -> None:
 
 def _cmd_eval_ocr(args: argparse.Namespace) -> int:
     from ..rewards.ocr import OCRReward, load_ocr_prompts
+    from ..rl.data import PromptRow, check_policy_prompts
     from ..rl.evaluate import evaluate_ocr
     from .eval_ocr import engine_kwargs
 
@@ -194,6 +197,10 @@ def _cmd_eval_ocr(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     policy, sampling = loaded
+    text = Path(args.prompts).read_text(encoding="utf-8").split("\n")  # the rows' lines: the non-blank ones
+    lines = [n for n, line in enumerate(text, 1) if line.strip()][: len(rows)]
+    check_policy_prompts(policy, [PromptRow(r["prompt"], {}, n) for r, n in zip(rows, lines, strict=True)],
+                         args.prompts)
     reward = OCRReward(args.engine, **kwargs)
     summary = evaluate_ocr(
         policy, reward, rows, args.out, images_per_prompt=args.images_per_prompt, sampling=sampling,

@@ -16,7 +16,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ..rewards.geneval.metadata import COLORS, GENEVAL_OBJECTS, TAGS, MetadataError, load_metadata
+from ..rewards.geneval.metadata import (
+    COLORS,
+    GENEVAL_OBJECTS,
+    TAGS,
+    MetadataError,
+    iter_metadata_file,
+    load_metadata,
+)
 from .policy_args import GenerationArgsError, add_generation_arguments
 
 
@@ -179,6 +186,7 @@ def generate_folder(policy, sampling, rows: list[dict], out: Path, args: argpars
 @_report_errors
 def run_eval(args: argparse.Namespace) -> int:
     from ..rewards.geneval.benchmark import format_summary, score_folder
+    from ..rl.data import PromptRow, check_policy_prompts
     from .policy_args import generation_policy
 
     _check_eval_args(args)
@@ -186,6 +194,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if folder is None:
         rows = load_metadata(args.metadata)
         policy, sampling = generation_policy(args, "eval geneval")
+        check_policy_prompts(policy, [PromptRow(row["prompt"], {}, line) for line, row in
+                                      iter_metadata_file(args.metadata)], args.metadata)  # as train refuses them
         if args.tile is None:  # the tiny world knows its own cell size
             args.tile = getattr(getattr(policy, "renderer", None), "tile", None)
         generate_folder(policy, sampling, rows, args.out, args)
