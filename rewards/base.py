@@ -124,6 +124,9 @@ REMOTE_PREFIX = "remote:"
 REMOTE_CLIENT = "blip3o_rl.rewards.remote:RemoteReward"
 #: calls of one reward left running past their timeout before `score_batch` stops calling it
 MAX_HUNG_CALLS = 4
+#: ``PIL.Image.info`` key of a failed decode's placeholder (`blip3o_rl.policies.base.DECODE_ERROR`; rewards
+#: do not import policies)
+DECODE_ERROR = "decode_error"
 
 
 def load_reward(spec: str, **kwargs: Any) -> Reward:
@@ -283,7 +286,8 @@ def run_reward(reward: Reward, name: str, images, prompts, metadata, timeout_s: 
     With ``timeout_s``, a call that has not returned by then fails every sample of the batch (reason in
     the details, an error in the log) and is left running in a daemon thread (see `_call_with_deadline`).
     A wrong number of scores raises `ScoreCountError` (the caller decides: `score_batch` excludes the
-    batch, the reward server refuses the request).
+    batch, the reward server refuses the request). An image marked as a failed decode (``info`` holds
+    `DECODE_ERROR`, set by the policy's decoder) fails its sample with that reason.
     """
     try:
         if timeout_s is None:
@@ -297,8 +301,14 @@ def run_reward(reward: Reward, name: str, images, prompts, metadata, timeout_s: 
         logger.error("reward %r failed on a batch of %d: %s\n%s", name, len(images), exc, traceback.format_exc())
         return failed_batch(len(images), f"{type(exc).__name__}: {exc}")
     if isinstance(raw, RewardOutput):
-        return check_scores(raw.scores, len(images), name, raw.details)
-    return check_scores(raw, len(images), name)
+        out = check_scores(raw.scores, len(images), name, raw.details)
+    else:
+        out = check_scores(raw, len(images), name)
+    for i, image in enumerate(images):
+        why = getattr(image, "info", {}).get(DECODE_ERROR)
+        if why is not None:  # a placeholder, not an image: whatever the reward made of it is not a score
+            out.scores[i], out.details[i] = None, {**out.details[i], "error": f"no image: {why}"}
+    return out
 
 
 def score_batch(reward: Reward, name: str, images, prompts, metadata, timeout_s: float | None = None) -> RewardOutput:

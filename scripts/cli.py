@@ -80,6 +80,7 @@ def _generation_policy(args: argparse.Namespace, command: str):
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from ..policies.base import decode_error
     from ..rl.data import PromptRow, check_policy_prompts, load_prompts
     from ..rl.generate import generate_images
 
@@ -100,14 +101,23 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     images = generate_images(policy, prompts, args.num_images, sampling, seed=args.seed, batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    failed = 0
     with (out / "images.jsonl").open("w", encoding="utf-8") as index:
         for i, (prompt, group) in enumerate(zip(prompts, images, strict=True)):
             for j, image in enumerate(group):
                 name = f"{i:05d}_{j:02d}.png"
+                why = decode_error(image)
+                if why is not None:  # a failed decode's placeholder: reported, not saved as an image
+                    failed += 1
+                    print(f"error: image {j} of prompt {i + 1} ({name}) was not written: {why}", file=sys.stderr)
+                    index.write(json.dumps({"file": None, "prompt": prompt, "seed": args.seed, "error": why}) + "\n")
+                    continue
                 image.save(out / name)
                 index.write(json.dumps({"file": name, "prompt": prompt, "seed": args.seed}) + "\n")
-    print(f"wrote {sum(len(g) for g in images)} images for {len(prompts)} prompts to {out} (index: images.jsonl)")
-    return 0
+    written = sum(len(g) for g in images) - failed
+    print(f"wrote {written} images for {len(prompts)} prompts to {out} (index: images.jsonl)"
+          + (f"; {failed} failed to decode" if failed else ""))
+    return 1 if failed else 0
 
 
 def _claim_out(args: argparse.Namespace) -> None:

@@ -174,12 +174,18 @@ def _check_eval_args(args: argparse.Namespace) -> None:
 
 def generate_folder(policy, sampling, rows: list[dict], out: Path, args: argparse.Namespace) -> None:
     """Generate ``args.images_per_prompt`` images per metadata row into GenEval's layout under ``out``."""
+    from ..policies.base import decode_error
     from ..rewards.geneval.benchmark import write_prompt_folder
+    from ..rl.errors import RunError
     from ..rl.generate import generate_images
 
     images = generate_images(policy, [r["prompt"] for r in rows], args.images_per_prompt, sampling,
                              seed=args.seed, batch_size=args.batch_size)
     for index, (row, imgs) in enumerate(zip(rows, images, strict=True)):
+        failed = [(j, why) for j, why in enumerate(map(decode_error, imgs)) if why is not None]
+        if failed:  # GenEval scores every sample of the layout: a placeholder would be scored as an image
+            raise RunError(f"eval geneval: image {failed[0][0]} of prompt {index} ({row['prompt']!r}) could not be "
+                           f"decoded: {failed[0][1]}; the {index} prompt folders before it are in {out}")
         write_prompt_folder(out, index, row, imgs)
 
 
