@@ -26,7 +26,7 @@ from ..policies import can_build, load_policy, policy_class
 from ..rewards import WeightedRewards, load_reward
 from .batch_layout import BatchLayout
 from .config import ConfigError, RewardSpec, TrainConfig, check_components, config_to_dict
-from .data import PromptSampler, check_prompt_lengths, load_prompts
+from .data import PromptSampler, check_policy_prompts, load_prompts
 from .errors import CheckpointError, NothingLearnedError, ResumeError, RunError, TrainingStopped
 from .grpo.advantages import count_groups_without_baseline, reward_advantages
 from .grpo.logprobs import micro_batches, score_rollout, sequence_logprobs
@@ -233,9 +233,7 @@ class GRPOTrainer:
 
     def _check_prompts(self, rows, path: str) -> None:
         """Prompts that leave no room for the image tokens in the model's positions fail, naming the line."""
-        context = getattr(getattr(self.policy.model, "config", None), "max_position_embeddings", None)
-        check_prompt_lengths(rows, path, lambda texts: self.policy.tokenize_prompts(texts).attention_mask.sum(1).tolist(),
-                             self.policy.layout.tokens_per_image, context if isinstance(context, int) else None)
+        check_policy_prompts(self.policy, rows, path)  # rl/data.py, shared with generate and eval
 
     def _resume(self, path: Path) -> None:
         """Optimizer, schedule, data position and this rank's RNG (the weights loaded before wrapping)."""
