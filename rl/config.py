@@ -196,7 +196,7 @@ class CheckpointConfig:
 @dataclass(frozen=True)
 class DistributedConfig:
     # auto: what the launcher's accelerate config asks for (FSDP -> fsdp2, DeepSpeed -> deepspeed), else ddp;
-    # fsdp2: torch's fully_shard per decoder layer (rl/parallel/distributed.py); ddp on one process is no wrapper
+    # fsdp2: torch's fully_shard per decoder layer (rl/parallel/native.py); ddp on one process is no wrapper
     strategy: str = "auto"
     timeout_minutes: float = 30.0  # a collective waiting longer (a dead peer) fails, naming the rank
     # ZeRO-3: gather the partitioned weights once per rollout instead of per layer and per decoded token

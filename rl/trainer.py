@@ -23,7 +23,7 @@ from ..policies import can_build, load_policy, policy_class
 from ..rewards import WeightedRewards, load_reward
 from .batch_layout import BatchLayout
 from .config import ConfigError, RewardSpec, TrainConfig, check_components
-from .data import PromptSampler, check_prompt_lengths, load_prompts
+from .data import PromptSampler, check_policy_prompts, load_prompts
 from .grpo.advantages import count_groups_without_baseline, reward_advantages
 from .parallel import make_strategy
 from .parallel.checkpoint_shards import check_world_size, restore_rank_state
@@ -36,6 +36,7 @@ from .rollout.pipeline import PipelinedScoring, SequentialScoring
 from .run.checkpoint import load_checkpoint
 from .run.guard import FiniteUpdateGuard
 from .run.lifecycle import CheckpointContents, RunLifecycle, RunSummary
+from .run.progress import library_bars_off
 from .run.resume import apply_optimizer_config, optimizer_hyperparameters
 from .run.tracking import timed
 from .update import PolicyUpdate
@@ -158,15 +159,14 @@ class GRPOTrainer:
             raise ConfigError(f"model.name_or_path is required: policy {kind!r} cannot build a model folder")
         path = self.out / "base_model"
         if self.acc.is_main_process and not (path / "config.json").is_file():
-            cls.build(path, load_prompts(train_file), progress=self.run.show_bars, **m.build)
+            with library_bars_off():  # the build's own progress covers its model saves and loads
+                cls.build(path, load_prompts(train_file), progress=self.run.show_bars, **m.build)
         self.acc.wait_for_everyone()
         return path
 
     def _check_prompts(self, rows, path: str) -> None:
         """Prompts that leave no room for the image tokens in the model's positions fail, naming the line."""
-        context = getattr(getattr(self.policy.model, "config", None), "max_position_embeddings", None)
-        check_prompt_lengths(rows, path, lambda texts: self.policy.tokenize_prompts(texts).attention_mask.sum(1).tolist(),
-                             self.policy.layout.tokens_per_image, context if isinstance(context, int) else None)
+        check_policy_prompts(self.policy, rows, path)  # rl/data.py, shared with generate and eval
 
     def _resume(self, path: Path) -> None:
         """Optimizer, schedule, data position and this rank's RNG (the weights loaded before wrapping)."""

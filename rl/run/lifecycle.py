@@ -284,7 +284,9 @@ class RunLifecycle:
             return
         rows = max(1, min(self.cfg.logging.num_images // group, len(images) // group))
         shown = images[: rows * group]
-        self.log.log_images(step, image_grid(list(shown), group, [texts[r * group] for r in range(rows)]))
+        # each image's reward under it ("excluded": a reward failed on it)
+        captions = ["excluded" if math.isnan(r) else f"{r:.3f}" for r in map(float, rewards[: len(shown)])]
+        self.log.log_images(step, image_grid(list(shown), group, [texts[r * group] for r in range(rows)], captions))
         with (self.out / "samples" / f"step_{step:06d}.jsonl").open("w") as f:
             for i in range(len(shown)):
                 row = {"prompt": texts[i], "reward": None if math.isnan(rewards[i]) else float(rewards[i]),
