@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import pickle
+import secrets
 import struct
 import threading
 import time
@@ -22,7 +23,7 @@ from PIL import Image
 
 from blip3o_rl.rewards import load_reward, score_batch
 from blip3o_rl.rewards.remote import RemoteReward, encode_image
-from blip3o_rl.rewards.server import ServerSettings, check_settings, is_loopback
+from blip3o_rl.rewards.server import ServerSettings, check_settings, is_loopback, kwargs_digest
 
 SERVER_REWARDS = Path(__file__).with_name("server_rewards.py")  # test rewards, loaded by path
 GREY = f"{SERVER_REWARDS}:grey"
@@ -71,7 +72,8 @@ def test_remote_scores_equal_in_process_scores(reward_server):
         remote_info = g["remote"]
         assert {k: v for k, v in g.items() if k != "remote"} == w
         # the server's reward identity in every result
-        assert remote_info["spec"] == GREY and remote_info["name"] == "grey" and remote_info["kwargs"] == {"scale": 2.0}
+        assert remote_info["spec"] == GREY and remote_info["name"] == "grey" and "kwargs" not in remote_info
+        assert remote_info["kwargs_sha256"] == kwargs_digest({"scale": 2.0})
         assert remote_info["server"].startswith("blip3o-rl ") and remote_info["url"] == server.url
     assert len({d["remote"]["request_id"] for d in got.details}) == 4  # 11 images in requests of 3
 
@@ -266,7 +268,12 @@ def test_settings_that_would_be_unsafe_are_refused():
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
     with pytest.raises(ValueError, match="needs a bearer token"):
         check_settings(ServerSettings(reward=GREY, host="0.0.0.0"))
-    check_settings(ServerSettings(reward=GREY, host="0.0.0.0", token="t"))
+    for weak in ("t", "a" * 64, "abababababababababababab"):  # short, or long with little variety
+        with pytest.raises(ValueError, match="needs a strong token"):
+            check_settings(ServerSettings(reward=GREY, host="0.0.0.0", token=weak))
+    check_settings(ServerSettings(reward=GREY, host="0.0.0.0", token=secrets.token_urlsafe(32)))
+    check_settings(ServerSettings(reward=GREY, host="0.0.0.0", token=uuid.uuid4().hex))  # 32 hex digits
+    check_settings(ServerSettings(reward=GREY, token="t"))  # loopback: any token
     with pytest.raises(ValueError, match="cannot serve a remote reward"):
         check_settings(ServerSettings(reward="remote:http://127.0.0.1:1"))
     with pytest.raises(ValueError, match=r"http\(s\)://host:port"):
