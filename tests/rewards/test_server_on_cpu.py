@@ -164,8 +164,14 @@ def test_a_retried_request_id_is_scored_once(reward_server):
 
 
 def test_openapi_schema_describes_the_score_route(reward_server):
-    server = reward_server(GREY)
-    schema = requests.get(f"{server.url}/openapi.json", timeout=10).json()
+    server = reward_server(GREY, "--token", TOKEN)
+    schema = requests.get(f"{server.url}/openapi.json", timeout=10).json()  # loopback: the docs are open
+    assert schema["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": "the server's token ($BLIP3O_RL_REWARD_TOKEN)"}
+    assert schema["paths"]["/score"]["post"]["security"] == [{"bearer": []}]
+    assert "security" not in schema["paths"]["/health"]["get"]
+    request = schema["paths"]["/score"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert request["properties"]["request"]["required"] == ["prompts"]  # the JSON shape, not a bare string
     post = schema["paths"]["/score"]["post"]
     body = post["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(body["required"]) == {"request", "images"}
@@ -178,9 +184,8 @@ def test_openapi_schema_describes_the_score_route(reward_server):
 def test_killing_and_restarting_the_server_mid_run_loses_and_duplicates_nothing(reward_server, caplog):
     server = reward_server(f"{SERVER_REWARDS}:slow_grey")
     port = server.port
-    # a retry budget of ~2-4 minutes (bounded): a loaded machine may take a while to start the new server
-    client = RemoteReward(server.url, batch_size=4, max_concurrency=2, timeout_s=20, retries=1000, backoff_s=0.05,
-                          max_backoff_s=0.25)
+    # the default retry settings (a 120 s budget) outlast a restart, even on a loaded machine
+    client = RemoteReward(server.url, batch_size=4, max_concurrency=2)
     calls, per_call = 24, 8
     results: list = [None] * calls
     want = [grey_of(_images(per_call, start=c * per_call)) for c in range(calls)]
@@ -198,8 +203,10 @@ def test_killing_and_restarting_the_server_mid_run_loses_and_duplicates_nothing(
         for _ in range(4):
             assert progress.acquire(timeout=60)
         server.kill()  # mid-run, most likely mid-request (each batch sleeps 50 ms)
-        time.sleep(0.5)
+        killed = time.monotonic()
+        time.sleep(2.0)
         reward_server(f"{SERVER_REWARDS}:slow_grey", port=port)  # the same address
+        print(f"\nserver killed and answering again after {time.monotonic() - killed:.1f} s")
         worker.join(timeout=400)
     assert not worker.is_alive()
     for c in range(calls):
@@ -252,6 +259,11 @@ def test_failure_after_the_retry_budget_is_clear_and_not_zero(caplog):
     assert out.scores == [None, None, None]
     assert "failed after 3 attempt(s)" in out.details[0]["error"] and "ConnectionError" in out.details[0]["error"]
     assert "samples score None" in caplog.text and caplog.text.count("retrying") == 2
+    by_time = RemoteReward(f"http://127.0.0.1:{port}", retry_budget_s=1.0, backoff_s=0.2, max_backoff_s=0.2)
+    start = time.monotonic()
+    out = by_time(_images(1), ["a"], [{}])
+    assert out.scores == [None] and "retry budget of 1 s spent" in out.details[0]["error"]
+    assert time.monotonic() - start < 60  # stopped by the budget (bounded wait, not a timing threshold)
 
 
 def test_workers_one_per_device(reward_server):
