@@ -100,6 +100,9 @@ class RemoteReward:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise ValueError(f"remote reward URL must be http(s)://host:port[/path], got {url!r}")
+        if parts.username or parts.password:  # the URL is recorded in every result (and the run's sample logs)
+            raise ValueError("remote reward URL must not hold credentials (user:password@); use the bearer "
+                             f"token (${TOKEN_ENV} or token_file)")
         if image_format not in ("png", "jpeg"):
             raise ValueError(f"image_format must be 'png' or 'jpeg', got {image_format!r}")
         if batch_size < 1 or max_concurrency < 1 or (retries is not None and retries < 0) or timeout_s <= 0 \

@@ -154,3 +154,36 @@ def test_slow_and_vanishing_clients(reward_server):
     log = server.log.read_text()
     assert "Traceback" not in log and "ERROR" not in log
     assert requests.get(f"{server.url}/health", timeout=30).status_code == 200
+
+
+def test_beyond_loopback_the_docs_need_the_token_too():
+    """An app configured for 0.0.0.0 (strong token), served in-process on a 127.0.0.1 socket."""
+    import secrets
+
+    import uvicorn
+
+    from blip3o_rl.rewards import load_reward
+    from blip3o_rl.rewards.server import ServerSettings, bind, create_app
+
+    token = secrets.token_urlsafe(32)
+    settings = ServerSettings(reward=GREY, host="0.0.0.0", token=token)
+    app = create_app(settings, load_reward(GREY))
+    sock = bind("127.0.0.1", 0)  # the traffic stays on loopback; only the settings say "beyond"
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.05)
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert requests.get(url + path, timeout=30).status_code == 401, path
+            assert requests.get(url + path, headers={"Authorization": "Bearer nope"}, timeout=30).status_code == 403
+            assert requests.get(url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code == 200
+        assert requests.get(url + "/health", timeout=30).status_code == 200  # open, like /ready
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()

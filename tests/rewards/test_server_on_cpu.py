@@ -290,6 +290,8 @@ def test_settings_that_would_be_unsafe_are_refused():
         check_settings(ServerSettings(reward="remote:http://127.0.0.1:1"))
     with pytest.raises(ValueError, match=r"http\(s\)://host:port"):
         load_reward("remote:ftp://example")
+    with pytest.raises(ValueError, match="must not hold credentials"):
+        load_reward("remote:http://user:secret@127.0.0.1:1")
     from blip3o_rl.registry import ComponentError
 
     with pytest.raises(ComponentError, match="takes no argument 'batchsize'"):
