@@ -228,7 +228,7 @@ class Budget:
         async with self._changed:
             try:
                 await asyncio.wait_for(self._changed.wait_for(lambda: self.left >= amount), timeout_s)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin before Python 3.11
                 return False
             self.left -= amount
             return True

@@ -460,7 +460,7 @@ def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
         """Read, parse and score one request (deduplicated by id); a refusal is returned, not raised."""
         try:
             body = await asyncio.wait_for(_read_body(request, limits.max_body_bytes), limits.body_timeout_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin before Python 3.11
             return RequestRefused(408, f"the body did not arrive within {limits.body_timeout_s:g} s")
         except RequestRefused as exc:
             return exc.detached()
