@@ -73,7 +73,7 @@ from .admission import (
     inspect_images,
     parse_request_json,
 )
-from .base import REMOTE_PREFIX, Reward, RewardOutput, load_reward, score_batch
+from .base import REMOTE_PREFIX, Reward, RewardOutput, ScoreCountError, load_reward, run_reward
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ _HELD: list[Any] = []
 
 
 class _OutOfMemory(BaseException):
-    """A reward's MemoryError (or CUDA out-of-memory), carried past `score_batch`'s per-batch failure
+    """A reward's MemoryError (or CUDA out-of-memory), carried past `run_reward`'s per-batch failure
     handling so that the request is answered 503 (retry later), not scored ``None``."""
 
 
@@ -321,7 +321,8 @@ def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
             (408, "the body did not arrive within the body timeout"),
             (409, "request id reused for another body"), (413, "body, image count or pixel count over the limit"),
             (415, "not multipart/form-data, or an image that is not PNG/JPEG"),
-            (422, "well-formed but inconsistent request, or an image that cannot be decoded"),
+            (422, "well-formed but inconsistent request, an image that cannot be decoded, or a reward that "
+                  "returned the wrong number of scores"),
             (503, "the reward is not ready yet, or the worker's memory budget or queue is full (see Retry-After)"))}
     app = FastAPI(title="blip3o-rl reward server", version=reward_identity(settings, object())["server"],
                   description=__doc__, lifespan=lifespan)
@@ -566,11 +567,14 @@ def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
         if isinstance(images, RequestRefused):
             return images
         try:
-            return score_batch(_memory_guarded(state.reward), settings.reward, images, prompts, metadata)
+            return run_reward(_memory_guarded(state.reward), settings.reward, images, prompts, metadata)
         except _OutOfMemory as exc:
             logger.error("reward %r ran out of memory on %d images: %s", settings.reward, len(images), exc)
             return busy(f"the reward ran out of memory ({exc}); retry later").detached()
-        except Exception as exc:  # the reward broke its contract (wrong number of scores, a non-number)
+        except ScoreCountError as exc:  # the reward's bug: a retry would get the same; a 4xx, never a 5xx
+            logger.error("%s", exc)
+            return RequestRefused(422, str(exc))
+        except Exception as exc:  # any other break of the reward's contract: its samples fail with the reason
             logger.error("reward %r returned an invalid result for %d images: %s", settings.reward, len(images), exc)
             why = f"the reward's output is invalid: {type(exc).__name__}: {exc}"
             return RewardOutput([None] * len(images), [{"error": why} for _ in images])

@@ -102,7 +102,7 @@ def test_memory_error_is_503_and_a_broken_reward_is_not_retried(reward_server, c
     broken = reward_server(f"{SERVER_REWARDS}:one_short", "--token", TOKEN)
     out = RemoteReward(broken.url, token=TOKEN)([Image.new("RGB", (8, 8))] * 3, ["a", "b", "c"], [{}] * 3)
     assert out.scores == [None, None, None]  # excluded, never 0, with the reason
-    assert "the reward's output is invalid" in out.details[0]["error"] and "2 scores" in out.details[0]["error"]
+    assert "HTTP 422" in out.details[0]["error"] and "2 scores" in out.details[0]["error"], out.details[0]
     assert out.details[0]["remote"]["attempts"] == 1 and _stats(broken.url)["requests"] == 1  # ran once
 
     client = RemoteReward(broken.url, token="wrong")
