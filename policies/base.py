@@ -3,8 +3,9 @@
 A policy wraps a Hugging Face causal LM whose vocabulary contains a contiguous range of image
 tokens (BLIP3o-NEXT: ``<I0>`` … ``<I65535>``). The trainer and the rollout engines only ever see:
 
-- `lm`: the `ImageTokenLM` module (the one thing a distributed wrapper wraps and LoRA adapts), which
-  computes hidden states, image-row log-probs and decode steps (`policies/model.py`);
+- `lm`: the `ImageTokenLM` module (the one thing a distributed wrapper wraps; LoRA adapts the causal LM
+  inside it, `model`), which computes hidden states, image-row log-probs and decode steps
+  (`policies/model.py`; the three handles on the weights: `ImageTokenPolicy`);
 - `prompt_batch(captions)`: left-padded prompt ids ending where the first image token is predicted;
 - `decode(codes, hidden, generators=...)`: image codes (0-based, ``[B, N]``) → RGB images.
 
@@ -81,6 +82,17 @@ class ImageTokenPolicy(ABC):
     Subclasses provide a classmethod ``from_pretrained(path, dtype=..., **policy_kwargs)`` loading a local
     folder, set ``layout`` first, then ``model`` (the ``*ForCausalLM``; assigning it builds `lm`),
     ``tokenizer``, and implement `tokenize_prompts` and `decode`.
+
+    Three handles reach the same weights, each legal in one place:
+
+    - `model` (``PreTrainedModel``, the Hugging Face ``*ForCausalLM``): what peft adapts in place and what is
+      saved, exported and pushed to vLLM (Hugging Face state-dict keys; a LoRA adapter merged by the
+      trainable-weights owner, rl/weights/finetune.py). Never called in a training forward.
+    - `lm` (`ImageTokenLM` around `model`): what rollout engines sample through and what a parallel strategy
+      shards or wraps (rl/parallel/); outside the trainer (generate, eval, export) the module to run.
+    - the *wrapped module* (``nn.Module``: ``ParallelStrategy.model``, the recipe's ``lm``): DDP or a
+      DeepSpeed engine around `lm`, or `lm` itself (FSDP2 converts it in place; one process wraps nothing).
+      Every trainer forward and backward runs through it, so gradients are reduced and ZeRO-3 gathers.
     """
 
     layout: ImageTokenLayout

@@ -46,14 +46,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.recipe, args.overrides, check_inputs=True)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
-    if summary:
+    if summary is not None:  # rank 0 (rl/run/lifecycle.py RunSummary)
         print(f"\nrun: {cfg.output_dir}")
-        print(f"mean reward, first fifth of steps: {summary['reward_first_fifth']:.3f}")
-        print(f"mean reward, last fifth of steps:  {summary['reward_last_fifth']:.3f}")
-        for k in sorted(summary):
-            if k.endswith("_before"):
-                name = k[: -len("_before")]
-                print(f"{name}: {summary[k]:.3f} before -> {summary[name + '_after']:.3f} after")
+        print(f"mean reward, first fifth of steps: {summary.reward_first_fifth:.3f}")
+        print(f"mean reward, last fifth of steps:  {summary.reward_last_fifth:.3f}")
+        for name, (before, after) in sorted(summary.evals.items()):
+            print(f"{name}: {before:.3f} before -> {after:.3f} after")
         print(f"reward curve: {cfg.output_dir}/reward_curve.png; samples: {cfg.output_dir}/samples/")
     return 0
 

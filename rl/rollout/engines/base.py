@@ -17,10 +17,13 @@ group, the same codes as rows ``start..stop-1`` of generating all G.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -65,9 +68,17 @@ class RolloutEngine(ABC):
     #: importance-sampling correction under ``rollout.is_correction: auto``.
     exact_logprobs: bool = True
 
+    #: the context every `generate` samples in (`sample_within`)
+    _weights: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
+
     def setup(self, policy: ImageTokenPolicy) -> None:
         """Bind the engine to ``policy`` (called once, before the first `generate`)."""
         self.policy = policy
+
+    def sample_within(self, weights: Callable[[], AbstractContextManager[Any]]) -> None:
+        """Run every `generate` inside ``weights()`` (the run's `ParallelStrategy.rollout_weights`: under
+        ZeRO-3, one gather of the partitioned weights per rollout instead of one per layer and token)."""
+        self._weights = weights
 
     def generate(
         self,
@@ -91,7 +102,8 @@ class RolloutEngine(ABC):
         samples = full if samples is None else samples
         if samples.step != 1 or len(samples) < 1 or samples.start < 0 or samples.stop > num_generations:
             raise ValueError(f"samples {samples} is not a non-empty contiguous part of a group of {num_generations}")
-        return self._generate(prompts, num_generations, params, [int(s) for s in seeds], return_hidden, samples)
+        with self._weights():
+            return self._generate(prompts, num_generations, params, [int(s) for s in seeds], return_hidden, samples)
 
     @abstractmethod
     def _generate(

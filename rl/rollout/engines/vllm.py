@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from ....policies.base import ImageTokenLayout, PromptBatch
+from ...weights.finetune import merged_hf_state_dict
 from .base import Rollout, RolloutEngine, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -79,41 +80,8 @@ def import_vllm(name: str = "vllm") -> Any:
 # --------------------------------------------------------------------------- weights
 
 
-def hf_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The Hugging Face state dict of ``model`` (a ``*ForCausalLM``) as vLLM loads it: LoRA adapters
-    injected by peft are merged into their base weights in the returned copy (``W + ΔW``; the model is
-    not modified), adapter tensors dropped, a tied ``lm_head.weight`` left out. Detached, contiguous,
-    cast to ``dtype`` when given."""
-    sd = dict(model.state_dict())
-    out: dict[str, torch.Tensor] = {}
-    deltas: dict[str, torch.Tensor] = {}
-    for name, module in model.named_modules():
-        base = getattr(module, "base_layer", None)
-        if base is None or not hasattr(module, "get_delta_weight") or not hasattr(module, "lora_A"):
-            continue
-        delta = None
-        for adapter in getattr(module, "active_adapters", []):
-            if adapter in module.lora_A and not getattr(module, "disable_adapters", False):
-                d = module.get_delta_weight(adapter)
-                delta = d if delta is None else delta + d
-        if delta is not None:
-            deltas[f"{name}.weight"] = delta
-    for key, tensor in sd.items():
-        if ".lora_" in key or "lora_magnitude" in key:
-            continue
-        clean = key.replace(".base_layer.", ".")
-        value = tensor.detach()
-        if clean in deltas:
-            value = value + deltas[clean].to(value.dtype)
-        out[clean] = value
-    cfg = getattr(model, "config", None)
-    if cfg is not None and getattr(cfg, "tie_word_embeddings", False):
-        out.pop("lm_head.weight", None)
-    return {k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in out.items()}
-
-
 def export_for_vllm(model: nn.Module, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write ``model`` (merged, `hf_state_dict`) as a plain Hugging Face folder vLLM can load: config.json
+    """Write ``model`` (merged, `merged_hf_state_dict`) as a plain Hugging Face folder vLLM can load: config.json
     (``architectures`` set) and model.safetensors. BLIP3o-NEXT's AR part is a plain ``Qwen3ForCausalLM``."""
     from safetensors.torch import save_file
 
@@ -124,7 +92,7 @@ def export_for_vllm(model: nn.Module, out_dir: str | Path, dtype: torch.dtype | 
     if dtype is not None:
         cfg["torch_dtype"] = cfg["dtype"] = str(dtype).removeprefix("torch.")
     (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
-    save_file({k: v.cpu() for k, v in hf_state_dict(model, dtype).items()}, str(out / "model.safetensors"))
+    save_file({k: v.cpu() for k, v in merged_hf_state_dict(model, dtype).items()}, str(out / "model.safetensors"))
     return out
 
 
@@ -256,7 +224,7 @@ class VLLMEngine(RolloutEngine):
         self._dtype = _engine_dtype(self.dtype, next(policy.model.parameters()).dtype)
         self._dir = tempfile.TemporaryDirectory(prefix="blip3o_rl_vllm_")
         path = export_for_vllm(policy.model, self._dir.name, self._dtype)
-        self._expected = {k: tuple(v.shape) for k, v in hf_state_dict(policy.model).items()}
+        self._expected = {k: tuple(v.shape) for k, v in merged_hf_state_dict(policy.model).items()}
         on_cpu = not torch.cuda.is_available()
         kwargs: dict[str, Any] = {
             "model": str(path), "skip_tokenizer_init": True, "dtype": str(self._dtype).removeprefix("torch."),
@@ -309,7 +277,7 @@ class VLLMEngine(RolloutEngine):
         """Push the full (LoRA-merged) weights in memory, then drop the prefix cache."""
         if self.llm is None:
             return
-        weights = hf_state_dict(policy.model, self._dtype)
+        weights = merged_hf_state_dict(policy.model, self._dtype)
         check_weights(weights, self._expected)
         with _RNGState():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights.items())})
@@ -358,7 +326,7 @@ class VLLMServerEngine(RolloutEngine):
             self._tmp = tempfile.TemporaryDirectory(prefix="blip3o_rl_vllm_server_")
             self.weights_dir = self._tmp.name
         path = export_for_vllm(policy.model, self.weights_dir, self._dtype)
-        self._expected = {k: tuple(v.shape) for k, v in hf_state_dict(policy.model).items()}
+        self._expected = {k: tuple(v.shape) for k, v in merged_hf_state_dict(policy.model).items()}
         self.model_name = str(path)
         if self.base_url is None:
             self._start_server(policy, path)
@@ -462,7 +430,7 @@ class VLLMServerEngine(RolloutEngine):
             )
         from safetensors.torch import save_file
 
-        weights = hf_state_dict(policy.model, self._dtype)
+        weights = merged_hf_state_dict(policy.model, self._dtype)
         check_weights(weights, self._expected)
         assert self.weights_dir is not None
         tmp = Path(self.weights_dir) / "model.safetensors.tmp"
