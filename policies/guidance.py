@@ -18,8 +18,9 @@ The batch is doubled inside `forward`, so the engines and the trainer keep passi
   repeating ``[c_0 .. c_P-1, u_0 .. u_P-1]`` row-wise gives the conditional block first); the step returns
   the B mixed logits and the conditional hidden states;
 - score calls: one body pass over the 2B rows, then the mixed logits chunk by chunk. With
-  ``detach_uncond`` the unconditional rows run without grad (ReasonGen-R1's choice: the policy gradient
-  flows through the conditional branch only; the log-prob values are the same).
+  ``detach_uncond`` the unconditional rows (body and head) run without grad, their logits a constant in
+  the mixture (ReasonGen-R1's choice: the policy gradient flows through the conditional branch only; the
+  log-prob values are the same).
 
 The default is the gradient through both branches: it is the exact gradient of the objective on the
 distribution the rollout sampled from; ``detach_uncond`` is a cheaper (no backward through the second
@@ -103,6 +104,13 @@ class GuidedImageTokenLM(ImageTokenLM):
         assert self.guidance is not None
         return self.guidance.mix(self.image_logits(cond), self.image_logits(uncond))
 
+    def _guided_logits_detached(self, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        """`guided_logits` with the unconditional logits a constant (no gradient through that branch)."""
+        assert self.guidance is not None
+        with torch.no_grad():
+            u = self.image_logits(uncond)
+        return self.guidance.mix(self.image_logits(cond), u)
+
     def _score(self, prompt_ids, prompt_mask, codes, score, return_hidden, chunk_size) -> ScoredCodes:
         g = self.guidance
         if g is None or score is None:
@@ -117,7 +125,8 @@ class GuidedImageTokenLM(ImageTokenLM):
             both = self._body(self._doubled_inputs(prompt_ids, codes), _twice(mask), None)  # [2B, P + N, H]
             cond_h, uncond_h = both[:b], both[b:]
         states = (cond_h[:, p - 1 : p + n - 1], uncond_h[:, p - 1 : p + n - 1])  # [B, N, H] each: predict codes
-        logprobs, entropy = score_chunks(self.guided_logits, states, codes, score, chunk_size)
+        head = self._guided_logits_detached if g.detach_uncond else self.guided_logits
+        logprobs, entropy = score_chunks(head, states, codes, score, chunk_size)
         hidden = cond_h[:, p - 1 : p + n].detach() if return_hidden else None  # [B, N + 1, H] conditional
         return ScoredCodes(logprobs, entropy, hidden)
 
