@@ -120,6 +120,17 @@ class JanusPolicy(ImageTokenPolicy):
             guidance = Guidance(scale, keep_ids=(int(bos), int(boi)), pad_id=int(pad), detach_uncond=detach_uncond)
         return cls(model, processor, guidance, source=path)
 
+    @classmethod
+    def build(cls, path: str | Path, prompts: Sequence[Any], progress: bool = True, **kwargs: Any) -> Path:
+        """Write a tiny random Janus-Pro folder at ``path`` (``model.build`` keys: ``seed``; the demo's model,
+        `testing.write_tiny_janus`); the prompts are not needed (no warm start)."""
+        from .testing import write_tiny_janus
+
+        unknown = sorted(set(kwargs) - {"seed"})
+        if unknown:
+            raise ValueError(f"model.build: unknown keys {unknown} for the tiny Janus (known: ['seed'])")
+        return write_tiny_janus(path, seed=int(kwargs.get("seed", 0)))
+
     # -- prompts -------------------------------------------------------------------------------------
 
     def prompt_text(self, caption: str) -> str:

@@ -55,7 +55,7 @@ class TinyJanusSpec:
     num_codes: int = 64
     grid: int = 4  # tokens per side: image_size / patch_size
     patch_size: int = 16
-    vq_channels: int = 32  # GroupNorm(32) needs a multiple of 32
+    vq_channels: int = 64  # GroupNorm(32): a multiple of 32; 2 channels a group let colour through
     vq_levels: int = 3  # 2 ** (levels - 1) pixels per token side: 4 x 4 tokens -> 16 x 16 pixels
     output_gain: float = 8.0  # scale of the decoder's conv_out weights (colourful decodes)
 
@@ -117,8 +117,13 @@ def write_tiny_janus(out_dir: str | Path, spec: TinyJanusSpec = TinyJanusSpec(),
     config = janus_config(spec, tokenizer)
     torch.manual_seed(seed)
     model = JanusForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        model.model.vqmodel.decoder.conv_out.weight.mul_(spec.output_gain)
+    with torch.no_grad():  # a decoder whose colours follow the codes (see the module docstring)
+        decoder = model.model.vqmodel.decoder
+        for name, module in decoder.named_modules():
+            if name.endswith((".conv2", ".proj_out")):  # residual branches off: every block an identity
+                module.weight.zero_()
+                module.bias.zero_()
+        decoder.conv_out.weight.mul_(spec.output_gain)
     model.generation_config = generation_config(tokenizer)
     model.save_pretrained(out)
     image_processor = JanusImageProcessorPil(size={"height": config.vision_config.image_size,
