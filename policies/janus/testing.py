@@ -12,9 +12,11 @@ pad token, ``generation_kwargs.boi_token_id``), and the processor files (tokeniz
 tokens and BOS post-processor, the PIL image processor, the official chat template).
 
 Everything is built with transformers' classes independently of the loader, so the tests that load this
-folder check the policy against the format, not against itself. The VQ decoder's output convolution is
-initialised larger than the default so that different codes decode to visibly different colours (a
-colour reward then has something to learn from).
+folder check the policy against the format, not against itself. The VQ decoder's weights are chosen so
+that different codes decode to visibly different colours (a colour reward then has something to learn
+from): its residual blocks start as identities (second convolutions zero), its norm groups hold two
+channels each (a group of one normalises each channel's mean away, and with it the colour), and its
+output convolution is scaled up. It is still the official decoder class, with weights like any others.
 """
 
 from __future__ import annotations

@@ -9,13 +9,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import ClassifierFreeGuidanceLogitsProcessor, JanusForConditionalGeneration, JanusProcessor
+from transformers import JanusForConditionalGeneration, JanusProcessor
 
 from blip3o_rl.policies import load_policy
 from blip3o_rl.policies.janus import JanusConfigError, JanusPolicy
 from blip3o_rl.policies.janus.testing import BOS
 from blip3o_rl.rl.rollout.engines import KVCacheEngine, SamplingParams
 from blip3o_rl.rl.rollout.engines.static import StaticCacheEngine
+
+from .janus_official import official_guided_logits, official_image_logits
 
 CAPTIONS = ["a red square", "a blue circle on a long table"]
 
@@ -52,19 +54,6 @@ def test_prompt_ids_are_the_official_ones(policy, official):
     assert ours.input_ids[0, 0].item() == tok.pad_token_id and ours.attention_mask[0, 0].item() == 0
 
 
-def official_image_logits(model, input_ids, attention_mask, codes):
-    """Image logits at every code position from the official modules (language model over prompt and
-    generation embeddings, then the generation head), as ``generate(generation_mode="image")`` computes them."""
-    embeds = torch.cat([model.get_input_embeddings()(input_ids),
-                        model.prepare_embeddings_for_image_generation(codes)], 1)
-    mask = torch.cat([attention_mask, torch.ones_like(codes)], 1)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=mask,
-                                        position_ids=positions).last_hidden_state
-    p = input_ids.shape[1]
-    return model.model.generation_head(hidden[:, p - 1 : -1])  # [B, N, K]
-
-
 def captured_logits(lm, prompts, codes):
     seen = []
 
@@ -88,15 +77,9 @@ def test_image_logits_and_cfg_mixing_equal_the_official(tiny_janus, official):
     cond = official_image_logits(model, prompts.input_ids, prompts.attention_mask, codes)
     torch.testing.assert_close(captured_logits(unguided.lm, prompts, codes), cond, rtol=0, atol=1e-5)
 
-    # The unconditional row of the official generate: all but BOS and <begin_of_image> masked to pad.
-    gen = model.generation_config
-    ids = prompts.input_ids
-    keep = (ids == gen.bos_token_id) | (ids == gen.generation_kwargs["boi_token_id"])
-    uncond_ids = ids.masked_fill(~keep, gen.pad_token_id)
-    uncond = official_image_logits(model, uncond_ids, prompts.attention_mask, codes)
-    processor_cfg = ClassifierFreeGuidanceLogitsProcessor(gen.guidance_scale)
-    n = codes.shape[1]
-    expected = torch.stack([processor_cfg(ids, torch.cat([cond[:, j], uncond[:, j]])) for j in range(n)], 1)
+    # The unconditional row of the official generate (all but BOS and <begin_of_image> masked to pad),
+    # mixed by transformers' ClassifierFreeGuidanceLogitsProcessor.
+    expected = official_guided_logits(model, prompts.input_ids, prompts.attention_mask, codes)
     torch.testing.assert_close(captured_logits(guided.lm, prompts, codes), expected, rtol=0, atol=1e-4)
 
 
