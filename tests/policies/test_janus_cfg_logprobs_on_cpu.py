@@ -164,5 +164,5 @@ def oracle_uncond_logits(policy, ro) -> torch.Tensor:
 def test_vllm_engines_refuse_a_guided_policy(tiny_janus):
     from blip3o_rl.rl.rollout.engines.vllm import VLLMEngine
 
-    with pytest.raises(ValueError, match="VLLMEngine has no classifier-free guidance.*kv_cache or static"):
+    with pytest.raises(ValueError, match=r"VLLMEngine has no classifier-free guidance.*kv_cache or static"):
         VLLMEngine().setup(JanusPolicy.from_pretrained(tiny_janus))

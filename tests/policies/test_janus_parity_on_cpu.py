@@ -67,7 +67,7 @@ def captured_logits(lm, prompts, codes):
 
 @torch.no_grad()
 def test_image_logits_and_cfg_mixing_equal_the_official(tiny_janus, official):
-    model, processor = official
+    model, _ = official
     unguided = JanusPolicy.from_pretrained(tiny_janus, guidance_scale=1.0)
     guided = JanusPolicy.from_pretrained(tiny_janus)
     assert unguided.lm.rows_per_sample == 1 and guided.lm.rows_per_sample == 2
@@ -127,7 +127,7 @@ def test_frozen_parts_and_inference_sampling(policy):
 
 
 def test_bad_folders_fail_naming_file_and_field(tiny_janus, tmp_path):
-    with pytest.raises(JanusConfigError, match="config.json: not found"):
+    with pytest.raises(JanusConfigError, match=r"config\.json: not found"):
         JanusPolicy.from_pretrained(tmp_path)
     other = tmp_path / "other"
     shutil.copytree(tiny_janus, other)
