@@ -26,8 +26,10 @@ from PIL import Image
 from torch import nn
 from transformers import GenerationConfig, JanusForConditionalGeneration, JanusProcessor
 
-from ..base import ImageTokenLayout, ImageTokenPolicy, PromptBatch, SamplingParams
+from ..base import ImageTokenLayout, ImageTokenPolicy, PromptBatch, SamplingParams, mark_decode_error
+from ..errors import ModelFolderError
 from ..guidance import Guidance
+from ..weights import require_finite_module
 from .model import JanusImageTokenLM
 from .prompt import chat_text, encode_prompts
 
@@ -37,7 +39,7 @@ DEFAULT_GUIDANCE_SCALE = 5.0
 TRANSFORMERS_DEFAULT_TOP_K, TRANSFORMERS_DEFAULT_TOP_P = 50, 1.0
 
 
-class JanusConfigError(ValueError):
+class JanusConfigError(ModelFolderError):
     """A folder that is not a usable Janus checkpoint (message names the file and the field)."""
 
 
@@ -101,6 +103,7 @@ class JanusPolicy(ImageTokenPolicy):
         _read_config(path)
         model = JanusForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32, local_files_only=True)
         model.eval()
+        require_finite_module(model, path)  # a NaN weight would otherwise load silently
         if device is not None:
             model.to(device)
         processor = JanusProcessor.from_pretrained(path, local_files_only=True)
@@ -149,9 +152,14 @@ class JanusPolicy(ImageTokenPolicy):
         (deterministic: no noise, ``hidden_states`` and ``generators`` unused)."""
         if codes.ndim != 2 or codes.shape[1] != self.layout.tokens_per_image:
             raise ValueError(f"got codes of shape {list(codes.shape)}; expected [B, {self.layout.tokens_per_image}]")
-        pixels = self.model.decode_image_tokens(codes.to(self.device))  # [B, H, W, 3], about [-1, 1]
-        chw = list(pixels.permute(0, 3, 1, 2).float().cpu())  # channels first: unambiguous for small images
-        return list(self.processor.postprocess(chw, return_tensors="PIL.Image.Image")["pixel_values"])
+        pixels = self.model.decode_image_tokens(codes.to(self.device)).float()  # [B, H, W, 3], about [-1, 1]
+        finite = torch.isfinite(pixels).flatten(1).all(1).tolist()  # [B] (host sync: once per decode)
+        chw = list(pixels.nan_to_num(0.0).permute(0, 3, 1, 2).cpu())  # channels first: unambiguous when small
+        images = list(self.processor.postprocess(chw, return_tensors="PIL.Image.Image")["pixel_values"])
+        for image, ok in zip(images, finite, strict=True):
+            if not ok:  # the sample is failed (never scored), not decoded from garbage
+                mark_decode_error(image, "the VQ decoder produced non-finite pixels")
+        return images
 
     # -- parameters and export -----------------------------------------------------------------------
 

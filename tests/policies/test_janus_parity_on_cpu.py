@@ -137,3 +137,33 @@ def test_bad_folders_fail_naming_file_and_field(tiny_janus, tmp_path):
         JanusPolicy.from_pretrained(other)
     with pytest.raises(JanusConfigError, match="guidance_scale must be >= 1"):
         JanusPolicy.from_pretrained(tiny_janus, guidance_scale=0.5)
+
+
+def test_non_finite_weights_are_refused_naming_the_file(tiny_janus, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from blip3o_rl.policies.weights import NonFiniteWeightsError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_janus, broken)
+    tensors = load_file(broken / "model.safetensors")
+    key = "model.generation_head.vision_head.weight"
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(NonFiniteWeightsError, match=rf"model\.safetensors: tensor '{key}'"):
+        JanusPolicy.from_pretrained(broken)
+
+
+def test_a_non_finite_decode_is_a_marked_failure(policy):
+    from blip3o_rl.policies.base import decode_error
+
+    vq = policy.model.model.vqmodel
+    codes = torch.zeros(2, policy.layout.tokens_per_image, dtype=torch.long)
+    codes[1] = 1
+    saved = vq.quantize.embedding.weight.data[1].clone()
+    try:
+        vq.quantize.embedding.weight.data[1] = float("nan")
+        first, second = policy.decode(codes)
+    finally:
+        vq.quantize.embedding.weight.data[1] = saved
+    assert decode_error(first) is None and "non-finite" in decode_error(second)
