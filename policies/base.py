@@ -109,7 +109,12 @@ class ImageTokenPolicy(ABC):
 
     @model.setter
     def model(self, causal_lm: PreTrainedModel) -> None:
-        self.lm = ImageTokenLM(causal_lm, self.layout)
+        self.lm = self.build_lm(causal_lm)
+
+    def build_lm(self, causal_lm: PreTrainedModel) -> ImageTokenLM:
+        """The `ImageTokenLM` around ``causal_lm`` (called whenever `model` is assigned): image logits from the
+        image rows of ``lm_head``. A family with its own image head or guidance returns a subclass."""
+        return ImageTokenLM(causal_lm, self.layout)
 
     @property
     def device(self) -> torch.device:
@@ -137,8 +142,14 @@ class ImageTokenPolicy(ABC):
         """
 
     def frozen_parameters(self) -> list[nn.Parameter]:
-        """Parameters outside `lm` that must never reach an optimizer (e.g. a diffusion refiner)."""
+        """Parameters that must never reach an optimizer: outside `lm` (e.g. a diffusion refiner) or parts of
+        the model generation does not use (e.g. Janus's VQ decoder and understanding encoder, which full
+        fine-tuning leaves frozen)."""
         return []
+
+    #: Modules LoRA must not adapt even when their names match ``model.lora_target_modules`` (a regex over
+    #: module names, peft's ``exclude_modules``): the frozen parts of the model. None: no exclusion.
+    lora_exclude_modules: str | None = None
 
     @classmethod
     def build(cls, path: str | Path, prompts: Sequence[Any], progress: bool = True, **kwargs: Any) -> Path:

@@ -15,6 +15,11 @@ Fits in ~8 minutes on an H100/H200 (group 16); carry diffusers as a wheel to a m
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/NAME.py): run it as the module it is
+    from blip3o_rl.scripts import run_as_module
+
+    run_as_module(__file__)
+
 import argparse
 import json
 import time

@@ -36,6 +36,7 @@ class TrainableWeights:
                 lora_alpha=cfg.lora_alpha,
                 lora_dropout=cfg.lora_dropout,
                 target_modules=list(cfg.lora_target_modules),
+                exclude_modules=policy.lora_exclude_modules,
                 bias="none",
             )
             # Injects the adapter into policy.model in place and freezes its base weights.
@@ -47,6 +48,8 @@ class TrainableWeights:
             if need_reference:
                 self._reference = copy.deepcopy(policy.lm).requires_grad_(False).eval()
             policy.model.requires_grad_(True)
+            for p in policy.frozen_parameters():  # parts of the model generation does not use stay frozen
+                p.requires_grad_(False)
         if cfg.gradient_checkpointing:
             # transformers 5 renamed gradient_checkpointing_enable (the old name warns); older ones have only it.
             model, kwargs = policy.model, {"use_reentrant": False}

@@ -73,7 +73,7 @@ BASE = "rewards: [{reward: tiny_layout}]\ndata: {train_file: x.jsonl}\nmodel: {p
         ("data: {train_file: x.jsonl}\n", [], r"rewards: at least one reward"),
         (BASE + "rewards: [{weight: 1}]\n", [], r"rewards"),
         ("- 1\n- 2\n", [], r"must be a mapping"),
-        (BASE.replace("model: {policy: tiny}\n", ""), [], r"model\.policy: required: one of \['blip3o_next', 'tiny'\]"),
+        (BASE.replace("model: {policy: tiny}\n", ""), [], r"model\.policy: required: one of \['blip3o_next', 'janus', 'tiny'\]"),
         (BASE, ["model.name_or_path=m", "model.build.seed=1"], r"model\.build: is read only when model\.name_or_path is null"),
         (BASE, ["model.tiny_world.seed=1"], r"unknown key 'model\.tiny_world'"),
         (BASE, ["optim.optimizer=adamx"], r"optim\.optimizer: unknown 'adamx': one of \['adam', 'adamw', 'sgd'\]"),

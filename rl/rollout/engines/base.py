@@ -67,12 +67,20 @@ class RolloutEngine(ABC):
     #: code: only float rounding differs); False (vLLM's kernels, a bf16 engine) turns on the truncated
     #: importance-sampling correction under ``rollout.is_correction: auto``.
     exact_logprobs: bool = True
+    #: False for an engine that cannot sample under AR-level classifier-free guidance (two model rows per
+    #: sample, `policies/guidance.py`): `setup` then refuses a guided policy.
+    supports_guidance: bool = True
 
     #: the context every `generate` samples in (`sample_within`)
     _weights: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
 
     def setup(self, policy: ImageTokenPolicy) -> None:
         """Bind the engine to ``policy`` (called once, before the first `generate`)."""
+        if policy.lm.rows_per_sample > 1 and not self.supports_guidance:
+            raise ValueError(
+                f"rollout engine {type(self).__name__} has no classifier-free guidance, which "
+                f"{type(policy).__name__} samples with: use rollout.engine: kv_cache or static "
+                "(or turn guidance off, e.g. model.policy_kwargs.guidance_scale: 1)")
         self.policy = policy
 
     def sample_within(self, weights: Callable[[], AbstractContextManager[Any]]) -> None:

@@ -206,6 +206,7 @@ class VLLMEngine(RolloutEngine):
 
     provides_hidden_states = False
     exact_logprobs = False
+    supports_guidance = False  # stock vLLM has no AR-level CFG: refused in setup
 
     def __init__(self, dtype: str | None = None, max_model_len: int | None = None,
                  gpu_memory_utilization: float = 0.3, kv_cache_memory_bytes: int | None = None,
@@ -307,6 +308,7 @@ class VLLMServerEngine(RolloutEngine):
 
     provides_hidden_states = False
     exact_logprobs = False
+    supports_guidance = False  # stock vLLM has no AR-level CFG: refused in setup
 
     def __init__(self, base_url: str | None = None, host: str = "127.0.0.1", port: int | None = None,
                  dtype: str | None = None, max_model_len: int | None = None, weights_dir: str | None = None,
