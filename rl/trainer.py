@@ -34,7 +34,7 @@ from .rollout.evaluation import HeldOutEvaluation
 from .rollout.generate import GenerationDriver, RolloutRequest
 from .rollout.pipeline import PipelinedScoring, SequentialScoring
 from .run.checkpoint import load_checkpoint
-from .run.guard import FiniteUpdateGuard
+from .run.guards.finite_update import FiniteUpdateGuard
 from .run.lifecycle import CheckpointContents, RunLifecycle, RunSummary
 from .run.progress import library_bars_off
 from .run.resume import apply_optimizer_config, optimizer_hyperparameters

@@ -30,7 +30,7 @@ from .grpo.logprobs import SequenceLogprobs, micro_batches, score_rollout, seque
 from .grpo.loss import GRPOLoss, masked_mean, tis_weights
 from .parallel import ParallelStrategy
 from .rollout.engines import Rollout, SamplingParams
-from .run.guard import FiniteUpdateGuard
+from .run.guards.finite_update import FiniteUpdateGuard
 from .weights.finetune import TrainableWeights
 
 

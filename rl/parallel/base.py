@@ -7,7 +7,7 @@ A strategy owns everything that differs between them, so the recipe calls the sa
   frozen full-fine-tuning KL reference);
 - one update: `no_sync` around each micro-batch, `backward` of its loss share, then `clip_and_step`:
   the total gradient norm before clipping (the *real* one, under every strategy), the finite-update
-  guard's decision (rl/run/guard.py), the optimizer step or its skip, the LR schedule, the cleared gradients;
+  guard's decision (rl/run/guards/finite_update.py), the optimizer step or its skip, the LR schedule, the cleared gradients;
 - `rollout_weights`: the context the rollout engine samples in (ZeRO-3: one gather of the weights);
 - checkpoints: `trainable_state` / `optimizer_state` gathered on rank 0, `stage_rank_files` (every rank's
   own files), `load_optimizer_state`.
@@ -35,7 +35,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from ..run.guard import FiniteUpdateGuard, step_schedule
+from ..run.guards.finite_update import FiniteUpdateGuard, step_schedule
 from ..weights.finetune import TrainableWeights
 from .checkpoint_shards import rank_file, rank_state
 from .distributed import Collectives

@@ -26,7 +26,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from ..run.guard import step_schedule
+from ..run.guards.finite_update import step_schedule
 from ..weights.finetune import TrainableWeights
 from .base import ParallelStrategy
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from blip3o_rl.rl.config import load_config
-from blip3o_rl.rl.run.guard import NonFiniteUpdateError
+from blip3o_rl.rl.run.guards.finite_update import NonFiniteUpdateError
 from blip3o_rl.rl.trainer import GRPOTrainer
 
 QUIET = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.image_every=0",
