@@ -25,8 +25,19 @@ from dataclasses import dataclass
 import torch
 
 from ...policies.base import ImageTokenPolicy, PromptBatch, SamplingParams
+from ..errors import RunError
 
-__all__ = ["Rollout", "RolloutEngine", "SamplingParams", "stream_seed"]
+__all__ = ["EngineUnavailableError", "Rollout", "RolloutEngine", "SamplingParams", "stream_seed"]
+
+
+class EngineUnavailableError(RunError):
+    """The engine cannot run this model here (a shape its kernels refuse, an architecture it does not know, a
+    missing package): raised by `RolloutEngine.setup`, before any training, naming the engine, the reason and
+    what to use instead (the command line prints it as one ``error:`` line, exit status 2)."""
+
+    def __init__(self, engine: str, reason: str, instead: str = "rollout.engine=static or kv_cache"):
+        self.engine, self.reason, self.instead = engine, reason, instead
+        super().__init__(f"rollout.engine={engine} cannot run this model: {reason}; use {instead}")
 
 
 @dataclass

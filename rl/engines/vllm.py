@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from ...policies.base import ImageTokenLayout, PromptBatch
-from .base import Rollout, RolloutEngine, SamplingParams
+from .base import EngineUnavailableError, Rollout, RolloutEngine, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,30 @@ def import_vllm(name: str = "vllm") -> Any:
     except ImportError as exc:
         raise ImportError(_MISSING.format(name=name)) from exc
     return vllm
+
+
+# --------------------------------------------------------------------------- can vLLM run it?
+
+
+def unsupported_reason(vllm: Any, config: dict[str, Any], on_cpu: bool) -> str | None:
+    """Why this vLLM cannot run the model ``config`` (the exported ``config.json``) here, else None.
+
+    Checked before an ``LLM`` is built: there, the same refusals surface as vLLM-internal tracebacks (the
+    CPU attention's ``Unsupported CPU attention configuration: head_dim=16`` comes from a C++ kernel during
+    start-up), followed by a second one from vLLM's teardown."""
+    archs = list(config.get("architectures") or [])
+    known = set(vllm.ModelRegistry.get_supported_archs())
+    if not any(a in known for a in archs):
+        return f"vLLM {vllm.__version__} does not know the architecture {archs}"
+    if on_cpu:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        sizes = sorted(CPUAttentionBackend.get_supported_head_sizes())
+        if head_dim not in sizes:
+            return (f"vLLM's CPU attention takes head_dim in {sizes}, the model has head_dim={head_dim} (tiny test "
+                    "checkpoints: make_tiny_blip3o_next --head-dim 32)")
+    return None
 
 
 # --------------------------------------------------------------------------- weights
@@ -256,8 +280,11 @@ class VLLMEngine(RolloutEngine):
         self._dtype = _engine_dtype(self.dtype, next(policy.model.parameters()).dtype)
         self._dir = tempfile.TemporaryDirectory(prefix="blip3o_rl_vllm_")
         path = export_for_vllm(policy.model, self._dir.name, self._dtype)
-        self._expected = {k: tuple(v.shape) for k, v in hf_state_dict(policy.model).items()}
         on_cpu = not torch.cuda.is_available()
+        reason = unsupported_reason(vllm, json.loads((path / "config.json").read_text()), on_cpu)
+        if reason is not None:
+            raise EngineUnavailableError("vllm", reason)
+        self._expected = {k: tuple(v.shape) for k, v in hf_state_dict(policy.model).items()}
         kwargs: dict[str, Any] = {
             "model": str(path), "skip_tokenizer_init": True, "dtype": str(self._dtype).removeprefix("torch."),
             "logprobs_mode": "processed_logprobs", "seed": self.seed,
@@ -325,6 +352,13 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def _last_error(log: str) -> str:
+    """The last line of a server log that names an error (the exception line of its traceback)."""
+    lines = [line.strip() for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    return (errors or lines or ["no output"])[-1][:300]
+
+
 class VLLMServerEngine(RolloutEngine):
     """A separate vLLM server (OpenAI-compatible ``/v1/completions`` with token-id prompts).
 
@@ -358,6 +392,11 @@ class VLLMServerEngine(RolloutEngine):
             self._tmp = tempfile.TemporaryDirectory(prefix="blip3o_rl_vllm_server_")
             self.weights_dir = self._tmp.name
         path = export_for_vllm(policy.model, self.weights_dir, self._dtype)
+        if self.base_url is None and self.server_python == sys.executable:  # a server started here, with our vLLM
+            reason = unsupported_reason(import_vllm("vllm_server"), json.loads((path / "config.json").read_text()),
+                                        not torch.cuda.is_available())
+            if reason is not None:
+                raise EngineUnavailableError("vllm_server", reason)
         self._expected = {k: tuple(v.shape) for k, v in hf_state_dict(policy.model).items()}
         self.model_name = str(path)
         if self.base_url is None:
@@ -417,7 +456,9 @@ class VLLMServerEngine(RolloutEngine):
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(f"the vLLM server exited with {self._proc.returncode}; log: {self._log.name}")
+                raise EngineUnavailableError(
+                    "vllm_server", f"the vLLM server it started exited with {self._proc.returncode} ({_last_error(self._log.name)}; "
+                    f"log: {self._log.name})")
             try:
                 with urllib.request.urlopen(f"{self.base_url}/health", timeout=5) as resp:
                     if resp.status == 200:
