@@ -349,6 +349,9 @@ class GatheredRollouts(RolloutEngine):
     def update_weights(self, policy) -> None:
         self.inner.update_weights(policy)
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 @contextlib.contextmanager
 def _fsdp_no_sync(model: nn.Module) -> Iterator[None]:

@@ -591,6 +591,8 @@ class GRPOTrainer:
             self.log.close()
         if hasattr(self, "acc"):
             self._release_wrapper()
+            if hasattr(self, "engine"):
+                self.engine.close()  # before end_training: in-process vLLM's own teardown needs its group
             self.acc.end_training()
         if hasattr(self, "lock"):  # rank 0's
             self.lock.release()

