@@ -73,11 +73,22 @@ _EXPECTED_VLLM_NOISE = (("vllm.triton_utils.importing", "doesn't include CPU bac
                         ("vllm.renderers.base", "Chat template warmup failed"))
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
 def import_vllm(name: str = "vllm") -> Any:
     """``import vllm`` (in-process mode: no engine-core subprocess), or an ImportError saying how to get it."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     for name, text in _EXPECTED_VLLM_NOISE:
-        logging.getLogger(name).addFilter(lambda record, text=text: text not in record.getMessage())
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) and f.text == text for f in target.filters):
+            target.addFilter(_DropMessage(text))
     try:
         import vllm
     except ImportError as exc:
