@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...policies.base import ImageTokenPolicy, PromptBatch, SamplingParams
-from ..errors import RunError
+from ....policies.base import ImageTokenPolicy, PromptBatch, SamplingParams
+from ...errors import RunError
 
 __all__ = ["EngineUnavailableError", "Rollout", "RolloutEngine", "SamplingParams", "stream_seed"]
 
