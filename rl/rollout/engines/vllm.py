@@ -85,8 +85,8 @@ class _DropMessage(logging.Filter):
 def import_vllm(name: str = "vllm") -> Any:
     """``import vllm`` (in-process mode: no engine-core subprocess), or an ImportError saying how to get it."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    for name, text in _EXPECTED_VLLM_NOISE:
-        target = logging.getLogger(name)
+    for logger_name, text in _EXPECTED_VLLM_NOISE:
+        target = logging.getLogger(logger_name)
         if not any(isinstance(f, _DropMessage) and f.text == text for f in target.filters):
             target.addFilter(_DropMessage(text))
     try:
