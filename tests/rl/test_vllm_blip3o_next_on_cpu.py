@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed (the CPU route: make vllm-venv; make test-vllm)")
 
@@ -115,3 +116,31 @@ def test_a_vllm_start_failure_is_one_line_without_teardown_traceback(data, tmp_p
     assert "failed to start: No available memory for the cache blocks" in errors[0]
     assert "rollout.engine_kwargs" in errors[0] and errors[0] == run.stderr.strip().splitlines()[-1]
     assert "Traceback" not in run.stdout + run.stderr and "Invalid process group" not in run.stdout + run.stderr
+
+
+def test_server_engine_refuses_before_starting_a_server(data):
+    """``vllm_server`` checks the same way before it starts its server (which would otherwise come up, then
+    fail at the first request)."""
+    from blip3o_rl.policies.blip3o_next import Blip3oNextPolicy
+    from blip3o_rl.rl.rollout.engines import EngineUnavailableError, build_engine
+
+    policy = Blip3oNextPolicy.from_pretrained(data / "narrow", dtype=torch.float32)
+    engine = build_engine("vllm_server")
+    with pytest.raises(EngineUnavailableError, match=r"^rollout\.engine=vllm_server cannot run this model: .*head_dim=16"):
+        engine.setup(policy)
+    assert engine._proc is None and engine.base_url is None
+
+
+def test_unknown_architecture_and_head_dims_are_named():
+    import vllm
+
+    from blip3o_rl.rl.rollout.engines.vllm import unsupported_reason
+
+    qwen = {"architectures": ["Qwen3ForCausalLM"], "hidden_size": 64, "num_attention_heads": 4, "head_dim": 32}
+    assert unsupported_reason(vllm, qwen, on_cpu=True) is None
+    assert "head_dim=16" in unsupported_reason(vllm, {**qwen, "head_dim": 16}, on_cpu=True)
+    assert unsupported_reason(vllm, {**qwen, "head_dim": 16}, on_cpu=False) is None  # the GPU kernels differ
+    no_key = {k: v for k, v in qwen.items() if k != "head_dim"}  # hidden / heads = 16
+    assert "head_dim=16" in unsupported_reason(vllm, no_key, on_cpu=True)
+    reason = unsupported_reason(vllm, {**qwen, "architectures": ["Blip3oQwenForCausalLM"]}, on_cpu=True)
+    assert reason is not None and "does not know the architecture ['Blip3oQwenForCausalLM']" in reason
