@@ -12,8 +12,8 @@ from .base import EngineUnavailableError, Rollout, RolloutEngine, SamplingParams
 from .kv_cache import KVCacheEngine
 from .static import StaticCacheEngine
 
-__all__ = ["EngineUnavailableError", "KVCacheEngine", "Rollout", "RolloutEngine", "SamplingParams", "StaticCacheEngine", "build_engine",
-           "stream_seed"]
+__all__ = ["EngineUnavailableError", "KVCacheEngine", "Rollout", "RolloutEngine", "SamplingParams",
+           "StaticCacheEngine", "build_engine", "stream_seed"]
 
 
 def build_engine(name: str, **kwargs: Any) -> RolloutEngine:

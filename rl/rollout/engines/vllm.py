@@ -24,9 +24,15 @@ How each rollout is made to mean what the trainer assumes:
 - **no hidden states** (``provides_hidden_states = False``): the trainer's no-grad forward supplies them
   and π_old; ``exact_logprobs = False`` turns on the truncated IS correction under ``is_correction: auto``.
 
+- **models vLLM cannot run** (an architecture it does not know, a head_dim its CPU attention refuses, vLLM
+  missing, ``vllm.LLM`` failing to start) stop `setup` with one `EngineUnavailableError` line naming the
+  reason and what to use instead, before any training step (`unsupported_reason`: checked before an
+  ``LLM`` exists, since vLLM itself fails there with a kernel traceback at the first rollout).
+
 In-process side effects contained here: ``LLM(seed=...)`` reseeds the caller's torch and Python RNGs
 (their states are restored), and vLLM's CPU worker replaces ``torch.set_num_threads`` process-wide (the
-original is put back, with the caller's thread count). An ``LLM`` is never freed: build one per process.
+original is put back, with the caller's thread count). An ``LLM`` is never freed for reuse: build one per
+process; `VLLMEngine.close` (the trainer's clean-up) shuts it down while its process group still exists.
 """
 
 from __future__ import annotations
