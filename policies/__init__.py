@@ -16,7 +16,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def policy_class(kind: str) -> type[ImageTokenPolicy]:
     """The policy class ``kind`` names: a registered name (entry points ``blip3o_rl.policy``: "tiny",
-    "blip3o_next"), "package.module:Class" or "path/to/file.py:Class"."""
+    "blip3o_next", "janus"), "package.module:Class" or "path/to/file.py:Class"."""
     return registry.resolve("policy", kind)
 
 

@@ -3,8 +3,9 @@
 A policy wraps a Hugging Face causal LM whose vocabulary contains a contiguous range of image
 tokens (BLIP3o-NEXT: ``<I0>`` … ``<I65535>``). The trainer and the rollout engines only ever see:
 
-- `lm`: the `ImageTokenLM` module (the one thing a distributed wrapper wraps and LoRA adapts), which
-  computes hidden states, image-row log-probs and decode steps (`policies/model.py`);
+- `lm`: the `ImageTokenLM` module (the one thing a distributed wrapper wraps; LoRA adapts the causal LM
+  inside it, `model`), which computes hidden states, image-row log-probs and decode steps
+  (`policies/model.py`; the three handles on the weights: `ImageTokenPolicy`);
 - `prompt_batch(captions)`: left-padded prompt ids ending where the first image token is predicted;
 - `decode(codes, hidden, generators=...)`: image codes (0-based, ``[B, N]``) → RGB images.
 
@@ -12,6 +13,11 @@ tokens (BLIP3o-NEXT: ``<I0>`` … ``<I65535>``). The trainer and the rollout eng
 device of its model's parameters.
 
 Image *codes* are 0-based indices into the codebook; token ids are ``image_token_start + code``.
+
+**Failed decodes**: an image `decode` could not make (e.g. non-finite pixels) is returned as a
+placeholder marked with `mark_decode_error`: ``image.info["decode_error"]`` holds the reason. Rewards
+(`blip3o_rl.rewards.base.run_reward`) fail such a sample with that reason, never scoring it, and
+``generate`` / ``eval`` report it instead of saving it.
 """
 
 from __future__ import annotations
@@ -31,7 +37,24 @@ from .model import ImageTokenLayout, ImageTokenLM, SamplingParams
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["ImageTokenLM", "ImageTokenLayout", "ImageTokenPolicy", "PromptBatch", "SamplingParams"]
+__all__ = ["DECODE_ERROR", "ImageTokenLM", "ImageTokenLayout", "ImageTokenPolicy", "PromptBatch", "SamplingParams", "decode_error",
+           "mark_decode_error"]
+
+
+#: ``PIL.Image.info`` key of a failed decode's reason (read by the rewards, which cannot import this package).
+DECODE_ERROR = "decode_error"
+
+
+def mark_decode_error(image: Image.Image, why: str) -> Image.Image:
+    """Mark ``image`` as a failed decode's placeholder (see the module docstring)."""
+    image.info[DECODE_ERROR] = why
+    return image
+
+
+def decode_error(image: Image.Image) -> str | None:
+    """Why ``image`` is a failed decode's placeholder, or None for a real image."""
+    why = getattr(image, "info", {}).get(DECODE_ERROR)
+    return str(why) if why is not None else None
 
 
 @dataclass
@@ -59,6 +82,17 @@ class ImageTokenPolicy(ABC):
     Subclasses provide a classmethod ``from_pretrained(path, dtype=..., **policy_kwargs)`` loading a local
     folder, set ``layout`` first, then ``model`` (the ``*ForCausalLM``; assigning it builds `lm`),
     ``tokenizer``, and implement `tokenize_prompts` and `decode`.
+
+    Three handles reach the same weights, each legal in one place:
+
+    - `model` (``PreTrainedModel``, the Hugging Face ``*ForCausalLM``): what peft adapts in place and what is
+      saved, exported and pushed to vLLM (Hugging Face state-dict keys; a LoRA adapter merged by the
+      trainable-weights owner, rl/weights/finetune.py). Never called in a training forward.
+    - `lm` (`ImageTokenLM` around `model`): what rollout engines sample through and what a parallel strategy
+      shards or wraps (rl/parallel/); outside the trainer (generate, eval, export) the module to run.
+    - the *wrapped module* (``nn.Module``: ``ParallelStrategy.model``, the recipe's ``lm``): DDP or a
+      DeepSpeed engine around `lm`, or `lm` itself (FSDP2 converts it in place; one process wraps nothing).
+      Every trainer forward and backward runs through it, so gradients are reduced and ZeRO-3 gathers.
     """
 
     layout: ImageTokenLayout
@@ -75,7 +109,12 @@ class ImageTokenPolicy(ABC):
 
     @model.setter
     def model(self, causal_lm: PreTrainedModel) -> None:
-        self.lm = ImageTokenLM(causal_lm, self.layout)
+        self.lm = self.build_lm(causal_lm)
+
+    def build_lm(self, causal_lm: PreTrainedModel) -> ImageTokenLM:
+        """The `ImageTokenLM` around ``causal_lm`` (called whenever `model` is assigned): image logits from the
+        image rows of ``lm_head``. A family with its own image head or guidance returns a subclass."""
+        return ImageTokenLM(causal_lm, self.layout)
 
     @property
     def device(self) -> torch.device:
@@ -103,8 +142,14 @@ class ImageTokenPolicy(ABC):
         """
 
     def frozen_parameters(self) -> list[nn.Parameter]:
-        """Parameters outside `lm` that must never reach an optimizer (e.g. a diffusion refiner)."""
+        """Parameters that must never reach an optimizer: outside `lm` (e.g. a diffusion refiner) or parts of
+        the model generation does not use (e.g. Janus's VQ decoder and understanding encoder, which full
+        fine-tuning leaves frozen)."""
         return []
+
+    #: Modules LoRA must not adapt even when their names match ``model.lora_target_modules`` (a regex over
+    #: module names, peft's ``exclude_modules``): the frozen parts of the model. None: no exclusion.
+    lora_exclude_modules: str | None = None
 
     @classmethod
     def build(cls, path: str | Path, prompts: Sequence[Any], progress: bool = True, **kwargs: Any) -> Path:

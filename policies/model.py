@@ -173,7 +173,7 @@ class ImageTokenLM(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor,
         *,
         codes: torch.Tensor | None = None,
@@ -185,26 +185,32 @@ class ImageTokenLM(nn.Module):
         cache_position: torch.Tensor | None = None,
     ) -> ScoredCodes | StepOutput:
         """Score ``codes [B, N]`` after the prompts ``input_ids [B, P]`` (with ``score``; without it, only the
-        hidden states are returned), or run a step into ``cache`` (``position_ids`` default to the mask's:
-        right for a prefill of left-padded rows). With a `StaticKVCache`, ``cache_position [L]`` gives the
-        columns the L inputs are written to and ``attention_mask [B, S]`` marks which of the cache's first
-        S columns are valid (the prompt's padding 0; S <= S_max, the columns attended); ``position_ids
-        [B, L]`` are then required."""
-        if codes is not None:
-            if cache is not None or (score is None and not return_hidden):
-                raise ValueError("a score call takes codes, and score or return_hidden, and no cache")
-            return self._score(input_ids, attention_mask, codes, score, return_hidden, chunk_size)
+        hidden states are returned), or run a step into ``cache``: a prefill of ``input_ids`` (prompt
+        tokens), or a decode step of image ``codes [B, L]`` (``input_ids`` None). ``position_ids`` default
+        to the mask's: right for a prefill of left-padded rows. With a `StaticKVCache`, ``cache_position
+        [L]`` gives the columns the L inputs are written to and ``attention_mask [B, S]`` marks which of the
+        cache's first S columns are valid (the prompt's padding 0; S <= S_max, the columns attended);
+        ``position_ids [B, L]`` are then required."""
         if cache is None:
-            raise ValueError("give codes (score call) or a cache (step call; new_cache() for a prefill)")
+            if codes is None or input_ids is None or (score is None and not return_hidden):
+                raise ValueError("a score call takes input_ids, codes, and score or return_hidden (no cache); "
+                                 "a step call takes a cache (new_cache() for a prefill)")
+            return self._score(input_ids, attention_mask, codes, score, return_hidden, chunk_size)
+        if (input_ids is None) == (codes is None):
+            raise ValueError("a step call takes prompt input_ids (a prefill) or image codes (a decode step)")
         if isinstance(cache, StaticKVCache):
             if cache_position is None or position_ids is None:
                 raise ValueError("a static-cache step needs cache_position and position_ids")
-            return self._static_step(input_ids, attention_mask, cache, position_ids, cache_position)
-        return self._step(input_ids, attention_mask, cache, position_ids)
+            return self._static_step(input_ids, codes, attention_mask, cache, position_ids, cache_position)
+        return self._step(input_ids, codes, attention_mask, cache, position_ids)
+
+    #: KV-cache rows per sampled row: 1, or 2 under classifier-free guidance (a conditional and an
+    #: unconditional row each; `policies/guidance.py`).
+    rows_per_sample: int = 1
 
     def new_static_cache(self, batch_size: int, max_len: int) -> StaticKVCache:
-        """A `StaticKVCache` for ``batch_size`` rows of up to ``max_len`` tokens, in the weights' dtype and
-        device. Holds no parameters. Only for models whose attention layers all see the full sequence."""
+        """A `StaticKVCache` for ``batch_size`` sampled rows (times `rows_per_sample` cache rows) of up to
+        ``max_len`` tokens, in the weights' dtype and device. Holds no parameters. Only for models whose attention layers all see the full sequence."""
         cfg = self.causal_lm.config
         cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
         types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
@@ -216,7 +222,7 @@ class ImageTokenLM(nn.Module):
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         weight = self.causal_lm.get_input_embeddings().weight
-        return StaticKVCache(cfg.num_hidden_layers, batch_size, getattr(cfg, "num_key_value_heads", None) or heads,
+        return StaticKVCache(cfg.num_hidden_layers, batch_size * self.rows_per_sample, getattr(cfg, "num_key_value_heads", None) or heads,
                              max_len, head_dim, weight.dtype, weight.device)
 
     def new_cache(self) -> Any:
@@ -230,14 +236,25 @@ class ImageTokenLM(nn.Module):
 
     # -- internals --------------------------------------------------------------------------------------
 
-    def _body(self, input_ids, attention_mask, position_ids, cache=None):
-        body: nn.Module = self.causal_lm.get_decoder()
+    def body_inputs(self, input_ids: torch.Tensor | None, codes: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """What the decoder body reads for prompt tokens followed by image codes (either may be None): here
+        their token ids (code k is id ``image_token_start + k``). A model that embeds image codes through
+        its own table (Janus) returns ``inputs_embeds`` instead."""
+        parts = [t for t in (input_ids, None if codes is None else self.layout.to_token_ids(codes)) if t is not None]
+        return {"input_ids": parts[0] if len(parts) == 1 else torch.cat(parts, 1)}
+
+    def decoder_body(self) -> nn.Module:
+        """The transformer body whose ``last_hidden_state`` (after the final norm) the image head reads."""
+        return self.causal_lm.get_decoder()
+
+    def _body(self, inputs: dict[str, torch.Tensor], attention_mask, position_ids, cache=None):
+        body = self.decoder_body()
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)
         kwargs: dict[str, Any] = {"use_cache": cache is not None}
         if cache is not None:
             kwargs[_cache_argument(type(body))] = cache
-        out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        out = body(**inputs, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         return out.last_hidden_state  # [B, L, H], after the final norm
 
     def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -249,43 +266,59 @@ class ImageTokenLM(nn.Module):
         bias = head.bias[start : start + k] if getattr(head, "bias", None) is not None else None
         return nn.functional.linear(hidden.to(weight.dtype), weight, bias)
 
-    def _step(self, input_ids, attention_mask, cache, position_ids) -> StepOutput:
-        h = self._body(input_ids, attention_mask, position_ids, cache)[:, -1]  # [B, H]
+    def _step(self, input_ids, codes, attention_mask, cache, position_ids) -> StepOutput:
+        h = self._body(self.body_inputs(input_ids, codes), attention_mask, position_ids, cache)[:, -1]  # [B, H]
         return StepOutput(logits=self.image_logits(h), hidden=h, cache=cache)
 
-    def _static_step(self, input_ids, columns, cache: StaticKVCache, position_ids, cache_position) -> StepOutput:
-        body: nn.Module = self.causal_lm.get_decoder()
+    def _static_hidden(self, inputs, columns, cache: StaticKVCache, position_ids, cache_position) -> torch.Tensor:
+        """The body's last-position hidden state ``[B, H]`` of a static-cache step."""
+        body = self.decoder_body()
         cfg = self.causal_lm.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg  # a composite config's LM part
         impl = getattr(cfg, "_attn_implementation", None) or "sdpa"
         mask = static_attention_mask(columns, cache_position, impl, cache.keys[0].dtype)
         cache.cache_position, cache.visible = cache_position, columns.shape[1]
-        # A ready-made mask (one per layer type) is used as is: no mask construction, no length queries.
-        out = body(input_ids=input_ids, attention_mask={"full_attention": mask}, position_ids=position_ids,
+        # A ready-made 4D mask is used as is (every layer is full attention): no mask construction, no
+        # length queries on the cache.
+        out = body(**inputs, attention_mask=mask, position_ids=position_ids,
                    use_cache=True, **{_cache_argument(type(body)): cache})
-        h = out.last_hidden_state[:, -1]  # [B, H]
+        return out.last_hidden_state[:, -1]  # [B, H]
+
+    def _static_step(self, input_ids, codes, columns, cache: StaticKVCache, position_ids, cache_position) -> StepOutput:
+        h = self._static_hidden(self.body_inputs(input_ids, codes), columns, cache, position_ids, cache_position)
         return StepOutput(logits=self.image_logits(h), hidden=h, cache=cache)
 
     def _score(self, prompt_ids, prompt_mask, codes, score, return_hidden, chunk_size) -> ScoredCodes:
         p, n = prompt_ids.shape[1], codes.shape[1]
-        input_ids = torch.cat([prompt_ids, self.layout.to_token_ids(codes)], 1)  # [B, P + N]
         attention_mask = torch.cat([prompt_mask, torch.ones_like(codes)], 1)  # [B, P + N]
-        hidden = self._body(input_ids, attention_mask, None)  # [B, P + N, H]
+        hidden = self._body(self.body_inputs(prompt_ids, codes), attention_mask, None)  # [B, P + N, H]
         # hidden at P-1 … P+N-1 are the N + 1 conditioning states; P-1 … P+N-2 predict codes 0 … N-1.
         cond = hidden[:, p - 1 : p + n]  # [B, N + 1, H]
         if score is None:
             return ScoredCodes(None, None, cond)  # grad flows when enabled (for tests of the conditioning)
-        scoring = cond[:, :n]  # [B, N, H]
-        logprobs, entropy = [], []
-        for s in range(0, n, chunk_size):
-            sl = slice(s, min(s + chunk_size, n))
+        logprobs, entropy = score_chunks(self.image_logits, (cond[:, :n],), codes, score, chunk_size)
+        return ScoredCodes(logprobs, entropy, cond.detach() if return_hidden else None)
 
-            def chunk(h, c, sl=sl):
-                return score(self.image_logits(h), c, sl)
 
-            if torch.is_grad_enabled():
-                lp, ent = checkpoint(chunk, scoring[:, sl], codes[:, sl], use_reentrant=False)
-            else:
-                lp, ent = chunk(scoring[:, sl], codes[:, sl])
-            logprobs.append(lp)
-            entropy.append(ent.detach())
-        return ScoredCodes(torch.cat(logprobs, 1), torch.cat(entropy, 1), cond.detach() if return_hidden else None)
+def score_chunks(head: Callable[..., torch.Tensor], states: tuple[torch.Tensor, ...], codes: torch.Tensor,
+                 score: ScoreFn, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropy ``[B, N]`` of ``codes [B, N]`` under ``score(head(*states[:, chunk]), ...)``,
+    chunk by chunk over positions (each chunk under activation checkpointing when grad is on): the image
+    logits of only ``chunk_size`` positions exist at a time. ``states``: the ``[B, N, H]`` hidden states the
+    head reads (one tensor; two for a guided head: conditional and unconditional)."""
+    n = codes.shape[1]
+    logprobs, entropy = [], []
+    for s in range(0, n, chunk_size):
+        sl = slice(s, min(s + chunk_size, n))
+
+        def chunk(c, *hs, sl=sl):
+            return score(head(*hs), c, sl)
+
+        parts = tuple(h[:, sl] for h in states)
+        if torch.is_grad_enabled():
+            lp, ent = checkpoint(chunk, codes[:, sl], *parts, use_reentrant=False)
+        else:
+            lp, ent = chunk(codes[:, sl], *parts)
+        logprobs.append(lp)
+        entropy.append(ent.detach())
+    return torch.cat(logprobs, 1), torch.cat(entropy, 1)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .base import RewardOutput
+from .hub import revision_kwargs
 
 
 def model_source(spec: str, *, reward: str, field: str) -> str:
@@ -37,10 +38,12 @@ def model_source(spec: str, *, reward: str, field: str) -> str:
 
 
 def load_pretrained(loader: Callable[..., Any], spec: str, *, reward: str, field: str, **kwargs: Any) -> Any:
-    """``loader(model_source(spec), **kwargs)``; a folder or hub id it cannot load raises naming the keyword."""
+    """``loader(model_source(spec), **kwargs)``; a folder or hub id it cannot load raises naming the keyword.
+
+    A default hub id loads at its pinned commit (`blip3o_rl.rewards.hub`)."""
     source = model_source(spec, reward=reward, field=field)
     try:
-        return loader(source, **kwargs)
+        return loader(source, **revision_kwargs(source), **kwargs)  # a default hub id at its pinned commit
     except (OSError, ValueError) as exc:
         where = "the folder" if Path(source).is_dir() else "the hub id (no local folder of that name)"
         raise FileNotFoundError(f"{reward}: {field}={spec!r}: {where} could not be loaded: {exc}") from exc

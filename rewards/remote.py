@@ -7,13 +7,16 @@ A call splits its images into requests of ``batch_size`` images (PNG, lossless, 
 equals the in-process one), at most ``max_concurrency`` in flight. Each request has its own id
 (``X-Request-ID``), kept across its retries: the server answers a retried id from memory instead of
 scoring it again, and the client places each answer by position, so no sample is lost or counted
-twice. Connection errors, timeouts, 408/425/429 and 5xx are retried up to ``retries`` times with
-exponential backoff and jitter (``Retry-After`` honoured); other 4xx are not (they would fail again).
-After the retry budget the request's samples score ``None`` with the reason in their details, the
-log says why, and the run goes on. Every result's details hold ``remote``: the server's reward
-identity (spec, name, version), the URL, the request id and the attempts.
+twice. Connection errors, timeouts, 408/425/429 and 5xx are retried with exponential backoff and
+jitter (``Retry-After`` honoured), each retry logged, for ``retry_budget_s`` seconds in all (default
+120 s: longer than a reward server's restart) or ``retries`` retries if that is given; other 4xx are
+not retried (they would fail again). After the budget, or at once for a 4xx, the request's samples
+score ``None`` with the reason in their details (which the trainer's warning quotes), the log says
+why, and the run goes on. Every result's details hold ``remote``: the server's reward identity (spec,
+name, version, the kwargs' sha256), the URL, the request id and the attempts.
 
-The bearer token: ``token=`` or ``$BLIP3O_RL_REWARD_TOKEN`` (better: a recipe is saved with the run).
+The bearer token: ``$BLIP3O_RL_REWARD_TOKEN`` or ``token_file=`` (a recipe is saved with the run, so
+``token=`` in a recipe writes the token into the run folder).
 HTTP through ``requests`` (one session per thread).
 """
 
@@ -30,11 +33,12 @@ import urllib.parse
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from .base import RewardOutput
+from .base import RewardOutput, check_scores
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +68,12 @@ class RemoteReward:
         batch_size: images per request (at most the server's ``--max-images``).
         max_concurrency: requests in flight at once (also how many calls `WeightedRewards` may overlap).
         timeout_s: seconds to wait for one answer; ``connect_timeout_s`` for the connection.
-        retries: further attempts after the first; ``backoff_s`` doubles each time up to ``max_backoff_s``,
-            each wait drawn between half and all of it (jitter).
-        token: bearer token (default: ``$BLIP3O_RL_REWARD_TOKEN``).
+        retry_budget_s: seconds from the first attempt after which a failing request is not retried again.
+        retries: at most this many further attempts (default: as many as the budget allows);
+            ``backoff_s`` doubles each time up to ``max_backoff_s``, each wait drawn between half and all
+            of it (jitter).
+        token: bearer token (default: ``token_file``'s text, else ``$BLIP3O_RL_REWARD_TOKEN``).
+        token_file: a file holding the bearer token.
         image_format: ``"png"`` (lossless) or ``"jpeg"`` (smaller, lossy: scores may differ).
     """
 
@@ -78,10 +85,12 @@ class RemoteReward:
         max_concurrency: int = 4,
         timeout_s: float = 300.0,
         connect_timeout_s: float = 5.0,
-        retries: int = 5,
+        retry_budget_s: float = 120.0,
+        retries: int | None = None,
         backoff_s: float = 0.5,
         max_backoff_s: float = 10.0,
         token: str | None = None,
+        token_file: str | None = None,
         image_format: str = "png",
     ):
         try:
@@ -91,15 +100,26 @@ class RemoteReward:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise ValueError(f"remote reward URL must be http(s)://host:port[/path], got {url!r}")
+        if parts.username or parts.password:  # the URL is recorded in every result (and the run's sample logs)
+            raise ValueError("remote reward URL must not hold credentials (user:password@); use the bearer "
+                             f"token (${TOKEN_ENV} or token_file)")
         if image_format not in ("png", "jpeg"):
             raise ValueError(f"image_format must be 'png' or 'jpeg', got {image_format!r}")
-        if batch_size < 1 or max_concurrency < 1 or retries < 0 or timeout_s <= 0:
-            raise ValueError("batch_size and max_concurrency must be >= 1, retries >= 0, timeout_s > 0")
+        if batch_size < 1 or max_concurrency < 1 or (retries is not None and retries < 0) or timeout_s <= 0 \
+                or retry_budget_s < 0:
+            raise ValueError("batch_size and max_concurrency must be >= 1, retries and retry_budget_s >= 0, "
+                             "timeout_s > 0")
         self.url = url.rstrip("/")
         self.batch_size, self.max_concurrency = int(batch_size), int(max_concurrency)
         self.timeout = (float(connect_timeout_s), float(timeout_s))
-        self.retries, self.backoff_s, self.max_backoff_s = int(retries), float(backoff_s), float(max_backoff_s)
+        self.retries = None if retries is None else int(retries)
+        self.retry_budget_s, self.backoff_s, self.max_backoff_s = float(retry_budget_s), float(backoff_s), float(max_backoff_s)
         self.image_format = image_format
+        if token_file:
+            try:
+                token = token or Path(token_file).expanduser().read_text(encoding="utf-8").strip() or None
+            except OSError as exc:
+                raise ValueError(f"remote reward: token_file {token_file!r} cannot be read: {exc}") from None
         self._token = token or os.environ.get(TOKEN_ENV) or None
         self.max_concurrent_calls = self.max_concurrency  # WeightedRewards may overlap this many calls
         self.__name__ = f"remote:{self.url}"
@@ -155,8 +175,8 @@ class RemoteReward:
             return self._failed(n, rid, 0, f"cannot encode the request: {type(exc).__name__}: {exc}")
         resp, attempts, last = post_with_retries(
             self._session(), f"{self.url}/score", what=f"remote reward {self.url}: request {rid} ({n} images)",
-            timeout=self.timeout, retries=self.retries, backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s,
-            files=files, headers=self._headers(rid))
+            timeout=self.timeout, retries=self.retries, budget_s=self.retry_budget_s, backoff_s=self.backoff_s,
+            max_backoff_s=self.max_backoff_s, files=files, headers=self._headers(rid))
         if resp is None:
             return self._failed(n, rid, attempts, last)
         try:
@@ -171,14 +191,18 @@ class RemoteReward:
         return headers
 
     def _parse(self, data: dict[str, Any], n: int, rid: str, attempts: int) -> RewardOutput:
-        scores, details = data["scores"], data["details"]
-        if len(scores) != n or len(details) != n:
-            raise ValueError(f"{len(scores)} scores and {len(details)} details for {n} images")
+        """The server's answer, checked like a local reward's output (`check_scores`): a wrong count raises
+        (the request fails), a score that is not a number (``"0.51"``, ``true``) fails its sample."""
+        if not isinstance(data, dict):
+            raise ValueError(f"the answer is a JSON {type(data).__name__}, not an object")
         if data.get("request_id") != rid:
             raise ValueError(f"answer for request {data.get('request_id')!r}, not {rid!r}")
+        details = data["details"]
+        if not isinstance(details, list) or not all(isinstance(d, dict) for d in details):
+            raise ValueError("'details' is not a list of objects")
+        out = check_scores(data["scores"], n, self.__name__, details)
         remote = {**data["reward"], "url": self.url, "request_id": rid, "attempts": attempts}
-        return RewardOutput([None if s is None else float(s) for s in scores],
-                            [{**d, "remote": remote} for d in details])
+        return RewardOutput(out.scores, [{**d, "remote": remote} for d in out.details])
 
     def _failed(self, n: int, rid: str, attempts: int, why: str) -> RewardOutput:
         msg = f"remote reward {self.url}: request {rid} failed after {attempts} attempt(s): {why}"
@@ -187,18 +211,24 @@ class RemoteReward:
         return RewardOutput([None] * n, [{"error": msg, "remote": remote} for _ in range(n)])
 
 
-def post_with_retries(session: Any, url: str, *, what: str, timeout: float | tuple[float, float], retries: int,
-                      backoff_s: float, max_backoff_s: float, **request: Any) -> tuple[Any | None, int, str]:
+def post_with_retries(session: Any, url: str, *, what: str, timeout: float | tuple[float, float],
+                      retries: int | None, backoff_s: float, max_backoff_s: float, budget_s: float | None = None,
+                      **request: Any) -> tuple[Any | None, int, str]:
     """POST ``url`` (``request``: `requests` keyword arguments) until an HTTP 200, with the retry policy above.
 
-    Connection errors, timeouts and `RETRY_STATUS` answers are retried up to ``retries`` times, waiting
-    ``backoff_s`` doubled per attempt up to ``max_backoff_s``, each wait drawn in [half, all] of it
-    (jitter), or the server's ``Retry-After``; any other status fails at once. Returns ``(response,
-    attempts, "")`` on a 200, else ``(None, attempts, the last reason)``. ``what`` names the request in
-    the log. Shared by `RemoteReward` and the VLM judge (`blip3o_rl.rewards.judge`).
+    Connection errors, timeouts and `RETRY_STATUS` answers are retried, waiting ``backoff_s`` doubled
+    per attempt up to ``max_backoff_s``, each wait drawn in [half, all] of it (jitter), or the server's
+    ``Retry-After`` (at most ``max_backoff_s``); any other status fails at once. Retries stop after
+    ``retries`` of them (None: no count) or once the next wait would end more than ``budget_s``
+    seconds after the first attempt began (None: no time budget); one of the two must be given.
+    Returns ``(response, attempts, "")`` on a 200, else ``(None, attempts, the last reason)``. ``what``
+    names the request in the log. Shared by `RemoteReward` and the VLM judge (`blip3o_rl.rewards.judge`).
     """
-    last = ""
-    for attempt in range(1, retries + 2):
+    if retries is None and budget_s is None:
+        raise ValueError("post_with_retries needs retries or budget_s")
+    start, last, attempt = time.monotonic(), "", 0
+    while True:
+        attempt += 1
         retry_after: float | None = None
         try:
             resp = session.post(url, timeout=timeout, **request)
@@ -209,15 +239,21 @@ def post_with_retries(session: Any, url: str, *, what: str, timeout: float | tup
                 return resp, attempt, ""
             last = f"HTTP {resp.status_code}: {_reason(resp)}"
             if resp.status_code not in RETRY_STATUS:
-                return None, attempt, last  # a 4xx would fail again: no retry
+                logger.warning("%s: attempt %d failed (%s); not retried (a client error would fail again)",
+                               what, attempt, last)
+                return None, attempt, last
             retry_after = _retry_after(resp)
-        if attempt > retries:
-            break
         ceiling = min(max_backoff_s, backoff_s * 2 ** (attempt - 1))
         delay = random.uniform(ceiling / 2, ceiling) if retry_after is None else min(retry_after, max_backoff_s)
+        if retries is not None and attempt > retries:
+            break
+        elapsed = time.monotonic() - start
+        if budget_s is not None and elapsed + delay > budget_s:
+            last += f" (retry budget of {budget_s:g} s spent: {elapsed:.1f} s)"
+            break
         logger.warning("%s: attempt %d failed (%s); retrying in %.2f s", what, attempt, last, delay)
         time.sleep(delay)
-    return None, retries + 1, last
+    return None, attempt, last
 
 
 def _reason(resp: Any) -> str:

@@ -11,17 +11,24 @@ Protocol (the OpenAPI schema is at ``/openapi.json``, interactive docs at ``/doc
   ``{"prompts": [str, ...], "metadata": [{...}, ...]}`` (metadata optional), and one ``images`` file
   part per prompt, each PNG or JPEG bytes. The answer is JSON: ``scores`` (a number or ``null`` per
   image: the reward could not score it, never 0), ``details`` (one object per image; ``error`` says
-  why a score is null), ``request_id`` and ``reward`` (spec, name and version of what scored it).
+  why a score is null), ``request_id`` and ``reward`` (spec, name, version and the sha256 of the
+  reward's kwargs: never their values, which may hold a credential).
 - ``GET /health`` (the process answers), ``GET /ready`` (the reward is built: 200, else 503),
   ``GET /info`` (reward identity and limits), ``GET /stats`` (counters).
 
 Safety: request bodies are parsed as multipart, JSON and PNG/JPEG only; nothing is ever unpickled.
-A bearer token (``--token`` or ``$BLIP3O_RL_REWARD_TOKEN``) is required on every route but ``/health``
-and ``/ready`` when set, and the server refuses to bind beyond loopback without one. Limits are
-checked before the work they protect: the body size (``Content-Length``, then while reading), the
-number of images (while parsing), and each image's pixel count from its header, before its pixels
-are decoded (a small PNG that would expand to gigapixels is refused, 413). Refusals are 4xx with a
-reason; an image the server refuses is named by its index.
+A bearer token (``--token-file`` or ``$BLIP3O_RL_REWARD_TOKEN``) is required on every route but
+``/health`` and ``/ready`` when set (beyond loopback the docs and ``/openapi.json`` too), and the
+server refuses to bind beyond loopback without a strong one. Every malformed request is a 4xx with
+a reason, whatever the parsers raise. Limits are checked before the work they protect
+(`blip3o_rl.rewards.admission`): the body size (``Content-Length``, then while reading), the number
+of images (while parsing), the ``request`` JSON's size and depth, each image's and the request's
+pixel count from the headers before any pixel is decoded; decoding and scoring happen inside the
+admission control (``concurrency`` slots and a per-worker budget of decoded pixels in flight); a
+request that cannot get its share within ``queue_timeout_s``, or whose reward runs out of memory,
+is answered 503 with ``Retry-After``. Slow clients: headers must arrive within ``header_timeout_s``
+(`blip3o_rl.rewards.http_protocol`), the body within ``body_timeout_s`` (408); a client that
+disconnects is one INFO line.
 
 Retries: a request carries an id (``X-Request-ID``); a request whose id (and body) the server has
 already answered, or is answering, gets that same answer without scoring again, so a client that
@@ -40,10 +47,10 @@ import dataclasses
 import hashlib
 import hmac
 import importlib.metadata
-import io
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -56,10 +63,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from .. import registry
-from .base import REMOTE_PREFIX, Reward, load_reward, score_batch
+from .admission import (
+    Budget,
+    RequestRefused,
+    ServerLimits,
+    busy,
+    decode_images,
+    inspect_images,
+    parse_request_json,
+)
+from .base import REMOTE_PREFIX, Reward, RewardOutput, ScoreCountError, load_reward, run_reward
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +81,6 @@ TOKEN_ENV = "BLIP3O_RL_REWARD_TOKEN"
 _SETTINGS_ENV = "BLIP3O_RL_REWARD_SERVER"  # settings handed to worker processes (JSON)
 _SLOTS_ENV = "BLIP3O_RL_REWARD_SERVER_SLOTS"  # folder of per-device lock files
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-FORMATS = ("PNG", "JPEG")
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """What one ``/score`` request may carry; checked before the work each limit protects."""
-
-    max_body_bytes: int = 64 * 2**20
-    max_images: int = 256
-    max_image_pixels: int = 4096 * 4096
-    max_total_pixels: int = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -116,17 +119,30 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: a token for a server beyond loopback: at least this long, and this many bits by its character variety
+MIN_TOKEN_CHARS, MIN_TOKEN_BITS = 24, 100
+TOKEN_HINT = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+def token_bits(token: str) -> float:
+    """A rough entropy estimate: length x log2(distinct characters) (a repeated or short token scores low)."""
+    return len(token) * math.log2(len(set(token))) if len(set(token)) > 1 else 0.0
+
+
 def check_settings(settings: ServerSettings) -> None:
     """Refuse settings that would be unsafe or cannot work, with the reason."""
-    if not is_loopback(settings.host) and not settings.token:
-        raise ValueError(f"serving on {settings.host} (beyond loopback) needs a bearer token: pass --token or "
-                         f"set ${TOKEN_ENV}")
+    if not is_loopback(settings.host):
+        if not settings.token:
+            raise ValueError(f"serving on {settings.host} (beyond loopback) needs a bearer token: pass "
+                             f"--token-file or set ${TOKEN_ENV}")
+        if len(settings.token) < MIN_TOKEN_CHARS or token_bits(settings.token) < MIN_TOKEN_BITS:
+            raise ValueError(f"serving on {settings.host} (beyond loopback) needs a strong token: at least "
+                             f"{MIN_TOKEN_CHARS} characters and ~{MIN_TOKEN_BITS} bits (this one: "
+                             f"{len(settings.token)} characters, ~{token_bits(settings.token):.0f} bits); make one "
+                             f"with {TOKEN_HINT}")
     if settings.reward.startswith(REMOTE_PREFIX):
         raise ValueError("a reward server cannot serve a remote reward (it would only forward requests)")
-    lim = settings.limits
-    for name in ("max_body_bytes", "max_images", "max_image_pixels", "max_total_pixels"):
-        if getattr(lim, name) < 1:
-            raise ValueError(f"{name} must be >= 1")
+    settings.limits.check()
     if settings.workers < 1 or settings.concurrency < 1:
         raise ValueError("workers and concurrency must be >= 1")
 
@@ -148,68 +164,24 @@ def _version_of(obj: object) -> str | None:
     return None
 
 
+def kwargs_digest(kwargs: dict[str, Any]) -> str:
+    """sha256 of the kwargs' canonical JSON: equal kwargs, equal digests; the values never leave the server."""
+    return hashlib.sha256(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def reward_identity(settings: ServerSettings, reward: object) -> dict[str, Any]:
-    """What the server scores with: recorded in every answer (and by `RemoteReward` in every result)."""
+    """What the server scores with, in every answer and in /info: spec, name, version, the kwargs' digest.
+
+    Never the kwargs themselves: they may hold a credential, and every token holder (and every run's
+    sample log) sees the identity.
+    """
     try:
         server_version = importlib.metadata.version("blip3o-rl")
     except importlib.metadata.PackageNotFoundError:
         server_version = None
-    return {"spec": settings.reward, "kwargs": settings.kwargs,
+    return {"spec": settings.reward, "kwargs_sha256": kwargs_digest(settings.kwargs),
             "name": getattr(reward, "__name__", type(reward).__name__),
             "version": _version_of(reward), "server": f"blip3o-rl {server_version}"}
-
-
-class RequestRefused(Exception):
-    """A request refused with a 4xx: ``status``, a message, and per-image errors where they apply."""
-
-    def __init__(self, status: int, message: str, errors: Sequence[dict[str, Any]] = ()):
-        super().__init__(message)
-        self.status, self.message, self.errors = status, message, list(errors)
-
-
-def decode_image(data: bytes, index: int, limits: ServerLimits) -> Image.Image:
-    """PNG/JPEG bytes -> a loaded image; the header's size is checked against the limit before decoding."""
-    try:
-        image = Image.open(io.BytesIO(data), formats=list(FORMATS))  # reads the header only
-    except Image.DecompressionBombError as exc:  # PIL's own header check (> 2 x Image.MAX_IMAGE_PIXELS)
-        raise RequestRefused(413, f"image {index} is a decompression bomb: {exc}",
-                             [{"index": index, "error": f"decompression bomb: {exc}"}]) from None
-    except Exception as exc:  # PIL raises UnidentifiedImageError, SyntaxError, OSError...
-        raise RequestRefused(415, f"image {index} is not a PNG or JPEG image",
-                             [{"index": index, "error": f"not a PNG or JPEG image ({type(exc).__name__})"}]) from None
-    pixels = image.width * image.height
-    if pixels > limits.max_image_pixels:
-        raise RequestRefused(413, f"image {index} is {image.width} x {image.height} = {pixels} pixels, over the "
-                             f"limit of {limits.max_image_pixels}",
-                             [{"index": index, "error": f"{pixels} pixels > {limits.max_image_pixels}"}])
-    try:
-        image.load()
-    except Exception as exc:  # truncated or corrupt data, PIL's own DecompressionBombError
-        raise RequestRefused(422, f"image {index} cannot be decoded: {type(exc).__name__}: {exc}",
-                             [{"index": index, "error": f"{type(exc).__name__}: {exc}"}]) from None
-    return image
-
-
-def parse_request_json(text: str, num_images: int) -> tuple[list[str], list[dict[str, Any]]]:
-    """The ``request`` field: ``{"prompts": [...], "metadata": [...]}``, one entry per image."""
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestRefused(400, f"the 'request' field is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or set(data) - {"prompts", "metadata"} or "prompts" not in data:
-        raise RequestRefused(422, "'request' must be an object with 'prompts' (a list of strings) and optional "
-                             "'metadata' (a list of objects)")
-    prompts, metadata = data["prompts"], data.get("metadata")
-    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-        raise RequestRefused(422, "'prompts' must be a list of strings")
-    if metadata is None:
-        metadata = [{} for _ in prompts]
-    if not isinstance(metadata, list) or not all(isinstance(m, dict) for m in metadata):
-        raise RequestRefused(422, "'metadata' must be a list of objects")
-    if not (len(prompts) == len(metadata) == num_images):
-        raise RequestRefused(422, f"{num_images} images, {len(prompts)} prompts and {len(metadata)} metadata "
-                             "rows: one of each per image")
-    return prompts, metadata
 
 
 def _claim_device(settings: ServerSettings) -> str | None:
@@ -239,26 +211,69 @@ def _claim_device(settings: ServerSettings) -> str | None:
 _HELD: list[Any] = []
 
 
+class _OutOfMemory(BaseException):
+    """A reward's MemoryError (or CUDA out-of-memory), carried past `run_reward`'s per-batch failure
+    handling so that the request is answered 503 (retry later), not scored ``None``."""
+
+
+def _memory_guarded(reward: Reward) -> Any:
+    def call(images: Any, prompts: Any, metadata: Any) -> Any:
+        try:
+            return reward(images, prompts, metadata)
+        except MemoryError as exc:
+            raise _OutOfMemory(f"MemoryError: {exc}") from None
+        except Exception as exc:
+            if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA), without importing torch
+                raise _OutOfMemory(f"{type(exc).__name__}: {exc}") from None
+            raise
+
+    return call
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """A reward's details as strict JSON: non-finite floats and other objects as strings, bad Unicode replaced."""
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if depth < 32 and isinstance(value, dict):
+        return {_json_safe(str(k)): _json_safe(v, depth + 1) for k, v in value.items()}
+    if depth < 32 and isinstance(value, (list, tuple)):
+        return [_json_safe(v, depth + 1) for v in value]
+    return _json_safe(str(value)[:1000])
+
+
 class _State:
-    """One worker's reward, counters and memory of answered request ids."""
+    """One worker's reward, counters, budgets and memory of answered request ids."""
 
     def __init__(self, settings: ServerSettings, reward: Reward | None):
         self.settings, self.reward = settings, reward
         self.identity: dict[str, Any] | None = None if reward is None else reward_identity(settings, reward)
         self.device: str | None = None
         self.answered: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
-        self.in_flight: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
-        self.semaphore: asyncio.Semaphore | None = None
-        self.stats = {"requests": 0, "scored_requests": 0, "scored_images": 0, "dedup_hits": 0, "refused": 0}
+        self.in_flight: dict[str, tuple[str, asyncio.Future[dict[str, Any] | RequestRefused]]] = {}
+        self.slots: Budget | None = None  # created in the event loop (lifespan)
+        self.pixels: Budget | None = None
+        self.body_bytes: Budget | None = None
+        self.stats = {"requests": 0, "scored_requests": 0, "scored_images": 0, "dedup_hits": 0, "refused": 0,
+                      "busy": 0, "disconnected": 0}
+
+
+_DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+_OPEN_PATHS = frozenset({"/health", "/ready"})
 
 
 def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
     """The FastAPI app serving ``settings.reward`` (built at start-up unless ``reward`` is given)."""
     try:
         from fastapi import FastAPI, Request
+        from fastapi.openapi.utils import get_openapi
         from fastapi.responses import JSONResponse
         from pydantic import BaseModel
         from starlette.concurrency import run_in_threadpool
+        from starlette.requests import ClientDisconnect
     except ImportError as exc:
         raise ImportError(f"the reward server needs FastAPI and uvicorn ({exc}); install them with: "
                           "pip install 'blip3o-rl[server]'") from exc
@@ -267,10 +282,11 @@ def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
     check_settings(settings)
     state = _State(settings, reward)
     limits = settings.limits
+    docs_need_token = bool(settings.token) and not is_loopback(settings.host)
 
     class RewardInfo(BaseModel):
         spec: str
-        kwargs: dict[str, Any]
+        kwargs_sha256: str
         name: str
         version: str | None
         server: str
@@ -288,7 +304,9 @@ def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
-        state.semaphore = asyncio.Semaphore(settings.concurrency)
+        state.slots = Budget(settings.concurrency, "scoring slots")
+        state.pixels = Budget(limits.pixels_in_flight, "decoded pixels")
+        state.body_bytes = Budget(limits.body_bytes_in_flight, "body bytes")
         if state.reward is None:
             state.device = _claim_device(settings)
             built = await run_in_threadpool(load_reward, settings.reward, **settings.kwargs)
@@ -300,18 +318,23 @@ def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
     refusals: dict[int | str, dict[str, Any]] = {
         code: {"model": Refusal, "description": why} for code, why in (
             (400, "malformed request or JSON"), (401, "missing bearer token"), (403, "wrong bearer token"),
+            (408, "the body did not arrive within the body timeout"),
             (409, "request id reused for another body"), (413, "body, image count or pixel count over the limit"),
             (415, "not multipart/form-data, or an image that is not PNG/JPEG"),
-            (422, "well-formed but inconsistent request, or an image that cannot be decoded"),
-            (503, "the reward is not ready yet"))}
+            (422, "well-formed but inconsistent request, an image that cannot be decoded, or a reward that "
+                  "returned the wrong number of scores"),
+            (503, "the reward is not ready yet, or the worker's memory budget or queue is full (see Retry-After)"))}
     app = FastAPI(title="blip3o-rl reward server", version=reward_identity(settings, object())["server"],
                   description=__doc__, lifespan=lifespan)
 
     def refuse(rid: str, exc: RequestRefused) -> Any:
-        state.stats["refused"] += 1
+        state.stats["busy" if exc.status == 503 else "refused"] += 1
         logger.warning("request %s refused (%d): %s", rid, exc.status, exc.message)
+        headers = dict(exc.headers or {})
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse({"detail": exc.message, "errors": exc.errors, "request_id": rid}, exc.status,
-                            headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
+                            headers=headers or None)
 
     def authorise(request: Any) -> None:
         if not settings.token:
@@ -320,7 +343,7 @@ def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
         scheme, _, given = auth.partition(" ")
         if scheme.lower() != "bearer" or not given:
             raise RequestRefused(401, "a bearer token is required (Authorization: Bearer <token>)")
-        if not hmac.compare_digest(given.encode(), settings.token.encode()):
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), settings.token.encode()):
             raise RequestRefused(403, "wrong bearer token")
 
     @app.middleware("http")
@@ -330,6 +353,13 @@ def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
             rid = uuid.uuid4().hex
         request.state.request_id = rid
         start = time.perf_counter()
+        if docs_need_token and request.url.path in _DOC_PATHS:  # beyond loopback the docs need the token too
+            try:
+                authorise(request)
+            except RequestRefused as exc:
+                response = refuse(rid, exc)
+                response.headers["X-Request-ID"] = rid
+                return response
         response = await call_next(request)
         response.headers["X-Request-ID"] = rid
         logger.info("request %s %s %s -> %d in %.1f ms", rid, request.method, request.url.path,
@@ -350,23 +380,33 @@ def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
 
     @app.get("/info", responses={k: refusals[k] for k in (401, 403)})
     async def info(request: Request) -> Any:
-        """The reward's identity, this worker's device and the request limits."""
+        """The reward's identity (spec, name, version, the kwargs' sha256), this worker's device, the limits."""
         try:
             authorise(request)
         except RequestRefused as exc:
             return refuse(request.state.request_id, exc)
         return {"reward": state.identity, "device": state.device, "pid": os.getpid(),
-                "limits": dataclasses.asdict(limits)}
+                "limits": {**dataclasses.asdict(limits), "max_pixels_in_flight": limits.pixels_in_flight,
+                           "max_body_bytes_in_flight": limits.body_bytes_in_flight},
+                "concurrency": settings.concurrency}
 
     @app.get("/stats", responses={k: refusals[k] for k in (401, 403)})
     async def stats(request: Request) -> Any:
-        """Counters of this worker: requests, scored requests and images, dedup hits, refusals."""
+        """Counters of this worker: requests, scored requests and images, dedup hits, refusals, 503s."""
         try:
             authorise(request)
         except RequestRefused as exc:
             return refuse(request.state.request_id, exc)
         return dict(state.stats)
 
+    request_schema = {
+        "type": "object", "required": ["prompts"], "additionalProperties": False,
+        "description": "one prompt (and optional metadata object) per image, in order",
+        "properties": {
+            "prompts": {"type": "array", "items": {"type": "string"}, "maxItems": limits.max_images},
+            "metadata": {"type": "array", "items": {"type": "object"}, "maxItems": limits.max_images},
+        },
+    }
     multipart_body = {
         "required": True,
         "content": {"multipart/form-data": {
@@ -374,9 +414,7 @@ def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
                 "type": "object",
                 "required": ["request", "images"],
                 "properties": {
-                    "request": {"type": "string", "contentMediaType": "application/json",
-                                "description": 'JSON {"prompts": [string, ...], "metadata": [object, ...]}, one '
-                                "entry per image (metadata optional)"},
+                    "request": request_schema,
                     "images": {"type": "array", "maxItems": limits.max_images,
                                "items": {"type": "string", "format": "binary"},
                                "description": "one PNG or JPEG file part per prompt, in order"},
@@ -395,45 +433,72 @@ def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
         state.stats["requests"] += 1
         try:
             authorise(request)
-            if state.reward is None or state.semaphore is None:
-                return JSONResponse({"detail": "the reward is not ready yet", "errors": [], "request_id": rid},
-                                    503, headers={"Retry-After": "1"})
+            if state.reward is None or state.body_bytes is None:
+                raise busy("the reward is not ready yet", 1)
             ctype = request.headers.get("content-type", "")
             if not ctype.lower().startswith("multipart/form-data"):  # e.g. a pickle: refused unread
                 raise RequestRefused(415, "expected multipart/form-data (PNG/JPEG images + a JSON 'request' "
                                      f"field), got {ctype or 'no Content-Type'!r}")
-            body = await _read_body(request, limits.max_body_bytes)
-            text, blobs = await _parse_form(request, body)
-            digest = _content_digest(text, blobs)  # of the content: a retry re-encodes with a new boundary
-            if rid in state.answered:  # a retry of an answered request: the same answer, not scored again
-                seen, answer = state.answered[rid]
-                if seen != digest:
-                    raise RequestRefused(409, f"request id {rid} was already used for another request")
-                state.stats["dedup_hits"] += 1
-                return answer
-            if rid in state.in_flight:  # a retry while the first attempt is still scoring: wait for it
-                seen, pending = state.in_flight[rid]
-                if seen != digest:
-                    raise RequestRefused(409, f"request id {rid} is in use for another request")
-                state.stats["dedup_hits"] += 1
-                return await asyncio.shield(pending)
-            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-            state.in_flight[rid] = (digest, future)
+            size = await _declared_size(request, limits.max_body_bytes)
+            if not await state.body_bytes.take(size, limits.queue_timeout_s):
+                raise busy(f"this worker's request bodies in flight are at their budget "
+                           f"({limits.body_bytes_in_flight} bytes) for {limits.queue_timeout_s:g} s")
             try:
-                answer = await _score(rid, text, blobs)
-            except BaseException as exc:
-                future.set_exception(exc)
-                future.exception()  # retrieved: no "never retrieved" warning when no retry waits on it
-                raise
+                outcome = await _receive_and_score(request, rid)
             finally:
-                state.in_flight.pop(rid, None)
-            future.set_result(answer)
-            state.answered[rid] = (digest, answer)
-            while len(state.answered) > settings.dedup_cache:
-                state.answered.popitem(last=False)
-            return answer
+                await state.body_bytes.give(size)
+            if isinstance(outcome, RequestRefused):  # returned, not raised: no traceback holds this frame
+                return refuse(rid, outcome)
+            return JSONResponse(outcome)
         except RequestRefused as exc:
             return refuse(rid, exc)
+        except ClientDisconnect:
+            state.stats["disconnected"] += 1
+            logger.info("request %s: the client disconnected before its body arrived", rid)
+            return JSONResponse({"detail": "client disconnected", "errors": [], "request_id": rid}, 400)
+
+    async def _receive_and_score(request: Any, rid: str) -> dict[str, Any] | RequestRefused:
+        """Read, parse and score one request (deduplicated by id); a refusal is returned, not raised."""
+        try:
+            body = await asyncio.wait_for(_read_body(request, limits.max_body_bytes), limits.body_timeout_s)
+        except asyncio.TimeoutError:  # not the builtin before Python 3.11
+            return RequestRefused(408, f"the body did not arrive within {limits.body_timeout_s:g} s")
+        except RequestRefused as exc:
+            return exc.detached()
+        try:
+            text, blobs = await _parse_form(request, body)
+        except RequestRefused as exc:
+            return exc.detached()
+        del body  # the parts are copies
+        digest = _content_digest(text, blobs)  # of the content: a retry re-encodes with a new boundary
+        if rid in state.answered:  # a retry of an answered request: the same answer, not scored again
+            seen, answer = state.answered[rid]
+            if seen != digest:
+                return RequestRefused(409, f"request id {rid} was already used for another request")
+            state.stats["dedup_hits"] += 1
+            return answer
+        if rid in state.in_flight:  # a retry while the first attempt is still scoring: wait for it
+            seen, pending = state.in_flight[rid]
+            if seen != digest:
+                return RequestRefused(409, f"request id {rid} is in use for another request")
+            state.stats["dedup_hits"] += 1
+            return await asyncio.shield(pending)
+        future: asyncio.Future[dict[str, Any] | RequestRefused] = asyncio.get_running_loop().create_future()
+        state.in_flight[rid] = (digest, future)
+        try:
+            outcome = await _score(rid, text, blobs)
+        except BaseException as exc:  # a server bug or a cancelled task: any retry waiting gets it too
+            future.set_exception(type(exc)(*exc.args) if isinstance(exc, Exception) else exc)
+            future.exception()  # retrieved: no "never retrieved" warning when no retry waits on it
+            raise
+        finally:
+            state.in_flight.pop(rid, None)
+        future.set_result(outcome)
+        if not isinstance(outcome, RequestRefused):  # refusals are not remembered: a retry is checked again
+            state.answered[rid] = (digest, outcome)
+        while len(state.answered) > settings.dedup_cache:
+            state.answered.popitem(last=False)
+        return outcome
 
     async def _parse_form(request: Any, body: bytes) -> tuple[str, list[bytes]]:
         """The ``request`` JSON text and the image parts' bytes (nothing decoded yet)."""
@@ -452,64 +517,118 @@ def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
                                      max_part_size=limits.max_body_bytes)
         except Exception as exc:  # starlette's HTTPException / MultiPartException: malformed multipart
             raise RequestRefused(400, f"malformed multipart body: {getattr(exc, 'detail', exc)}") from None
-        files = form.getlist("images")
-        text = form.get("request")
-        if set(form.keys()) - {"images", "request"}:
-            raise RequestRefused(400, f"unexpected form fields {sorted(set(form.keys()) - {'images', 'request'})}")
-        if len(files) > limits.max_images:
-            raise RequestRefused(413, f"more than {limits.max_images} images in one request")
-        if not isinstance(text, str):
-            raise RequestRefused(400, "a 'request' form field (JSON text, not a file) is required")
-        if any(isinstance(f, str) for f in files):
-            raise RequestRefused(400, "'images' must be file parts")
-        return text, [await f.read() for f in files]  # type: ignore[union-attr]
+        try:
+            files = form.getlist("images")
+            text = form.get("request")
+            if set(form.keys()) - {"images", "request"}:
+                raise RequestRefused(400, f"unexpected form fields {sorted(set(form.keys()) - {'images', 'request'})}")
+            if len(files) > limits.max_images:
+                raise RequestRefused(413, f"more than {limits.max_images} images in one request")
+            if not isinstance(text, str):
+                raise RequestRefused(400, "a 'request' form field (JSON text, not a file) is required")
+            if any(isinstance(f, str) for f in files):
+                raise RequestRefused(400, "'images' must be file parts")
+            return text, [await f.read() for f in files]  # type: ignore[union-attr]
+        finally:
+            await form.close()
 
-    async def _score(rid: str, text: str, blobs: list[bytes]) -> dict[str, Any]:
-        prompts, metadata = parse_request_json(text, len(blobs))
-        images = await run_in_threadpool(_decode_all, blobs, limits)
-        assert state.semaphore is not None and state.reward is not None
-        async with state.semaphore:
-            out = await run_in_threadpool(score_batch, state.reward, settings.reward, images, prompts, metadata)
+    async def _score(rid: str, text: str, blobs: list[bytes]) -> dict[str, Any] | RequestRefused:
+        """Check, admit, decode and score; the images live only inside the admission control."""
+        try:
+            prompts, metadata = parse_request_json(text, len(blobs), limits)
+            pixels = inspect_images(blobs, limits)  # headers only: refused before any pixel is decoded
+        except RequestRefused as exc:
+            return exc.detached()
+        assert state.pixels is not None and state.slots is not None
+        deadline = time.monotonic() + limits.queue_timeout_s
+        if not await state.pixels.take(pixels, limits.queue_timeout_s):
+            return busy(f"this worker's decoded-pixel budget ({limits.pixels_in_flight}) stayed full for "
+                        f"{limits.queue_timeout_s:g} s")
+        try:
+            if not await state.slots.take(1, max(0.0, deadline - time.monotonic())):
+                return busy(f"all {settings.concurrency} scoring slots stayed busy for {limits.queue_timeout_s:g} s")
+            try:
+                outcome = await run_in_threadpool(_decode_and_score, blobs, prompts, metadata)
+            finally:
+                await state.slots.give(1)
+        finally:
+            await state.pixels.give(pixels)
+        if isinstance(outcome, RequestRefused):
+            return outcome
         state.stats["scored_requests"] += 1
-        state.stats["scored_images"] += len(images)
-        details = json.loads(json.dumps(out.details, default=str))  # JSON-safe, whatever the reward put there
-        return {"request_id": rid, "reward": state.identity, "scores": out.scores, "details": details}
+        state.stats["scored_images"] += len(blobs)
+        return {"request_id": rid, "reward": state.identity, "scores": outcome.scores,
+                "details": _json_safe(outcome.details)}
 
+    def _decode_and_score(blobs: list[bytes], prompts: list[str], metadata: list[dict[str, Any]]) -> Any:
+        """In a worker thread: the images, decoded, scored and dropped before returning."""
+        assert state.reward is not None
+        images = decode_images(blobs)
+        if isinstance(images, RequestRefused):
+            return images
+        try:
+            return run_reward(_memory_guarded(state.reward), settings.reward, images, prompts, metadata)
+        except _OutOfMemory as exc:
+            logger.error("reward %r ran out of memory on %d images: %s", settings.reward, len(images), exc)
+            return busy(f"the reward ran out of memory ({exc}); retry later").detached()
+        except ScoreCountError as exc:  # the reward's bug: a retry would get the same; a 4xx, never a 5xx
+            logger.error("%s", exc)
+            return RequestRefused(422, str(exc))
+        except Exception as exc:  # any other break of the reward's contract: its samples fail with the reason
+            logger.error("reward %r returned an invalid result for %d images: %s", settings.reward, len(images), exc)
+            why = f"the reward's output is invalid: {type(exc).__name__}: {exc}"
+            return RewardOutput([None] * len(images), [{"error": why} for _ in images])
+        finally:
+            images.clear()
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, plus the bearer scheme on every route but /health and /ready when a token is set."""
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        if settings.token:
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": f"the server's token (${TOKEN_ENV})"}}
+            for path, operations in schema["paths"].items():
+                if path not in _OPEN_PATHS:
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
 def _content_digest(text: str, blobs: Sequence[bytes]) -> str:
     h = hashlib.sha256()
-    for part in (text.encode(), *blobs):
+    for part in (text.encode("utf-8", "surrogatepass"), *blobs):
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
     return h.hexdigest()
 
 
-def _decode_all(blobs: Sequence[bytes], limits: ServerLimits) -> list[Image.Image]:
-    images, total = [], 0
-    for i, blob in enumerate(blobs):
-        image = decode_image(blob, i, limits)
-        total += image.width * image.height
-        if total > limits.max_total_pixels:
-            raise RequestRefused(413, f"the images add up to more than {limits.max_total_pixels} pixels")
-        images.append(image)
-    return images
+async def _declared_size(request: Any, limit: int) -> int:
+    """The body's ``Content-Length`` (``limit`` when it has none); over ``limit``: 413, a moderate excess drained."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return limit
+    try:
+        size = int(declared)
+    except ValueError:
+        raise RequestRefused(400, f"bad Content-Length {declared[:40]!r}") from None
+    if size < 0:
+        raise RequestRefused(400, f"bad Content-Length {declared[:40]!r}")
+    if size > limit:
+        if size <= 4 * limit:  # read (and drop) a moderate excess so the client sees the 413, not a reset
+            async for _ in request.stream():
+                pass
+        raise RequestRefused(413, f"body of {size} bytes is over the limit of {limit}")
+    return size
 
 
 async def _read_body(request: Any, limit: int) -> bytes:
-    """The body, refused (413) past ``limit`` bytes: by its Content-Length first, else while reading."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise RequestRefused(400, f"bad Content-Length {declared!r}") from None
-        if size > limit:
-            if size <= 4 * limit:  # read (and drop) a moderate excess so the client sees the 413, not a reset
-                async for _ in request.stream():
-                    pass
-            raise RequestRefused(413, f"body of {size} bytes is over the limit of {limit}")
+    """The body, refused (413) past ``limit`` bytes while reading."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -545,22 +664,26 @@ def serve(settings: ServerSettings, port_file: str | None = None, log_level: str
     except ImportError as exc:
         raise ImportError(f"the reward server needs FastAPI and uvicorn ({exc}); install them with: "
                           "pip install 'blip3o-rl[server]'") from exc
+    from .http_protocol import CONFIG_ATTR, HeaderTimeoutH11Protocol
+
     check_settings(settings)
     workers = len(settings.devices) or settings.workers
+    common: dict[str, Any] = {"log_level": log_level, "access_log": False, "timeout_graceful_shutdown": 5,
+              "http": HeaderTimeoutH11Protocol}
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     if workers == 1:
         if settings.devices:
             os.environ["CUDA_VISIBLE_DEVICES"] = settings.devices[0]
         app = create_app(settings, load_reward(settings.reward, **settings.kwargs))
-        config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+        config = uvicorn.Config(app, **common)
     else:
         registry.check_kwargs("reward", settings.reward, registry.resolve("reward", settings.reward),
                               settings.kwargs)  # a bad spec fails here, not in N workers
         os.environ[_SETTINGS_ENV] = settings.to_json()
         os.environ[_SLOTS_ENV] = tempfile.mkdtemp(prefix="blip3o-rl-reward-slots-")
-        config = uvicorn.Config("blip3o_rl.rewards.server:app_from_env", factory=True, workers=workers,
-                                log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+        config = uvicorn.Config("blip3o_rl.rewards.server:app_from_env", factory=True, workers=workers, **common)
+    setattr(config, CONFIG_ATTR, settings.limits.header_timeout_s)  # read by each connection's protocol
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     print(f"blip3o-rl serve-reward: {settings.reward!r} on {where} ({workers} worker{'s' * (workers > 1)}); "
           f"use it as reward: remote:{where}", flush=True)

@@ -148,7 +148,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class GuardSpec:
-    """One ``eval.guard`` entry: watch ``eval/<reward>/mean`` for a drop while training rises (rl/run/eval_guard.py)."""
+    """One ``eval.guard`` entry: watch ``eval/<reward>/mean`` for a drop while training rises
+    (rl/run/guards/over_optimisation.py)."""
 
     reward: str  # the name of an eval reward (its log name)
     margin: float = 0.05  # drop from its best (in the reward's units) that triggers
@@ -166,7 +167,7 @@ class EvalConfig:
     # 1200, top-p 0.95, as published GenEval / OCR numbers)
     sampling: str = "rollout"
     # over-optimisation guard per eval reward: warn (or stop) when it falls by more than `margin` from
-    # its best while the training reward rises (rl/run/eval_guard.py)
+    # its best while the training reward rises (rl/run/guards/over_optimisation.py)
     guard: tuple[GuardSpec, ...] = ()
 
 
@@ -195,7 +196,7 @@ class CheckpointConfig:
 @dataclass(frozen=True)
 class DistributedConfig:
     # auto: what the launcher's accelerate config asks for (FSDP -> fsdp2, DeepSpeed -> deepspeed), else ddp;
-    # fsdp2: torch's fully_shard per decoder layer (rl/parallel/distributed.py); ddp on one process is no wrapper
+    # fsdp2: torch's fully_shard per decoder layer (rl/parallel/native.py); ddp on one process is no wrapper
     strategy: str = "auto"
     timeout_minutes: float = 30.0  # a collective waiting longer (a dead peer) fails, naming the rank
     # ZeRO-3: gather the partitioned weights once per rollout instead of per layer and per decoded token

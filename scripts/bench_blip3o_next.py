@@ -12,6 +12,11 @@ goes (one extra step for the last token); they are checked against one full forw
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/NAME.py): run it as the module it is
+    from blip3o_rl.scripts import run_as_module
+
+    run_as_module(__file__)
+
 import argparse
 import json
 import tempfile

@@ -15,6 +15,11 @@ Fits in ~8 minutes on an H100/H200 (group 16); carry diffusers as a wheel to a m
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/NAME.py): run it as the module it is
+    from blip3o_rl.scripts import run_as_module
+
+    run_as_module(__file__)
+
 import argparse
 import json
 import time
@@ -24,10 +29,10 @@ import torch
 
 from ..rl.config import ModelConfig
 from ..rl.grpo.logprobs import micro_batches, score_rollout, sequence_logprobs
-from ..rl.grpo.loss import policy_loss
+from ..rl.grpo.loss import GRPOLoss
 from ..rl.rollout.engines import KVCacheEngine, SamplingParams, stream_seed
-from ..rl.rollout.generate import sample_and_decode
-from ..rl.weights.finetune import FinetuneSetup
+from ..rl.rollout.generate import GenerationDriver, RolloutRequest
+from ..rl.weights.finetune import TrainableWeights
 from .bench_blip3o_next import full_size_policy
 
 
@@ -43,7 +48,8 @@ def one_step(mode: str, group: int, micro: int, device: torch.device) -> dict:
     policy = full_size_policy(device, dtype)
     cfg = ModelConfig(policy="blip3o_next", finetune=mode, lora_r=32, lora_alpha=64, gradient_checkpointing=True,
                       mixed_precision="none" if mode == "lora" else "bf16")
-    setup = FinetuneSetup(policy, cfg, need_reference=True)
+    setup = TrainableWeights(policy, cfg, need_reference=True)
+    grpo_loss = GRPOLoss("bnpo", epsilon=0.2, beta=0.001)
     params = setup.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=1e-6)
     engine = KVCacheEngine()
@@ -54,7 +60,8 @@ def one_step(mode: str, group: int, micro: int, device: torch.device) -> dict:
     out: dict = {"mode": mode, "group": group, "micro_batch": micro}
     t0 = _sync()
     with autocast:
-        gen = sample_and_decode(policy, engine, captions, group, sampling, [stream_seed(0, "bench", 0)], micro)
+        gen = GenerationDriver(policy, engine, micro).generate(
+            RolloutRequest(captions, group, sampling, [stream_seed(0, "bench", 0)]))
     t1 = _sync()
     out["rollout_decode_s"] = t1 - t0
     ro = gen.rollout
@@ -70,9 +77,8 @@ def one_step(mode: str, group: int, micro: int, device: torch.device) -> dict:
         with autocast:
             fwd = sequence_logprobs(policy.lm, ro.prompts.slice(sl), ro.codes[sl], 1.0, 50, 1.0, chunk_size=128,
                                     kept=None if ro.kept_sizes is None else ro.kept_sizes[sl])
-            loss, _ = policy_loss(fwd.logprobs, fwd.logprobs.detach(), adv[sl], mask[sl], loss_type="bnpo",
-                                  epsilon=0.2, epsilon_high=None, beta=0.001, ref_logprobs=ref[sl],
-                                  global_valid_tokens=valid, global_valid_samples=group)
+            loss, _ = grpo_loss(fwd.logprobs, fwd.logprobs.detach(), adv[sl], mask[sl], ref_logprobs=ref[sl],
+                                global_valid_tokens=valid, global_valid_samples=group)
         loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()

@@ -16,6 +16,11 @@ The mean reward shows that every row reads the same text.
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/NAME.py): run it as the module it is
+    from blip3o_rl.scripts import run_as_module
+
+    run_as_module(__file__)
+
 import argparse
 import os
 import statistics

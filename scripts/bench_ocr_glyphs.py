@@ -18,6 +18,11 @@ Times are the median of ``--repeats`` interleaved passes after a warm-up (see `b
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/NAME.py): run it as the module it is
+    from blip3o_rl.scripts import run_as_module
+
+    run_as_module(__file__)
+
 import argparse
 import os
 from collections.abc import Sequence

@@ -17,6 +17,11 @@ steps, as a fraction of the image) goes to stdout and ``<out>/results.json``.
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/NAME.py): run it as the module it is
+    from blip3o_rl.scripts import run_as_module
+
+    run_as_module(__file__)
+
 import argparse
 import json
 from pathlib import Path

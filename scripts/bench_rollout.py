@@ -11,6 +11,11 @@ script prints images/s and the ratio.
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/NAME.py): run it as the module it is
+    from blip3o_rl.scripts import run_as_module
+
+    run_as_module(__file__)
+
 import argparse
 import tempfile
 import time
@@ -19,17 +24,20 @@ import torch
 
 from ..policies import load_policy
 from ..rl.rollout.engines import KVCacheEngine, SamplingParams
+from ..rl.rollout.generate import GenerationDriver, RolloutRequest
 
 
-def _ours(policy, prompts, group):
+def _ours(policy, captions, group):
     engine = KVCacheEngine()
     engine.setup(policy)
-    seeds = [j * group for j in range(prompts.input_ids.shape[0])]
-    return engine.generate(prompts, group, SamplingParams(), seeds, return_hidden=True)
+    seeds = [j * group for j in range(len(captions))]
+    request = RolloutRequest(captions, group, SamplingParams(), seeds, return_hidden=True)
+    return GenerationDriver(policy, engine).rollout(request).rollout
 
 
 @torch.no_grad()
-def _hf_generate(policy, prompts, group):
+def _hf_generate(policy, captions, group):
+    prompts = policy.prompt_batch(captions)
     n = policy.layout.tokens_per_image
     out = policy.model.generate(
         input_ids=prompts.input_ids, attention_mask=prompts.attention_mask, do_sample=True, top_k=0, top_p=1.0,
@@ -58,14 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         args.model = str(make_tiny_world(tempfile.mkdtemp(prefix="tiny_world_"), grid=args.grid))
     policy = load_policy(args.policy, args.model)
     policy.model.eval()
-    prompts = policy.prompt_batch([f"a caption number {i} with some words" for i in range(args.prompts)])
+    captions = [f"a caption number {i} with some words" for i in range(args.prompts)]
     images = args.prompts * args.group
     best = {"ours": float("inf"), "hf_generate": float("inf")}
     for _ in range(args.repeats):  # interleaved, best of N: both see the same machine noise
         for name, fn in (("ours", _ours), ("hf_generate", _hf_generate)):
             torch.manual_seed(0)
             t = time.perf_counter()
-            fn(policy, prompts, args.group)
+            fn(policy, captions, args.group)
             best[name] = min(best[name], time.perf_counter() - t)
     n = policy.layout.tokens_per_image
     print(f"{images} images of {n} tokens, {args.threads} thread(s), best of {args.repeats}")

@@ -18,6 +18,11 @@
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/NAME.py): run it as the module it is
+    from blip3o_rl.scripts import run_as_module
+
+    run_as_module(__file__)
+
 import argparse
 import errno
 import json
@@ -25,10 +30,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from .policy_args import add_generation_arguments
+
+if TYPE_CHECKING:
+    from ..rewards.server import ServerSettings
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -37,14 +46,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.recipe, args.overrides, check_inputs=True)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
-    if summary:
+    if summary is not None:  # rank 0 (rl/run/lifecycle.py RunSummary)
         print(f"\nrun: {cfg.output_dir}")
-        print(f"mean reward, first fifth of steps: {summary['reward_first_fifth']:.3f}")
-        print(f"mean reward, last fifth of steps:  {summary['reward_last_fifth']:.3f}")
-        for k in sorted(summary):
-            if k.endswith("_before"):
-                name = k[: -len("_before")]
-                print(f"{name}: {summary[k]:.3f} before -> {summary[name + '_after']:.3f} after")
+        print(f"mean reward, first fifth of steps: {summary.reward_first_fifth:.3f}")
+        print(f"mean reward, last fifth of steps:  {summary.reward_last_fifth:.3f}")
+        for name, (before, after) in sorted(summary.evals.items()):
+            print(f"{name}: {before:.3f} before -> {after:.3f} after")
         print(f"reward curve: {cfg.output_dir}/reward_curve.png; samples: {cfg.output_dir}/samples/")
     return 0
 
@@ -80,12 +87,13 @@ def _generation_policy(args: argparse.Namespace, command: str):
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from ..rl.data import load_prompts
+    from ..policies.base import decode_error
+    from ..rl.data import PromptRow, check_policy_prompts, load_prompts
     from ..rl.rollout.generate import generate_images
 
-    prompts = list(args.prompt or [])
-    if args.prompts_file:
-        prompts += [r.prompt for r in load_prompts(args.prompts_file)]
+    given = [PromptRow(p, {}, i) for i, p in enumerate(args.prompt or [], 1)]  # "--prompt:2": the second
+    from_file = load_prompts(args.prompts_file) if args.prompts_file else []
+    prompts = [r.prompt for r in (*given, *from_file)]
     if not prompts:
         return _usage_error("generate: give at least one --prompt or a --prompts-file")
     if args.num_images < 1:
@@ -95,17 +103,28 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     policy, sampling = loaded
+    check_policy_prompts(policy, given, "--prompt")  # what train refuses: no room for the image tokens
+    check_policy_prompts(policy, from_file, args.prompts_file)
     images = generate_images(policy, prompts, args.num_images, sampling, seed=args.seed, batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    failed = 0
     with (out / "images.jsonl").open("w", encoding="utf-8") as index:
         for i, (prompt, group) in enumerate(zip(prompts, images, strict=True)):
             for j, image in enumerate(group):
                 name = f"{i:05d}_{j:02d}.png"
+                why = decode_error(image)
+                if why is not None:  # a failed decode's placeholder: reported, not saved as an image
+                    failed += 1
+                    print(f"error: image {j} of prompt {i + 1} ({name}) was not written: {why}", file=sys.stderr)
+                    index.write(json.dumps({"file": None, "prompt": prompt, "seed": args.seed, "error": why}) + "\n")
+                    continue
                 image.save(out / name)
                 index.write(json.dumps({"file": name, "prompt": prompt, "seed": args.seed}) + "\n")
-    print(f"wrote {sum(len(g) for g in images)} images for {len(prompts)} prompts to {out} (index: images.jsonl)")
-    return 0
+    written = sum(len(g) for g in images) - failed
+    print(f"wrote {written} images for {len(prompts)} prompts to {out} (index: images.jsonl)"
+          + (f"; {failed} failed to decode" if failed else ""))
+    return 1 if failed else 0
 
 
 def _claim_out(args: argparse.Namespace) -> None:
@@ -129,22 +148,60 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_secret_file(path: str, what: str) -> str:
+    """A token or kwargs file's text (trailing newline dropped); a file others can read gets a warning."""
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what} {path}: cannot be read ({exc})") from None
+    if os.name == "posix" and file.stat().st_mode & 0o077:
+        logging.getLogger(__name__).warning("%s %s can be read by other users (chmod 600 it)", what, path)
+    return text
+
+
+def _serve_reward_settings(args: argparse.Namespace) -> ServerSettings:
+    """The server settings from the command line: kwargs and token from files or the environment."""
+    from ..rewards.admission import ServerLimits
+    from ..rewards.server import TOKEN_ENV, ServerSettings
+
+    if args.kwargs_file and args.kwargs != "{}":
+        raise ValueError("give --kwargs or --kwargs-file, not both")
+    source = f"--kwargs-file {args.kwargs_file}" if args.kwargs_file else "--kwargs"
+    text = _read_secret_file(args.kwargs_file, "--kwargs-file") if args.kwargs_file else args.kwargs
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source} is not JSON: {exc}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{source} must be a JSON object")
+    if args.token and args.token_file:
+        raise ValueError("give --token-file or --token, not both")
+    if args.token:
+        print(f"serve-reward: warning: a token on the command line is visible to every local user (ps); use "
+              f"--token-file FILE or ${TOKEN_ENV}", file=sys.stderr)
+    token = (_read_secret_file(args.token_file, "--token-file") if args.token_file else args.token) \
+        or os.environ.get(TOKEN_ENV) or None
+    if args.token_file and not token:
+        raise ValueError(f"--token-file {args.token_file} is empty")
+    devices = tuple(d for d in (args.devices or "").split(",") if d)
+    return ServerSettings(
+        reward=args.reward, kwargs=kwargs, host=args.host, port=args.port, workers=args.workers,
+        token=token, devices=devices, concurrency=args.concurrency,
+        limits=ServerLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images,
+                            max_image_pixels=args.max_image_pixels, max_total_pixels=args.max_total_pixels,
+                            max_pixels_in_flight=args.max_pixels_in_flight, queue_timeout_s=args.queue_timeout_s,
+                            header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s),
+    )
+
+
 def _cmd_serve_reward(args: argparse.Namespace) -> int:
-    from ..rewards.server import TOKEN_ENV, ServerLimits, ServerSettings, serve
+    from ..rewards.server import serve
 
     try:
-        kwargs = json.loads(args.kwargs)
-    except json.JSONDecodeError as exc:
-        return _usage_error(f"serve-reward: --kwargs is not JSON: {exc}")
-    if not isinstance(kwargs, dict):
-        return _usage_error("serve-reward: --kwargs must be a JSON object")
-    devices = tuple(d for d in (args.devices or "").split(",") if d)
-    settings = ServerSettings(
-        reward=args.reward, kwargs=kwargs, host=args.host, port=args.port, workers=args.workers,
-        token=args.token or os.environ.get(TOKEN_ENV) or None, devices=devices, concurrency=args.concurrency,
-        limits=ServerLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images,
-                            max_image_pixels=args.max_image_pixels),
-    )
+        settings = _serve_reward_settings(args)
+    except ValueError as exc:
+        return _usage_error(f"serve-reward: {exc}")
     logging.getLogger("blip3o_rl").setLevel(logging.INFO)  # request logs with their ids
     try:
         serve(settings, port_file=args.port_file)
@@ -159,18 +216,30 @@ def _add_serve_reward(sub) -> None:
                        "reward spec remote:http://HOST:PORT. PNG/JPEG images + JSON, limits checked before "
                        "decoding, bearer token, /health, /ready, /openapi.json.")
     p.add_argument("--reward", required=True, help="a reward spec: registered name, package.module:attr, file.py:attr")
-    p.add_argument("--kwargs", default="{}", help="JSON object of the reward's keyword arguments")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (beyond loopback needs --token)")
+    p.add_argument("--kwargs", default="{}", help="JSON object of the reward's keyword arguments (visible in ps: "
+                   "put credentials in --kwargs-file or the reward's environment variable)")
+    p.add_argument("--kwargs-file", help="a file holding the JSON object of the reward's keyword arguments")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (beyond loopback needs a strong token)")
     p.add_argument("--port", type=int, default=8000, help="0: a free port (printed, and written to --port-file)")
     p.add_argument("--port-file", help="write the bound port to this file once listening")
     p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own reward")
     p.add_argument("--devices", help="comma-separated devices, one worker each (sets CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--token", help="bearer token required from clients (default: $BLIP3O_RL_REWARD_TOKEN)")
-    p.add_argument("--concurrency", type=int, default=1, help="batches scored at once per worker")
+    p.add_argument("--token-file", help="a file holding the bearer token clients must send (the way to give it; "
+                   "or $BLIP3O_RL_REWARD_TOKEN)")
+    p.add_argument("--token", help="the bearer token itself: visible to every local user in ps, so it warns; "
+                   "prefer --token-file")
+    p.add_argument("--concurrency", type=int, default=1, help="batches decoded and scored at once per worker")
     p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body, MiB")
     p.add_argument("--max-images", type=int, default=256, help="most images per request")
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
                    help="most pixels per image, from its header, checked before decoding")
+    p.add_argument("--max-total-pixels", type=int, default=256 * 2**20, help="most pixels per request (headers)")
+    p.add_argument("--max-pixels-in-flight", type=int, default=None,
+                   help="decoded pixels per worker at once, all requests together (default: --max-total-pixels)")
+    p.add_argument("--queue-timeout-s", type=float, default=60.0,
+                   help="how long a request waits for its share of the budgets before a 503 with Retry-After")
+    p.add_argument("--header-timeout-s", type=float, default=10.0, help="a request's headers must arrive within this")
+    p.add_argument("--body-timeout-s", type=float, default=120.0, help="a request's body must arrive within this (408)")
     p.set_defaults(fn=_cmd_serve_reward)
 
 
@@ -180,6 +249,7 @@ def _add_serve_reward(sub) -> None:
 def _cmd_eval_ocr(args: argparse.Namespace) -> int:
     from ..rewards.ocr import OCRReward, load_ocr_prompts
     from ..rl.benchmarks.ocr import evaluate_ocr
+    from ..rl.data import PromptRow, check_policy_prompts
     from .eval_ocr import engine_kwargs
 
     if min(args.images_per_prompt, 1 if args.max_prompts is None else args.max_prompts) < 1:
@@ -194,6 +264,10 @@ def _cmd_eval_ocr(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     policy, sampling = loaded
+    text = Path(args.prompts).read_text(encoding="utf-8").split("\n")  # the rows' lines: the non-blank ones
+    lines = [n for n, line in enumerate(text, 1) if line.strip()][: len(rows)]
+    check_policy_prompts(policy, [PromptRow(r["prompt"], {}, n) for r, n in zip(rows, lines, strict=True)],
+                         args.prompts)
     reward = OCRReward(args.engine, **kwargs)
     summary = evaluate_ocr(
         policy, reward, rows, args.out, images_per_prompt=args.images_per_prompt, sampling=sampling,
@@ -328,13 +402,14 @@ def _move_overrides(args: argparse.Namespace, extra: list[str], parser: argparse
 
 def _expected_error(exc: BaseException) -> str | None:
     """The one-line message of an expected failure (bad input, disk full, missing package), else None."""
+    from ..policies.errors import ModelFolderError
     from ..registry import ComponentError
     from ..rl.config import ConfigError
     from ..rl.data import PromptFileError
     from ..rl.errors import RunError
     from .policy_args import GenerationArgsError
 
-    if isinstance(exc, (ConfigError, ComponentError, PromptFileError, RunError, GenerationArgsError,
+    if isinstance(exc, (ConfigError, ComponentError, PromptFileError, RunError, GenerationArgsError, ModelFolderError,
                         FileNotFoundError, FileExistsError, NotADirectoryError, UnicodeDecodeError)):
         return str(exc)
     if isinstance(exc, ImportError):  # an optional dependency that is not installed

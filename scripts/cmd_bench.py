@@ -61,6 +61,7 @@ def _available(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from ..policies import load_policy
     from ..rl.rollout.engines import SamplingParams, build_engine, stream_seed
+    from ..rl.rollout.generate import GenerationDriver, RolloutRequest
 
     torch.set_num_threads(args.threads)
     if args.json:  # vLLM logs to stdout once it configures logging: keep stdout one JSON object
@@ -77,42 +78,44 @@ def run(args: argparse.Namespace) -> int:
     if torch.cuda.is_available():
         policy.lm.to("cuda")
     policy.lm.eval()
-    prompts = policy.prompt_batch([f"a caption number {i} with some words" for i in range(args.prompts)])
     seeds = [stream_seed(args.seed, "bench", j) for j in range(args.prompts)]
-    params = SamplingParams()
+    request = RolloutRequest([f"a caption number {i} with some words" for i in range(args.prompts)], args.group,
+                             SamplingParams(), seeds, return_hidden=False)  # the engine's sampling alone
     n, images = policy.layout.tokens_per_image, args.prompts * args.group
 
     def sync() -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()  # host sync: timing only
 
-    engines, warmup = {}, {}
+    drivers, warmup = {}, {}
     torch_names = [x for x in names if x in TORCH_ENGINES]
     for name in torch_names:
         kind, kwargs = TORCH_ENGINES[name]
         engine = build_engine(kind, **kwargs)
         engine.setup(policy)
         t = time.perf_counter()
-        engine.generate(prompts, args.group, params, seeds)
+        drivers[name] = GenerationDriver(policy, engine)
+        drivers[name].rollout(request)
         sync()
-        warmup[name], engines[name] = time.perf_counter() - t, engine
+        warmup[name] = time.perf_counter() - t
     best = {name: float("inf") for name in names}
     for _ in range(args.repeats):
         for name in torch_names:
             sync()
             t = time.perf_counter()
-            engines[name].generate(prompts, args.group, params, seeds)
+            drivers[name].rollout(request)
             sync()
             best[name] = min(best[name], time.perf_counter() - t)
     if "vllm" in names:
         engine = build_engine("vllm")
         t = time.perf_counter()
         engine.setup(policy)
-        engine.generate(prompts, args.group, params, seeds)
+        driver = GenerationDriver(policy, engine)
+        driver.rollout(request)
         warmup["vllm"] = time.perf_counter() - t
         for _ in range(args.repeats):
             t = time.perf_counter()
-            engine.generate(prompts, args.group, params, seeds)
+            driver.rollout(request)
             best["vllm"] = min(best["vllm"], time.perf_counter() - t)
 
     figures = {name: {"seconds": sec, "tokens_per_s": images * n / sec, "images_per_s": images / sec,

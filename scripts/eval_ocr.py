@@ -12,6 +12,11 @@ non-blank lines), as the image dump of a model evaluation names them.
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/NAME.py): run it as the module it is
+    from blip3o_rl.scripts import run_as_module
+
+    run_as_module(__file__)
+
 import argparse
 import json
 from collections.abc import Sequence

@@ -3,6 +3,11 @@ in the official on-disk format (`blip3o_rl.policies.blip3o_next.testing.write_ti
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/NAME.py): run it as the module it is
+    from blip3o_rl.scripts import run_as_module
+
+    run_as_module(__file__)
+
 import argparse
 from pathlib import Path
 

@@ -28,7 +28,7 @@ def add_generation_arguments(p: argparse.ArgumentParser, *, runs: bool = False) 
                        "with its base model and a checkpoint applied (as `blip3o-rl export` would save it)")
         p.add_argument("--checkpoint", help="with --run: step_N, N or a checkpoint path (default: the latest)")
     p.add_argument("--policy", default=None if runs else DEFAULT_POLICY,
-                   help=f"policy kind: {DEFAULT_POLICY} (default), tiny, or package.module:Class")
+                   help=f"policy kind: {DEFAULT_POLICY} (default), janus, tiny, or package.module:Class")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="images per sampling call")
     p.add_argument("--temperature", type=float, help="AR sampling temperature (BLIP3o-NEXT default 1.0)")

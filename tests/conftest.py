@@ -85,6 +85,14 @@ def tiny_blip3o_next(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_janus(tmp_path_factory) -> Path:
+    """A tiny random Janus-Pro folder in the official transformers layout (read-only for tests)."""
+    from blip3o_rl.policies.janus.testing import write_tiny_janus
+
+    return write_tiny_janus(tmp_path_factory.mktemp("tiny_janus") / "ckpt")
+
+
 SERVER_REWARDS = REPO / "tests" / "rewards" / "server_rewards.py"  # test rewards a reward server loads by path
 
 

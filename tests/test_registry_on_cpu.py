@@ -30,7 +30,7 @@ def test_every_registered_name_resolves(kind):
 
 def test_builtin_names():
     assert registry.resolve("optimizer", "adamw") is torch.optim.AdamW
-    assert registry.names("policy") == ["blip3o_next", "tiny"]
+    assert registry.names("policy") == ["blip3o_next", "janus", "tiny"]
     assert {"constant", "cosine", "linear"} <= set(registry.names("lr_scheduler"))
     assert type(registry.build("engine", "kv_cache")).__name__ == "KVCacheEngine"
 

@@ -30,7 +30,7 @@ class TinyLayoutReward:
         regions = meta.get("regions")
         if not isinstance(regions, dict) or not regions:
             return None, {"error": "metadata has no 'regions' mapping (e.g. {'top': 'red'})"}
-        pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+        pixels = np.asarray(image.convert("RGB"))  # uint8: compared against bounds, no wider per-pixel copy
         parts = {}
         for region, colour in regions.items():
             if region not in REGIONS:
@@ -38,7 +38,10 @@ class TinyLayoutReward:
             if colour not in PALETTE:
                 return None, {"error": f"unknown colour {colour!r}; known: {sorted(PALETTE)}"}
             crop = REGIONS[region](pixels)
-            close = (np.abs(crop - np.asarray(PALETTE[colour])) <= self.tolerance).all(-1)
+            target = np.asarray(PALETTE[colour], dtype=np.int32)  # |pixel - target| <= tolerance, per channel:
+            lo = np.clip(target - self.tolerance, 0, 255).astype(np.uint8)
+            hi = np.clip(target + self.tolerance, 0, 255).astype(np.uint8)
+            close = ((crop >= lo) & (crop <= hi)).all(-1)
             parts[region] = float(close.mean())
         return float(np.mean(list(parts.values()))), {"regions": parts}
 

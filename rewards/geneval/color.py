@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..hub import revision_kwargs
 from .metadata import COLORS
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -66,9 +67,10 @@ class ColourClassifier:
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        self.model = CLIPModel.from_pretrained(model, dtype=dtype or torch.float32).to(self.device).eval()
-        self.processor = AutoImageProcessor.from_pretrained(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        pin = revision_kwargs(model)  # the default hub id at its pinned commit
+        self.model = CLIPModel.from_pretrained(model, dtype=dtype or torch.float32, **pin).to(self.device).eval()
+        self.processor = AutoImageProcessor.from_pretrained(model, **pin)
+        self.tokenizer = AutoTokenizer.from_pretrained(model, **pin)
         self.batch_size = batch_size
         self._weights: dict[str, torch.Tensor] = {}
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..hub import revision_kwargs
 from .metadata import GENEVAL_OBJECTS
 
 DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
@@ -167,9 +168,10 @@ class Mask2FormerDetector:
 
         self.device = torch.device(device or _default_device())
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model, dtype=dtype or torch.float32)
+        pin = revision_kwargs(model)  # a pinned hub id at its commit (rewards/hub.py)
+        self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model, dtype=dtype or torch.float32, **pin)
         self.model.to(self.device).eval()
-        self.processor = AutoImageProcessor.from_pretrained(model)
+        self.processor = AutoImageProcessor.from_pretrained(model, **pin)
         self.class_names = geneval_class_names(self.model.config.id2label)
         self.batch_size = batch_size
         self.score_floor = score_floor

@@ -1,7 +1,10 @@
-"""The one generate → decode loop: prompts → engine samples → (hidden states) → images.
+"""The one generate → decode (→ score) loop: a `RolloutRequest` → engine samples → (hidden states) → images.
 
 Training (`GRPOTrainer.step`), in-training evaluation, ``blip3o-rl generate``, ``eval geneval``,
-``eval ocr`` and the benchmarks all sample through `sample_and_decode`. Randomness is explicit: each
+``eval ocr`` and the benchmarks all sample through a `GenerationDriver`; how decoded chunks are scored
+(sequentially, or pipelined behind decoding) is the driver's ``scoring`` option (rl/rollout/pipeline.py). The
+π_old log-probs of the policy forward that supplies missing hidden states are a field of the result
+(`Generation.old_logprobs`). Randomness is explicit: each
 prompt's group is sampled from its seed, and each image's decode noise (BLIP3o-NEXT's refiner) comes
 from a generator seeded from its prompt's seed and its index, never from the global RNG, so neither
 evaluation nor the batch a prompt sits in changes what it draws.
@@ -10,6 +13,7 @@ evaluation nor the batch a prompt sits in changes what it draws.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +24,48 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ...policies.base import ImageTokenPolicy
+from ...rewards import CombinedScores
 from ..grpo.logprobs import score_rollout
 from ..run.tracking import timed
 from .engines import KVCacheEngine, Rollout, RolloutEngine, SamplingParams, stream_seed
+from .pipeline import Chunk, Scoring, SequentialScoring, SubmitsBatches, chunk_slices
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """What to sample: a group of ``num_generations`` for each caption, ``seeds[j]`` seeding caption j's.
+
+    ``metadata[j]`` is caption j's row for the rewards (empty: ``{}`` for each). ``samples``: only those
+    in-group indices of each group (a group split across processes, rl/batch_layout.py; None: all G).
+    ``return_hidden``: ask the engine for the decoder's conditioning states (None: when the policy's
+    decoder needs them).
+    """
+
+    captions: Sequence[str]  # [P]
+    num_generations: int  # G
+    sampling: SamplingParams
+    seeds: Sequence[int]  # [P]
+    metadata: Sequence[dict[str, Any]] = ()  # [P]
+    samples: range | None = None
+    return_hidden: bool | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "captions", tuple(self.captions))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "metadata", tuple(self.metadata) or tuple({} for _ in self.captions))
+        if not len(self.seeds) == len(self.metadata) == len(self.captions):
+            raise ValueError(f"{len(self.captions)} captions but {len(self.seeds)} seeds and {len(self.metadata)} "
+                             "metadata rows")
+
+    @property
+    def samples_per_prompt(self) -> int:
+        """The rows each caption gets here: G, or the length of ``samples``."""
+        return self.num_generations if self.samples is None else len(self.samples)
+
+    def per_sample(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """The rewards' prompts and metadata ``[B]``: each caption's repeated for its rows."""
+        k = self.samples_per_prompt
+        return ([c for c in self.captions for _ in range(k)], [m for m in self.metadata for _ in range(k)])
 
 
 @dataclass
@@ -31,9 +74,9 @@ class Generation:
 
     rollout: Rollout
     images: list[Image.Image]  # [B]
-    # [B, N] the policy's own no-grad log-probs, when its forward had to supply the hidden states
-    # (an engine without them): that is π_old under the current weights, reusable by the trainer.
-    forward_logprobs: torch.Tensor | None = None
+    # [B, N] π_old: the policy's own no-grad log-probs under the current weights, computed when its forward
+    # had to supply the hidden states (an engine without them), so the trainer need not recompute them.
+    old_logprobs: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)  # time/rollout, time/hidden_states, time/decode
 
 
@@ -57,34 +100,6 @@ def eval_mode(lm: torch.nn.Module) -> Iterator[None]:
         lm.train(was_training)
 
 
-def sample_rollout(
-    policy: ImageTokenPolicy,
-    engine: RolloutEngine,
-    captions: Sequence[str],
-    num_generations: int,
-    params: SamplingParams,
-    seeds: Sequence[int],
-    micro_batch_size: int = 16,
-    logprob_chunk_size: int = 128,
-    samples: range | None = None,
-) -> Generation:
-    """The first half of `sample_and_decode`: the codes (and hidden states) of every sample, no images yet.
-    ``samples``: only those samples of each group (`RolloutEngine.generate`; None: all)."""
-    t: dict[str, float] = {}
-    lm = policy.lm
-    with eval_mode(lm):
-        with timed("rollout", t):
-            ro = engine.generate(policy.prompt_batch(captions), num_generations, params, seeds,
-                                 return_hidden=policy.needs_hidden_states, samples=samples)
-        forward_logprobs = None
-        if policy.needs_hidden_states and ro.hidden_states is None:
-            with timed("hidden_states", t):
-                forward_logprobs, ro.hidden_states = score_rollout(
-                    lm, ro.prompts, ro.codes, params, micro_batch_size, logprob_chunk_size, return_hidden=True,
-                    kept=ro.kept_sizes)
-    return Generation(ro, [], forward_logprobs, t)
-
-
 def decode_rows(policy: ImageTokenPolicy, rollout: Rollout, rows: slice) -> list[Image.Image]:
     """Images of the samples ``rows`` (whole prompts: ``rows.start`` and ``rows.stop`` multiples of the
     rollout's samples per prompt, G unless a group is split across processes).
@@ -104,27 +119,72 @@ def decode_rows(policy: ImageTokenPolicy, rollout: Rollout, rows: slice) -> list
                              generators=decode_generators(seeds, k, policy.device, rollout.first_sample))
 
 
-def sample_and_decode(
-    policy: ImageTokenPolicy,
-    engine: RolloutEngine,
-    captions: Sequence[str],
-    num_generations: int,
-    params: SamplingParams,
-    seeds: Sequence[int],
-    micro_batch_size: int = 16,
-    logprob_chunk_size: int = 128,
-) -> Generation:
-    """``num_generations`` images for each caption; ``seeds[j]`` seeds caption j's group.
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    ``micro_batch_size`` / ``logprob_chunk_size`` bound the memory of the policy forward that supplies
-    the hidden states when the engine does not. (`blip3o_rl.rl.rollout.pipeline` runs the same two halves,
-    decoding in chunks that are scored while the next one decodes.)
+
+@dataclass(frozen=True)
+class GenerationDriver:
+    """The one generate → decode (→ score) loop over a `RolloutRequest`.
+
+    ``micro_batch_size`` / ``logprob_chunk_size`` bound the memory of the policy forward that supplies the
+    hidden states when the engine does not; ``decode_chunk_size`` samples are decoded at a time (None: all
+    at once); ``scoring`` says how decoded chunks reach the rewards (rl/rollout/pipeline.py: sequential, or
+    pipelined behind decoding).
     """
-    gen = sample_rollout(policy, engine, captions, num_generations, params, seeds, micro_batch_size,
-                         logprob_chunk_size)
-    with timed("decode", gen.timings):
-        gen.images = decode_rows(policy, gen.rollout, slice(None))
-    return gen
+
+    policy: ImageTokenPolicy
+    engine: RolloutEngine
+    micro_batch_size: int = 16
+    logprob_chunk_size: int = 128
+    decode_chunk_size: int | None = None
+    scoring: Scoring = field(default_factory=SequentialScoring)
+
+    def rollout(self, request: RolloutRequest) -> Generation:
+        """The codes (and hidden states; then also π_old) of every sample, no images yet."""
+        policy, t = self.policy, dict[str, float]()
+        hidden = policy.needs_hidden_states if request.return_hidden is None else request.return_hidden
+        with eval_mode(policy.lm):
+            with timed("rollout", t):
+                ro = self.engine.generate(policy.prompt_batch(list(request.captions)), request.num_generations,
+                                          request.sampling, request.seeds, return_hidden=hidden,
+                                          samples=request.samples)
+            old = None
+            if hidden and ro.hidden_states is None:  # the policy's own forward supplies them
+                with timed("hidden_states", t):
+                    old, ro.hidden_states = score_rollout(
+                        policy.lm, ro.prompts, ro.codes, request.sampling, self.micro_batch_size,
+                        self.logprob_chunk_size, return_hidden=True, kept=ro.kept_sizes)
+        return Generation(ro, [], old, t)
+
+    def generate(self, request: RolloutRequest) -> Generation:
+        """`rollout`, then every sample's image (decoded ``decode_chunk_size`` at a time)."""
+        gen = self.rollout(request)
+        for _ in self._decoded(gen, request):
+            pass
+        return gen
+
+    def generate_and_score(self, request: RolloutRequest, rewards: SubmitsBatches) -> tuple[Generation, CombinedScores]:
+        """`generate`, each decoded chunk scored by ``rewards`` as ``scoring`` says; scores in row order."""
+        gen = self.rollout(request)
+        scored = self.scoring.score(self._decoded(gen, request), rewards, gen.timings)
+        if len(scored.total) != len(gen.images):  # never: each chunk's scores are checked against its images
+            raise RuntimeError(f"{len(scored.total)} rewards for {len(gen.images)} samples")
+        return gen, scored
+
+    def _decoded(self, gen: Generation, request: RolloutRequest) -> Iterator[Chunk]:
+        """Decode ``gen`` chunk by chunk into ``gen.images`` (``time/decode``), yielding each chunk."""
+        t, ro = gen.timings, gen.rollout
+        prompts, metadata = request.per_sample()
+        t["time/decode"] = 0.0
+        for rows in chunk_slices(ro.codes.shape[0], self.decode_chunk_size, ro.samples_per_prompt):
+            start = time.perf_counter()
+            images = decode_rows(self.policy, ro, rows)
+            _synchronize(self.policy.device)
+            t["time/decode"] += time.perf_counter() - start
+            gen.images.extend(images)
+            yield Chunk(images, prompts[rows], metadata[rows])
 
 
 @torch.no_grad()
@@ -148,12 +208,13 @@ def generate_images(
         engine = KVCacheEngine()
         engine.setup(policy)
     sampling = sampling or policy.inference_sampling
+    driver = GenerationDriver(policy, engine)
     per_call = max(1, batch_size // images_per_prompt)
     out: list[list[Image.Image]] = []
     for s in tqdm(range(0, len(prompts), per_call), desc="generate", disable=not progress, unit="batch"):
         chunk = list(prompts[s : s + per_call])
         seeds = [stream_seed(seed, "generate", first_index + s + j) for j in range(len(chunk))]
-        images = sample_and_decode(policy, engine, chunk, images_per_prompt, sampling, seeds).images
+        images = driver.generate(RolloutRequest(chunk, images_per_prompt, sampling, seeds)).images
         out += [images[i * images_per_prompt : (i + 1) * images_per_prompt] for i in range(len(chunk))]
     return out
 

@@ -1,23 +1,19 @@
-"""Generate → decode → score, sequential or pipelined (phases 2-3 of the GRPO step).
+"""How decoded images reach the rewards: the generation driver's scoring option (phases 2-3 of the step).
 
-Sequential: roll out the batch, decode it (in chunks of ``decode_chunk_size`` samples if set), then
-score every image at once and wait.
+The driver (`GenerationDriver.generate_and_score`, rl/rollout/generate.py) decodes a rollout chunk by chunk
+(``decode_chunk_size`` samples: whole prompts, G samples each or the slice of a group split across
+processes) and hands the chunks, lazily decoded, to its `Scoring`:
 
-Pipelined (``pipelined=True``): roll out the batch, then decode it chunk by chunk (whole prompts: G samples
-each, or the slice of a group split across processes); each
-decoded chunk goes to `WeightedRewards.submit` at once (reward threads for in-process rewards,
-concurrent requests for `RemoteReward`) while the next chunk decodes. At most ``max_pending`` chunks
-wait for their rewards: past that, decoding waits for the oldest. Results are collected in submission
-order and joined (`CombinedScores.concat`), so nothing is reordered or dropped, and the step gets the
-same rewards as the sequential path: the decode gives each image its own noise generator
-(`rl/rollout/generate.py`), and a reward scores each image on its own.
+- `SequentialScoring`: decode every chunk, then score every image at once and wait.
+- `PipelinedScoring`: each decoded chunk goes to `WeightedRewards.submit` at once (reward threads for
+  in-process rewards, concurrent requests for `RemoteReward`) while the next chunk decodes. At most
+  ``max_pending`` chunks wait for their rewards: past that, decoding waits for the oldest. Results are
+  collected in submission order and joined (`CombinedScores.concat`), so nothing is reordered or
+  dropped, and the step gets the same rewards as the sequential path: the decode gives each image its
+  own noise generator (rl/rollout/generate.py), and a reward scores each image on its own.
 
-The rollout itself runs as one engine call in both paths (an engine that streams chunks of finished
-samples could feed this loop earlier; `KVCacheEngine` finishes every sample at once).
-
-Timings (seconds, added to ``Generation.timings``): ``time/rollout``, ``time/decode`` (summed over the
-chunks, CUDA-synchronised on a GPU), ``time/reward`` (the reward stage's span: from the first chunk's
-submission until the step holds every reward) and ``time/reward_wait`` (the part of it the step spent
+Timings (seconds, added to the caller's ``timings``): ``time/reward`` (the reward stage's span: from the
+first chunk's submission until every reward is in) and ``time/reward_wait`` (the part of it spent
 blocked on rewards; all of it when sequential). ``1 - reward_wait / reward`` is the share of reward time
 hidden behind decoding.
 """
@@ -25,23 +21,30 @@ hidden behind decoding.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
-import torch
+from PIL import Image
 
-from ...policies.base import ImageTokenPolicy
 from ...rewards import CombinedScores
-from .engines import RolloutEngine, SamplingParams
-from .generate import Generation, decode_rows, sample_rollout
 
 
 class SubmitsBatches(Protocol):
-    """`WeightedRewards`, or a wrapper of it (rl/run/reward_watch.py): ``submit`` returns a future of the scores."""
+    """`WeightedRewards` (or a stand-in): ``submit`` returns a future of the batch's scores."""
 
     def submit(self, images: Any, prompts: Any, metadata: Any) -> Future[CombinedScores]: ...
+
+
+class Chunk(NamedTuple):
+    """One decoded chunk of whole prompts and its reward inputs (``[b]`` each)."""
+
+    images: list[Image.Image]
+    prompts: Sequence[str]
+    metadata: Sequence[dict[str, Any]]
 
 
 def chunk_slices(num_samples: int, chunk_size: int | None, samples_per_prompt: int) -> list[slice]:
@@ -54,74 +57,60 @@ def chunk_slices(num_samples: int, chunk_size: int | None, samples_per_prompt: i
     return [slice(s, min(s + size, num_samples)) for s in range(0, num_samples, size)]
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class Scoring(ABC):
+    """Scores the chunks of one batch (decoded as they are iterated), in row order."""
+
+    @abstractmethod
+    def score(self, chunks: Iterable[Chunk], rewards: SubmitsBatches, timings: dict[str, float]) -> CombinedScores:
+        """Every chunk's scores joined in row order; ``time/reward`` and ``time/reward_wait`` into ``timings``."""
 
 
-def generate_and_score(
-    policy: ImageTokenPolicy,
-    engine: RolloutEngine,
-    captions: Sequence[str],
-    num_generations: int,
-    params: SamplingParams,
-    seeds: Sequence[int],
-    rewards: SubmitsBatches,
-    prompts: Sequence[str],
-    metadata: Sequence[dict[str, Any]],
-    *,
-    micro_batch_size: int = 16,
-    logprob_chunk_size: int = 128,
-    decode_chunk_size: int | None = None,
-    pipelined: bool = False,
-    max_pending: int = 4,
-    samples: range | None = None,
-) -> tuple[Generation, CombinedScores]:
-    """Samples of ``captions`` (``seeds[j]`` seeds caption j's group), their images and their rewards.
+@dataclass(frozen=True)
+class SequentialScoring(Scoring):
+    """Decode everything, then score every image in one submission and wait."""
 
-    ``prompts`` / ``metadata`` are per sample (``[B]``, each caption's repeated for its rows).
-    ``samples``: only those samples of each group (a group split across processes; None: all G).
-    """
-    prompts, metadata = list(prompts), list(metadata)
-    if max_pending < 1:
-        raise ValueError(f"max_pending must be >= 1, got {max_pending}")
-    gen = sample_rollout(policy, engine, captions, num_generations, params, seeds, micro_batch_size,
-                         logprob_chunk_size, samples)
-    t = gen.timings
-    b = gen.rollout.codes.shape[0]
-    if len(prompts) != b or len(metadata) != b:
-        raise ValueError(f"{b} samples but {len(prompts)} prompts and {len(metadata)} metadata rows")
-    t["time/decode"] = t["time/reward_wait"] = 0.0
-    pending: deque[Future[CombinedScores]] = deque()
-    done: list[CombinedScores] = []  # in submission order = row order
-
-    def wait_oldest() -> None:
+    def score(self, chunks: Iterable[Chunk], rewards: SubmitsBatches, timings: dict[str, float]) -> CombinedScores:
+        images: list[Image.Image] = []
+        prompts: list[str] = []
+        metadata: list[dict[str, Any]] = []
+        for chunk in chunks:
+            images += chunk.images
+            prompts += chunk.prompts
+            metadata += chunk.metadata
         start = time.perf_counter()
-        done.append(pending.popleft().result())
-        t["time/reward_wait"] += time.perf_counter() - start
+        scored = rewards.submit(images, prompts, metadata).result()
+        timings["time/reward"] = timings["time/reward_wait"] = time.perf_counter() - start
+        return scored
 
-    first_submit = None
-    for rows in chunk_slices(b, decode_chunk_size, gen.rollout.samples_per_prompt):
-        start = time.perf_counter()
-        images = decode_rows(policy, gen.rollout, rows)
-        _synchronize(policy.device)
-        t["time/decode"] += time.perf_counter() - start
-        gen.images.extend(images)
-        if pipelined:
+
+@dataclass(frozen=True)
+class PipelinedScoring(Scoring):
+    """Each chunk submitted as soon as it is decoded; at most ``max_pending`` chunks wait for rewards."""
+
+    max_pending: int = 4
+
+    def __post_init__(self) -> None:
+        if self.max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {self.max_pending}")
+
+    def score(self, chunks: Iterable[Chunk], rewards: SubmitsBatches, timings: dict[str, float]) -> CombinedScores:
+        timings["time/reward_wait"] = 0.0
+        pending: deque[Future[CombinedScores]] = deque()
+        done: list[CombinedScores] = []  # in submission order = row order
+
+        def wait_oldest() -> None:
+            start = time.perf_counter()
+            done.append(pending.popleft().result())
+            timings["time/reward_wait"] += time.perf_counter() - start
+
+        first_submit = None
+        for chunk in chunks:
             first_submit = first_submit or time.perf_counter()
-            pending.append(rewards.submit(images, prompts[rows], metadata[rows]))
-            while len(pending) > max_pending:  # the bounded queue: decoding waits for the oldest chunk
+            pending.append(rewards.submit(chunk.images, chunk.prompts, chunk.metadata))
+            while len(pending) > self.max_pending:  # the bounded queue: decoding waits for the oldest chunk
                 wait_oldest()
-    if pipelined:
         while pending:
             wait_oldest()
-        scored = CombinedScores.concat(done)
-        assert first_submit is not None
-        t["time/reward"] = time.perf_counter() - first_submit  # the waits lie inside this span
-    else:
-        start = time.perf_counter()
-        scored = rewards.submit(gen.images, prompts, metadata).result()
-        t["time/reward"] = t["time/reward_wait"] = time.perf_counter() - start
-    if len(scored.total) != b:  # never: each chunk's scores are checked against its images
-        raise RuntimeError(f"{len(scored.total)} rewards for {b} samples")
-    return gen, scored
+        assert first_submit is not None  # a batch has at least one chunk
+        timings["time/reward"] = time.perf_counter() - first_submit  # the waits lie inside this span
+        return CombinedScores.concat(done)

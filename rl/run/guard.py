@@ -40,7 +40,12 @@ def nonfinite_cause(loss: float, grad_norm: float) -> str | None:
 
 
 class FiniteUpdateGuard:
-    """Takes (or skips) optimizer + scheduler steps; see the module docstring."""
+    """Decides whether an optimizer update may be taken; see the module docstring.
+
+    The run's `ParallelStrategy` (rl/parallel/) asks `allows` with the real loss and gradient norm, steps
+    its optimizer only on True, always steps the schedule (`step_schedule`) and clears the gradients, then
+    calls `check_streak`. `step` does all of that for a plain torch optimizer.
+    """
 
     def __init__(self, max_consecutive: int = 3):
         if max_consecutive < 1:
@@ -48,36 +53,54 @@ class FiniteUpdateGuard:
         self.max_consecutive = max_consecutive
         self.consecutive = 0  # skipped updates in a row
         self.total_skipped = 0
+        self._last_cause: str | None = None
+
+    def allows(self, loss: float, grad_norm: float, agree: Callable[[bool], bool] | None = None) -> bool:
+        """True if ``loss`` and ``grad_norm`` are finite (on every rank, via ``agree``, a collective every
+        rank calls); a refusal is counted and warned."""
+        cause = nonfinite_cause(float(loss), float(grad_norm))
+        if agree is not None and not agree(cause is None) and cause is None:
+            cause = "another rank's loss or gradient norm is not finite"
+        if cause is None:
+            self.consecutive = 0
+            return True
+        self.consecutive += 1
+        self.total_skipped += 1
+        self._last_cause = cause
+        logger.warning(
+            "optimizer update skipped: %s; weights and optimizer left untouched (LR schedule advanced) "
+            "(%d in a row, the run stops at %d)", cause, self.consecutive, self.max_consecutive,
+        )
+        return False
+
+    def check_streak(self) -> None:
+        """`NonFiniteUpdateError` after ``max_consecutive`` refused updates in a row."""
+        if self.consecutive >= self.max_consecutive:
+            raise NonFiniteUpdateError(
+                f"{self.consecutive} optimizer updates in a row were skipped because they were not finite "
+                f"(last: {self._last_cause}); stopping the run (optim.max_nonfinite_steps={self.max_consecutive}). "
+                "Check the learning rate, the model dtype (bf16/fp16 overflow) and the rewards."
+            )
 
     def step(self, optimizer: torch.optim.Optimizer, scheduler, loss: float, grad_norm: float,
              agree: Callable[[bool], bool] | None = None) -> bool:
-        """Step the optimizer unless ``loss``/``grad_norm`` is non-finite (on any rank, via ``agree``), and
+        """Step ``optimizer`` unless ``loss``/``grad_norm`` is non-finite (on any rank, via ``agree``), and
         the scheduler always; True if the optimizer stepped.
 
         ``loss`` is the update's total loss (summed over micro-batches), ``grad_norm`` the total
         gradient norm before clipping. Gradients are zeroed in both cases.
         """
-        cause = nonfinite_cause(float(loss), float(grad_norm))
-        if agree is not None and not agree(cause is None) and cause is None:
-            cause = "another rank's loss or gradient norm is not finite"
-        if cause is None:
+        stepped = self.allows(loss, grad_norm, agree)
+        if stepped:
             optimizer.step()
-            self.consecutive = 0
-        else:
-            self.consecutive += 1
-            self.total_skipped += 1
-            logger.warning(
-                "optimizer update skipped: %s; weights and optimizer left untouched (LR schedule advanced) "
-                "(%d in a row, the run stops at %d)", cause, self.consecutive, self.max_consecutive,
-            )
-        with warnings.catch_warnings():  # a skipped first update: torch warns the scheduler steps "first"
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-            scheduler.step()
+        step_schedule(scheduler)
         optimizer.zero_grad(set_to_none=True)
-        if self.consecutive >= self.max_consecutive:
-            raise NonFiniteUpdateError(
-                f"{self.consecutive} optimizer updates in a row were skipped because they were not finite "
-                f"(last: {cause}); stopping the run (optim.max_nonfinite_steps={self.max_consecutive}). "
-                "Check the learning rate, the model dtype (bf16/fp16 overflow) and the rewards."
-            )
-        return cause is None
+        self.check_streak()
+        return stepped
+
+
+def step_schedule(scheduler) -> None:
+    """``scheduler.step()``: every attempted update, taken or skipped."""
+    with warnings.catch_warnings():  # a skipped first update: torch warns the scheduler steps "first"
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        scheduler.step()

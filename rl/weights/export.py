@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from ...policies import DTYPES, ImageTokenPolicy, load_policy
 from ..config import TrainConfig, config_from_dict
 from ..run.checkpoint import latest_checkpoint, verify_checkpoint
-from .finetune import FinetuneSetup
+from .finetune import TrainableWeights
 
 RUN_CONFIG = "config.yaml"
 EXPORT_INFO = "blip3o_rl_export.json"
@@ -75,12 +75,11 @@ def load_run_policy(
     policy = load_policy(m.policy, base, "float32", **m.policy_kwargs)
     weights = load_file(weights_file)
     if m.finetune == "lora":
-        setup = FinetuneSetup(
+        trainable = TrainableWeights(
             policy, dataclasses.replace(m, gradient_checkpointing=False), need_reference=False
         )
-        setup.load_trainable_state_dict(weights)
-        assert setup.peft_model is not None  # finetune == "lora"
-        policy.model = setup.peft_model.merge_and_unload()
+        trainable.load_state_dict(weights)
+        trainable.merge_into_base()  # peft's merge, as in the vLLM pushes (rl/weights/finetune.py)
     else:
         policy.model.load_state_dict(weights, strict=True)
     return policy, ckpt, base

@@ -8,6 +8,7 @@ the public loader reads back and that generates the same images as the trained p
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -21,7 +22,7 @@ from blip3o_rl.policies import load_policy
 from blip3o_rl.policies.blip3o_next.loader import CONNECTOR_PREFIX, SANA_PREFIX, VAE_PREFIX
 from blip3o_rl.rl.config import load_config
 from blip3o_rl.rl.rollout.engines import SamplingParams
-from blip3o_rl.rl.rollout.generate import generate_images
+from blip3o_rl.rl.rollout.generate import RolloutRequest, generate_images
 from blip3o_rl.rl.trainer import GRPOTrainer
 from blip3o_rl.scripts.cli import main
 
@@ -140,7 +141,7 @@ def test_export_is_an_official_folder_that_reloads_with_identical_outputs(
     trained_policy = trainer.policy
     if mode == "lora":
         trained_policy = copy.copy(trainer.policy)
-        trained_policy.model = copy.deepcopy(trainer.finetune.peft_model).merge_and_unload()
+        trained_policy.model = copy.deepcopy(trainer.trainable.peft_model).merge_and_unload()
     for key, value in trained_policy.model.state_dict().items():
         if key != "lm_head.weight":  # tied to the embeddings: stored once
             assert torch.equal(exported[key], value), key
@@ -205,9 +206,19 @@ def test_engine_without_hidden_states_gets_them_from_one_trainer_forward(tiny_bl
 
     trainer.engine = CodesOnlyEngine()
     trainer.engine.setup(trainer.policy)
+    trainer.driver = dataclasses.replace(trainer.driver, engine=trainer.engine)
     trainer.policy.decode = spy_decode
     metrics = trainer.step(1)
+    # π_old of the fallback forward is a field of the driver's result (the KV-cache engine's: None); it is
+    # what an exact engine sampled with
+    request = RolloutRequest(PROMPTS[:2], 2, trainer.sampling, [1, 2])
+    gen = trainer.driver.rollout(request)
+    kv = dataclasses.replace(trainer.driver, engine=KVCacheEngine())
+    kv.engine.setup(trainer.policy)
+    assert kv.rollout(request).old_logprobs is None
     trainer.cleanup()
     assert "time/hidden_states" in metrics and math.isfinite(metrics["loss"])
     assert decoded[0] is not None
     torch.testing.assert_close(decoded[0], collected[0], atol=1e-5, rtol=0)
+    assert gen.old_logprobs is not None and gen.old_logprobs.shape == gen.rollout.codes.shape
+    torch.testing.assert_close(gen.old_logprobs, gen.rollout.sampler_logprobs, atol=1e-4, rtol=0)

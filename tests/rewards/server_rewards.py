@@ -30,3 +30,18 @@ def device(images, prompts, metadata):
     """1.0 per image; details name the worker's CUDA_VISIBLE_DEVICES and pid."""
     info = {"device": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
     return RewardOutput([1.0] * len(images), [dict(info) for _ in images])
+
+
+def out_of_memory(images, prompts, metadata):
+    """Raises MemoryError (as a reward that cannot allocate would): the server answers 503."""
+    raise MemoryError("cannot allocate the batch")
+
+
+def one_short(images, prompts, metadata):
+    """A broken reward: one score fewer than images."""
+    return [0.5] * (len(images) - 1)
+
+
+def keyed(images, prompts, metadata, api_key=None):
+    """1.0 per image when given an ``api_key`` (a credential that must never leave the server)."""
+    return RewardOutput([1.0 if api_key else None] * len(images), [{"keyed": bool(api_key)} for _ in images])

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import pickle
+import secrets
 import struct
 import threading
 import time
@@ -22,7 +23,7 @@ from PIL import Image
 
 from blip3o_rl.rewards import load_reward, score_batch
 from blip3o_rl.rewards.remote import RemoteReward, encode_image
-from blip3o_rl.rewards.server import ServerSettings, check_settings, is_loopback
+from blip3o_rl.rewards.server import ServerSettings, check_settings, is_loopback, kwargs_digest
 
 SERVER_REWARDS = Path(__file__).with_name("server_rewards.py")  # test rewards, loaded by path
 GREY = f"{SERVER_REWARDS}:grey"
@@ -71,7 +72,8 @@ def test_remote_scores_equal_in_process_scores(reward_server):
         remote_info = g["remote"]
         assert {k: v for k, v in g.items() if k != "remote"} == w
         # the server's reward identity in every result
-        assert remote_info["spec"] == GREY and remote_info["name"] == "grey" and remote_info["kwargs"] == {"scale": 2.0}
+        assert remote_info["spec"] == GREY and remote_info["name"] == "grey" and "kwargs" not in remote_info
+        assert remote_info["kwargs_sha256"] == kwargs_digest({"scale": 2.0})
         assert remote_info["server"].startswith("blip3o-rl ") and remote_info["url"] == server.url
     assert len({d["remote"]["request_id"] for d in got.details}) == 4  # 11 images in requests of 3
 
@@ -162,8 +164,14 @@ def test_a_retried_request_id_is_scored_once(reward_server):
 
 
 def test_openapi_schema_describes_the_score_route(reward_server):
-    server = reward_server(GREY)
-    schema = requests.get(f"{server.url}/openapi.json", timeout=10).json()
+    server = reward_server(GREY, "--token", TOKEN)
+    schema = requests.get(f"{server.url}/openapi.json", timeout=10).json()  # loopback: the docs are open
+    assert schema["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": "the server's token ($BLIP3O_RL_REWARD_TOKEN)"}
+    assert schema["paths"]["/score"]["post"]["security"] == [{"bearer": []}]
+    assert "security" not in schema["paths"]["/health"]["get"]
+    request = schema["paths"]["/score"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert request["properties"]["request"]["required"] == ["prompts"]  # the JSON shape, not a bare string
     post = schema["paths"]["/score"]["post"]
     body = post["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(body["required"]) == {"request", "images"}
@@ -176,9 +184,8 @@ def test_openapi_schema_describes_the_score_route(reward_server):
 def test_killing_and_restarting_the_server_mid_run_loses_and_duplicates_nothing(reward_server, caplog):
     server = reward_server(f"{SERVER_REWARDS}:slow_grey")
     port = server.port
-    # a retry budget of ~2-4 minutes (bounded): a loaded machine may take a while to start the new server
-    client = RemoteReward(server.url, batch_size=4, max_concurrency=2, timeout_s=20, retries=1000, backoff_s=0.05,
-                          max_backoff_s=0.25)
+    # the default retry settings (a 120 s budget) outlast a restart, even on a loaded machine
+    client = RemoteReward(server.url, batch_size=4, max_concurrency=2)
     calls, per_call = 24, 8
     results: list = [None] * calls
     want = [grey_of(_images(per_call, start=c * per_call)) for c in range(calls)]
@@ -196,8 +203,10 @@ def test_killing_and_restarting_the_server_mid_run_loses_and_duplicates_nothing(
         for _ in range(4):
             assert progress.acquire(timeout=60)
         server.kill()  # mid-run, most likely mid-request (each batch sleeps 50 ms)
-        time.sleep(0.5)
+        killed = time.monotonic()
+        time.sleep(2.0)
         reward_server(f"{SERVER_REWARDS}:slow_grey", port=port)  # the same address
+        print(f"\nserver killed and answering again after {time.monotonic() - killed:.1f} s")
         worker.join(timeout=400)
     assert not worker.is_alive()
     for c in range(calls):
@@ -250,6 +259,11 @@ def test_failure_after_the_retry_budget_is_clear_and_not_zero(caplog):
     assert out.scores == [None, None, None]
     assert "failed after 3 attempt(s)" in out.details[0]["error"] and "ConnectionError" in out.details[0]["error"]
     assert "samples score None" in caplog.text and caplog.text.count("retrying") == 2
+    by_time = RemoteReward(f"http://127.0.0.1:{port}", retry_budget_s=1.0, backoff_s=0.2, max_backoff_s=0.2)
+    start = time.monotonic()
+    out = by_time(_images(1), ["a"], [{}])
+    assert out.scores == [None] and "retry budget of 1 s spent" in out.details[0]["error"]
+    assert time.monotonic() - start < 60  # stopped by the budget (bounded wait, not a timing threshold)
 
 
 def test_workers_one_per_device(reward_server):
@@ -266,11 +280,18 @@ def test_settings_that_would_be_unsafe_are_refused():
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
     with pytest.raises(ValueError, match="needs a bearer token"):
         check_settings(ServerSettings(reward=GREY, host="0.0.0.0"))
-    check_settings(ServerSettings(reward=GREY, host="0.0.0.0", token="t"))
+    for weak in ("t", "a" * 64, "abababababababababababab"):  # short, or long with little variety
+        with pytest.raises(ValueError, match="needs a strong token"):
+            check_settings(ServerSettings(reward=GREY, host="0.0.0.0", token=weak))
+    check_settings(ServerSettings(reward=GREY, host="0.0.0.0", token=secrets.token_urlsafe(32)))
+    check_settings(ServerSettings(reward=GREY, host="0.0.0.0", token=uuid.uuid4().hex))  # 32 hex digits
+    check_settings(ServerSettings(reward=GREY, token="t"))  # loopback: any token
     with pytest.raises(ValueError, match="cannot serve a remote reward"):
         check_settings(ServerSettings(reward="remote:http://127.0.0.1:1"))
     with pytest.raises(ValueError, match=r"http\(s\)://host:port"):
         load_reward("remote:ftp://example")
+    with pytest.raises(ValueError, match="must not hold credentials"):
+        load_reward("remote:http://user:secret@127.0.0.1:1")
     from blip3o_rl.registry import ComponentError
 
     with pytest.raises(ComponentError, match="takes no argument 'batchsize'"):

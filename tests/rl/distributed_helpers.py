@@ -7,6 +7,7 @@ global batch is the reference. Each launch is bounded by ``TIMEOUT`` seconds.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -63,6 +64,31 @@ def results(out: Path, nproc: int) -> list[dict]:
     for r, res in enumerate(rs):  # asserted inside every process: launcher, accelerate and the process group agree
         assert (res["rank"], res["world"], res["env_world"], res["pg_world"]) == (r, nproc, nproc, nproc)
     return rs
+
+
+def assert_skipped(out: Path, grad_at: int, loss_at: int | None = None) -> None:
+    """A run of the worker with ``--nonfinite-grad-at`` (and ``--nonfinite-loss-at``), a checkpoint per step:
+    each such step's update was skipped on every rank (its weights are the step before's exactly, its
+    metrics say why, each rank's guard counted it), the step after trained, and every weight is finite."""
+    from safetensors.torch import load_file
+
+    bad = [grad_at] if loss_at is None else [grad_at, loss_at]
+    ranks = results(out, 2)
+    assert [r["skipped"] for r in ranks] == [len(bad), len(bad)]
+    rows = {m["step"]: m for m in metrics(out)}
+    assert rows[grad_at]["update/skipped_nonfinite"] == 1.0 and not math.isfinite(rows[grad_at]["grad_norm"])
+    assert math.isfinite(rows[grad_at]["loss"])  # only the gradient norm could tell
+    if loss_at is not None:
+        assert rows[loss_at]["update/skipped_nonfinite"] == 1.0 and math.isfinite(rows[loss_at]["grad_norm"])
+        assert math.isnan(rows[loss_at]["loss"])
+    last = max(bad) + 1
+    assert rows[last]["update/skipped_nonfinite"] == 0.0
+    w = {s: load_file(out / "checkpoints" / f"step_{s:06d}" / "weights.safetensors") for s in range(min(bad) - 1, last + 1)}
+    for s in bad:
+        assert max_diff(w[s - 1], w[s]) == 0.0, s  # nothing reached the weights
+    assert max_diff(w[last - 1], w[last]) > 0.0  # the next update trained
+    for state in (*w.values(), ranks[0]["full"], ranks[0]["own"], ranks[1]["own"]):
+        assert all(torch.isfinite(v.float()).all() for v in state.values())
 
 
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

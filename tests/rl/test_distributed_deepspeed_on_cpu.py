@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO on CPU (2 processes, gloo): ZeRO-2, and ZeRO-3 full fine-tuning with its partitioned KL
+"""DeepSpeed ZeRO on CPU (2 processes, gloo): ZeRO-2 (and its finite-update guard), and ZeRO-3 full fine-tuning with its partitioned KL
 reference, equal the 1-process run; a ZeRO-3 run killed at step 3 resumes exactly; ZeRO-1 and ZeRO-3 LoRA
 (rollouts inside one parameter gather) run and save a full-weight checkpoint.
 
@@ -16,6 +16,7 @@ from .distributed_helpers import (
     GLOBAL_BATCH,
     TOLERANCE,
     assert_same_metrics,
+    assert_skipped,
     common,
     launch,
     max_diff,
@@ -42,6 +43,18 @@ def test_zero2_two_processes_equal_one(base, tmp_path):
     assert max_diff(results(ref, 1)[0]["full"], r0["full"]) <= TOLERANCE
     assert_same_metrics(metrics(ref), metrics(out))
     assert (out / "checkpoints" / "step_000003" / "deepspeed").is_dir()
+
+
+def test_zero2_an_infinite_gradient_on_one_rank_skips_the_update_on_every_rank(base, tmp_path):
+    """The finite-update guard sees DeepSpeed's real gradient norm (read before its step): one rank's
+    infinite gradient (every loss finite) at step 2 skips the update on both ranks; so does one rank's NaN
+    loss with finite gradients at step 3 (DeepSpeed is made to discard them); the weights stay those of the
+    step before, finite, and step 4 trains (DeepSpeed's gradient partitions were cleared)."""
+    out = tmp_path / "zero2_nonfinite"
+    launch(2, out, common(base, out, f"grpo.batch_size={GLOBAL_BATCH // 2}", "eval.eval_every=0", "max_steps=4"),
+           launcher="accelerate", accelerate_config="zero2.yaml",
+           worker_args=("--nonfinite-grad-at", "2", "--nonfinite-loss-at", "3"))
+    assert_skipped(out, grad_at=2, loss_at=3)
 
 
 def test_zero3_full_finetuning_with_partitioned_reference_equals_one(base, tmp_path):

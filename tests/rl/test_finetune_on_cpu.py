@@ -6,7 +6,7 @@ import torch
 from blip3o_rl.rl.config import ModelConfig
 from blip3o_rl.rl.grpo.logprobs import sequence_logprobs
 from blip3o_rl.rl.grpo.loss import policy_loss
-from blip3o_rl.rl.weights.finetune import FinetuneSetup
+from blip3o_rl.rl.weights.finetune import TrainableWeights, merged_hf_state_dict
 from blip3o_rl.tiny import TinyWorldPolicy
 
 
@@ -26,7 +26,7 @@ def _one_step(policy, setup):
 def test_lora_changes_only_adapter_weights_and_reference_is_the_base_model(tiny_world_dir):
     policy = TinyWorldPolicy.from_pretrained(tiny_world_dir)
     base = TinyWorldPolicy.from_pretrained(tiny_world_dir)
-    setup = FinetuneSetup(policy, ModelConfig(finetune="lora", lora_r=4), need_reference=True)
+    setup = TrainableWeights(policy, ModelConfig(finetune="lora", lora_r=4), need_reference=True)
     before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
     prompts, codes = _one_step(policy, setup)
     for _ in range(2):  # B is zero at init: a second step moves the adapter's output too
@@ -48,7 +48,7 @@ def test_lora_changes_only_adapter_weights_and_reference_is_the_base_model(tiny_
 def test_full_finetuning_keeps_a_frozen_reference_copy(tiny_world_dir):
     policy = TinyWorldPolicy.from_pretrained(tiny_world_dir)
     base = TinyWorldPolicy.from_pretrained(tiny_world_dir)
-    setup = FinetuneSetup(policy, ModelConfig(finetune="full"), need_reference=True)
+    setup = TrainableWeights(policy, ModelConfig(finetune="full"), need_reference=True)
     assert len(setup.trainable_parameters()) == len(list(policy.model.parameters()))
     prompts, codes = _one_step(policy, setup)
     with torch.no_grad(), setup.reference() as ref:
@@ -56,14 +56,47 @@ def test_full_finetuning_keeps_a_frozen_reference_copy(tiny_world_dir):
         torch.testing.assert_close(sequence_logprobs(ref, prompts, codes, 1.0).logprobs,
                                    sequence_logprobs(base.lm, prompts, codes, 1.0).logprobs)
     # state dict round trip restores the trained weights exactly
-    state = {k: v.clone() for k, v in setup.trainable_state_dict().items()}
+    state = {k: v.clone() for k, v in setup.state_dict().items()}
     fresh = TinyWorldPolicy.from_pretrained(tiny_world_dir)
-    FinetuneSetup(fresh, ModelConfig(finetune="full"), need_reference=False).load_trainable_state_dict(state)
+    TrainableWeights(fresh, ModelConfig(finetune="full"), need_reference=False).load_state_dict(state)
     for (n, p), (_, q) in zip(policy.model.named_parameters(), fresh.model.named_parameters(), strict=True):
         assert torch.equal(p, q), n
 
 
 def test_full_finetuning_without_beta_has_no_reference(tiny_world_dir):
-    setup = FinetuneSetup(TinyWorldPolicy.from_pretrained(tiny_world_dir), ModelConfig(finetune="full"), False)
+    setup = TrainableWeights(TinyWorldPolicy.from_pretrained(tiny_world_dir), ModelConfig(finetune="full"), False)
     with pytest.raises(RuntimeError, match="no reference"), setup.reference():
         pass
+
+
+def test_merged_state_dict_is_peft_merge_and_leaves_the_model_untouched(tiny_world_dir):
+    """The merged Hugging Face state dict (vLLM pushes) equals peft's ``merge_and_unload`` of a copy, key for
+    key and bit for bit, and the trained model is left exactly as it was (its adapter still active)."""
+    import copy
+
+    policy = TinyWorldPolicy.from_pretrained(tiny_world_dir)
+    trainable = TrainableWeights(policy, ModelConfig(finetune="lora", lora_r=4), need_reference=False)
+    for _ in range(2):  # B is zero at init: two steps make the adapter's delta non-zero
+        _one_step(policy, trainable)
+    before = {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
+    merged = trainable.merged_state_dict()
+    oracle = copy.deepcopy(trainable.peft_model).merge_and_unload().state_dict()
+    if getattr(policy.model.config, "tie_word_embeddings", False):
+        oracle.pop("lm_head.weight", None)
+    assert merged.keys() == oracle.keys() and not any("lora_" in k for k in merged)
+    assert all(torch.equal(merged[k], oracle[k]) for k in merged)
+    assert any(not torch.equal(merged[k], before[k.replace(".weight", ".base_layer.weight")])
+               for k in merged if k.replace(".weight", ".base_layer.weight") in before)  # the adapter is in
+    after = policy.model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert all(not m.merged for m in policy.model.modules() if hasattr(m, "merged"))
+    assert merged_hf_state_dict(policy.model, torch.bfloat16)["model.norm.weight"].dtype == torch.bfloat16
+
+
+def test_merged_state_dict_of_a_plain_model_is_its_state_dict(tiny_world_dir):
+    policy = TinyWorldPolicy.from_pretrained(tiny_world_dir)
+    sd = merged_hf_state_dict(policy.model)
+    ref = policy.model.state_dict()
+    if getattr(policy.model.config, "tie_word_embeddings", False):
+        ref.pop("lm_head.weight", None)
+    assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in sd)

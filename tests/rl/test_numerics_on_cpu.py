@@ -6,10 +6,9 @@ import math
 import pytest
 import torch
 
-import blip3o_rl.rl.trainer as trainer_module
 from blip3o_rl.rl.config import load_config
 from blip3o_rl.rl.run.guard import NonFiniteUpdateError
-from blip3o_rl.rl.trainer import GRPOTrainer, train
+from blip3o_rl.rl.trainer import GRPOTrainer
 
 QUIET = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.image_every=0",
          "eval.eval_every=0", "checkpoint.save_final=false"]
@@ -46,45 +45,54 @@ def test_bf16_lora_truncated_sampling_stays_finite(tmp_path):
         trainer.cleanup()
 
 
-def test_trainer_skips_a_nan_update_and_counts_it(tmp_path, monkeypatch):
+def test_trainer_skips_a_nan_update_and_counts_it(tmp_path):
     """Step 2's loss is made NaN: its update is skipped (weights and Adam state unchanged; the LR schedule
     advances, so it stays tied to the step), counted in ``update/skipped_nonfinite`` and warned; step 3
     trains normally."""
-    real = trainer_module.policy_loss
-    poisoned = {"on": False}
-
-    def policy_loss(*args, **kwargs):
-        loss, stats = real(*args, **kwargs)
-        return (loss * math.nan if poisoned["on"] else loss), stats
-
-    monkeypatch.setattr(trainer_module, "policy_loss", policy_loss)
     cfg = load_config("demo", [f"output_dir={tmp_path / 'run'}", "max_steps=3", "model.build.sft_steps=0",
                                "grpo.batch_size=16", "grpo.micro_batch_size=8", "optim.lr_scheduler_type=cosine",
                                *QUIET])
     trainer = GRPOTrainer(cfg)
     trainer.setup()
     try:
+        poisoned = _Poisoned(trainer.update.loss, on=False)  # the update's loss object, swapped on the trainer
+        trainer.update.loss = poisoned
         assert trainer.step(1)["update/skipped_nonfinite"] == 0.0
         weights = [p.detach().clone() for p in trainer.params]
         adam = {k: v.clone() for k, v in trainer.optimizer.state[trainer.params[0]].items()}
         sched = trainer.scheduler.state_dict()
-        poisoned["on"] = True
+        poisoned.on = True
         m = trainer.step(2)
         assert m["update/skipped_nonfinite"] == 1.0 and math.isnan(m["loss"])
         assert all(torch.equal(p, w) for p, w in zip(trainer.params, weights, strict=True))
         assert all(torch.equal(v, adam[k]) for k, v in trainer.optimizer.state[trainer.params[0]].items())
         assert trainer.scheduler.state_dict()["last_epoch"] == sched["last_epoch"] + 1
-        poisoned["on"] = False
+        poisoned.on = False
         assert trainer.step(3)["update/skipped_nonfinite"] == 0.0
         assert trainer.guard.total_skipped == 1 and trainer.guard.consecutive == 0
     finally:
         trainer.cleanup()
 
 
-def test_repeated_nonfinite_updates_stop_the_run(tmp_path, monkeypatch):
-    real = trainer_module.policy_loss
-    monkeypatch.setattr(trainer_module, "policy_loss", lambda *a, **k: (lambda r: (r[0] * math.nan, r[1]))(real(*a, **k)))
+def test_repeated_nonfinite_updates_stop_the_run(tmp_path):
     cfg = load_config("demo", [f"output_dir={tmp_path / 'run'}", "max_steps=5", "model.build.sft_steps=0",
                                "grpo.batch_size=16", "optim.max_nonfinite_steps=2", *QUIET])
-    with pytest.raises(NonFiniteUpdateError, match="2 optimizer updates in a row"):
-        train(cfg)
+    trainer = GRPOTrainer(cfg)
+    trainer.setup()
+    try:
+        trainer.update.loss = _Poisoned(trainer.update.loss, on=True)
+        with pytest.raises(NonFiniteUpdateError, match="2 optimizer updates in a row"):
+            trainer.train()
+    finally:
+        trainer.cleanup()
+
+
+class _Poisoned:
+    """A `GRPOLoss` whose loss is NaN while ``on``."""
+
+    def __init__(self, loss, on: bool):
+        self.loss, self.on = loss, on
+
+    def __call__(self, *args, **kwargs):
+        loss, stats = self.loss(*args, **kwargs)
+        return (loss * math.nan if self.on else loss), stats

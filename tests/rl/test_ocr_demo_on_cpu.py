@@ -40,7 +40,7 @@ def test_short_run_scores_with_the_real_ocr_engine(tmp_path, monkeypatch):
             assert math.isfinite(m[key]), (key, m[key])
     for m in (steps[0], steps[-1]):
         assert m["eval/ocr/failed"] == 0 and 0.0 <= m["eval/ocr/mean"] <= 1.0
-    assert "eval/ocr/mean_before" in summary
+    assert summary is not None and "eval/ocr/mean" in summary.evals  # (before, after): a typed RunSummary
     world = json.loads((out / "base_model" / "config.json").read_text())["tiny_world"]
     assert world["renderer"] == "glyphs" and world["grid"] == [1, 5]
 
@@ -53,5 +53,6 @@ def test_held_out_ocr_reward_rises_within_40_steps(tmp_path):
     """
     out = tmp_path / "run"
     summary = train(load_config("demo_ocr", [f"output_dir={out}", "max_steps=40", *QUIET]))
-    before, after = summary["eval/ocr/mean_before"], summary["eval/ocr/mean_after"]
+    assert summary is not None
+    before, after = summary.evals["eval/ocr/mean"]
     assert after - before > 0.15, (before, after)

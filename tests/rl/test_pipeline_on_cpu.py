@@ -1,5 +1,5 @@
-"""The pipelined step (rl/rollout/pipeline.py): same results as the sequential one, order kept, rewards that hang
-or live on a reward server."""
+"""The generation driver's pipelined scoring (rl/rollout/pipeline.py): same results as the sequential one, order
+kept, rewards that hang or live on a reward server."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import torch
 from blip3o_rl.rewards import WeightedRewards
 from blip3o_rl.rl.config import ConfigError, load_config
 from blip3o_rl.rl.rollout.engines import KVCacheEngine, SamplingParams
-from blip3o_rl.rl.rollout.pipeline import chunk_slices, generate_and_score
+from blip3o_rl.rl.rollout.generate import GenerationDriver, RolloutRequest
+from blip3o_rl.rl.rollout.pipeline import PipelinedScoring, chunk_slices
 from blip3o_rl.rl.trainer import GRPOTrainer, train
 
 QUIET = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.image_every=0", "eval.eval_every=0",
@@ -68,17 +69,26 @@ def test_chunks_are_scored_in_order_and_none_is_dropped(tiny_policy):
     engine.setup(tiny_policy)
     captions = ["red", "green", "blue", "red", "green"]
     g = 2
-    meta = [{"id": i} for i in range(len(captions) * g)]
+    request = RolloutRequest(captions, g, SamplingParams(), list(range(5)), [{"id": j} for j in range(5)])
+    assert request.per_sample() == ([c for c in captions for _ in range(g)], [{"id": j} for j in range(5)
+                                                                              for _ in range(g)])
     rewards = WeightedRewards([("ids", 1.0, Ids())])
-    gen, scored = generate_and_score(tiny_policy, engine, captions, g, SamplingParams(), list(range(5)), rewards,
-                                     [c for c in captions for _ in range(g)], meta, decode_chunk_size=2,
-                                     pipelined=True, max_pending=2)
-    assert scored.total == [float(i) for i in range(10)] and len(gen.images) == 10
-    seq_gen, seq = generate_and_score(tiny_policy, engine, captions, g, SamplingParams(), list(range(5)), rewards,
-                                      [c for c in captions for _ in range(g)], meta)
+    driver = GenerationDriver(tiny_policy, engine, decode_chunk_size=2, scoring=PipelinedScoring(max_pending=2))
+    gen, scored = driver.generate_and_score(request, rewards)
+    assert scored.total == [float(i // g) for i in range(10)] and len(gen.images) == 10
+    seq_gen, seq = GenerationDriver(tiny_policy, engine).generate_and_score(request, rewards)  # sequential
     assert seq.total == scored.total
     assert [im.tobytes() for im in seq_gen.images] == [im.tobytes() for im in gen.images]
     assert gen.timings["time/reward_wait"] <= gen.timings["time/reward"] + 1e-6
+    assert [im.tobytes() for im in driver.generate(request).images] == [im.tobytes() for im in gen.images]
+
+
+def test_a_request_checks_its_rows():
+    with pytest.raises(ValueError, match="2 captions but 1 seeds and 2 metadata rows"):
+        RolloutRequest(["a", "b"], 2, SamplingParams(), [0])
+    with pytest.raises(ValueError, match="max_pending must be >= 1"):
+        PipelinedScoring(max_pending=0)
+    assert RolloutRequest(["a"], 4, SamplingParams(), [0], samples=range(2, 4)).per_sample() == (["a"] * 2, [{}] * 2)
 
 
 def test_chunk_sizes_must_keep_groups_whole():

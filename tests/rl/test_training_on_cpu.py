@@ -178,30 +178,36 @@ def test_a_short_run_that_never_scored_a_sample_fails_at_its_end(tmp_path):
         train(cfg)
 
 
-def test_the_reward_failure_stop_is_agreed_over_ranks():
+def test_the_reward_failure_stop_is_agreed_over_ranks(tmp_path):
     """A rank whose rewards failed too often stops every rank, each naming the rank that failed (alone it
-    would leave the others waiting in the next collective). The ranks are two fake `Distributed` views."""
+    would leave the others waiting in the next collective). The ranks are two run lifecycles over fake
+    collectives; the failing rank's guard was fed a step whose every reward failed."""
     from types import SimpleNamespace
 
-    class Watch:
-        def __init__(self, fails):
-            self.fails = fails
+    from blip3o_rl.rewards import CombinedScores
+    from blip3o_rl.rewards.base import RewardOutput
+    from blip3o_rl.rl.run.lifecycle import RunLifecycle
 
-        def check(self, step, last=False):
-            if self.fails:
-                raise NothingLearnedError("reward 'ocr' failed every sample of 3 steps in a row")
+    cfg = load_config("demo", [f"output_dir={tmp_path}", "grpo.max_failed_reward_steps=1"])
+    failed = CombinedScores([None, None], {"ocr": RewardOutput([None, None], [{"error": "down"}] * 2)})
 
     def rank_view(fails, gathered):
-        dist = SimpleNamespace(any_rank=lambda flag: True, all_gather_objects=lambda obj: gathered)
-        return SimpleNamespace(rewards=Watch(fails), dist=dist)
+        comm = SimpleNamespace(any_rank=lambda flag: True, all_gather_objects=lambda obj: gathered)
+        run = RunLifecycle(cfg, comm, is_main=False)  # type: ignore[arg-type]
+        run.record_rewards(3, failed if fails else CombinedScores([1.0, 1.0], {"ocr": RewardOutput([1.0, 1.0])}))
+        return run
 
-    message = "reward 'ocr' failed every sample of 3 steps in a row"
-    with pytest.raises(NothingLearnedError, match=f"^{message}$"):  # the failing rank: its own error
-        GRPOTrainer._check_rewards(rank_view(True, [None, message]), 3, False)  # type: ignore[arg-type]
-    with pytest.raises(NothingLearnedError, match=f"^rank 1: {message}$"):  # a healthy rank stops too
-        GRPOTrainer._check_rewards(rank_view(False, [None, message]), 3, False)  # type: ignore[arg-type]
-    quiet = SimpleNamespace(rewards=Watch(False), dist=SimpleNamespace(any_rank=lambda flag: flag))
-    GRPOTrainer._check_rewards(quiet, 3, False)  # type: ignore[arg-type]  # nobody failed: no gather, no stop
+    message = ("reward 'ocr' failed every sample of 1 steps in a row (up to step 3), so nothing is being learned; "
+               "first failure: down. Fix the reward (its kwargs, its server), or raise grpo.max_failed_reward_steps "
+               "(0: never stop)")
+    with pytest.raises(NothingLearnedError) as own:  # the failing rank: its own error
+        rank_view(True, [None, message]).check_rewards(3, False)
+    assert str(own.value) == message
+    with pytest.raises(NothingLearnedError) as other:  # a healthy rank stops too, naming the failing rank
+        rank_view(False, [None, message]).check_rewards(3, False)
+    assert str(other.value) == f"rank 1: {message}"
+    quiet = RunLifecycle(cfg, SimpleNamespace(any_rank=lambda flag: flag), is_main=False)  # type: ignore[arg-type]
+    quiet.check_rewards(3, False)  # nobody failed: no gather, no stop
 
 
 def test_prompts_longer_than_the_model_are_refused_with_file_and_line(tmp_path):

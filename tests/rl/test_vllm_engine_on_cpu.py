@@ -107,9 +107,10 @@ def test_weight_push_reaches_vllm_and_bad_pushes_are_refused(world):
         ro = engine.generate(prompts, 4, SamplingParams(), _seeds(3))
         fwd = sequence_logprobs(policy.lm, ro.prompts, ro.codes, 1.0)
         torch.testing.assert_close(fwd.logprobs, ro.sampler_logprobs, atol=BOUND, rtol=0)
-        from blip3o_rl.rl.rollout.engines.vllm import check_weights, hf_state_dict
+        from blip3o_rl.rl.rollout.engines.vllm import check_weights
+        from blip3o_rl.rl.weights.finetune import merged_hf_state_dict
 
-        bad = hf_state_dict(policy.model)
+        bad = merged_hf_state_dict(policy.model)
         bad.pop(next(iter(bad)))
         with pytest.raises(RuntimeError, match="refused"):
             check_weights(bad, engine._expected)

@@ -17,10 +17,13 @@ group, the same codes as rows ``start..stop-1`` of generating all G.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -75,10 +78,26 @@ class RolloutEngine(ABC):
     #: code: only float rounding differs); False (vLLM's kernels, a bf16 engine) turns on the truncated
     #: importance-sampling correction under ``rollout.is_correction: auto``.
     exact_logprobs: bool = True
+    #: False for an engine that cannot sample under AR-level classifier-free guidance (two model rows per
+    #: sample, `policies/guidance.py`): `setup` then refuses a guided policy.
+    supports_guidance: bool = True
+
+    #: the context every `generate` samples in (`sample_within`)
+    _weights: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
 
     def setup(self, policy: ImageTokenPolicy) -> None:
         """Bind the engine to ``policy`` (called once, before the first `generate`)."""
+        if policy.lm.rows_per_sample > 1 and not self.supports_guidance:
+            raise ValueError(
+                f"rollout engine {type(self).__name__} has no classifier-free guidance, which "
+                f"{type(policy).__name__} samples with: use rollout.engine: kv_cache or static "
+                "(or turn guidance off, e.g. model.policy_kwargs.guidance_scale: 1)")
         self.policy = policy
+
+    def sample_within(self, weights: Callable[[], AbstractContextManager[Any]]) -> None:
+        """Run every `generate` inside ``weights()`` (the run's `ParallelStrategy.rollout_weights`: under
+        ZeRO-3, one gather of the partitioned weights per rollout instead of one per layer and token)."""
+        self._weights = weights
 
     def generate(
         self,
@@ -102,7 +121,8 @@ class RolloutEngine(ABC):
         samples = full if samples is None else samples
         if samples.step != 1 or len(samples) < 1 or samples.start < 0 or samples.stop > num_generations:
             raise ValueError(f"samples {samples} is not a non-empty contiguous part of a group of {num_generations}")
-        return self._generate(prompts, num_generations, params, [int(s) for s in seeds], return_hidden, samples)
+        with self._weights():
+            return self._generate(prompts, num_generations, params, [int(s) for s in seeds], return_hidden, samples)
 
     @abstractmethod
     def _generate(

@@ -24,8 +24,7 @@ def prefill(lm, prompts: PromptBatch) -> StepOutput:
 
 def decode_one_token(lm, codes: torch.Tensor, cache, attention_mask: torch.Tensor, positions: torch.Tensor):
     """Feed one image code per row ``codes [B]`` at ``positions [B]``; the cache is updated in place."""
-    ids = lm.layout.to_token_ids(codes)[:, None]  # [B, 1]
-    return lm(ids, attention_mask, cache=cache, position_ids=positions[:, None])
+    return lm(None, attention_mask, codes=codes[:, None], cache=cache, position_ids=positions[:, None])
 
 
 class KVCacheEngine(RolloutEngine):

@@ -52,8 +52,7 @@ def decode_one_token(lm: ImageTokenLM, codes: torch.Tensor, cache: StaticKVCache
                      temperature: float, top_k: int, top_p: float) -> StepResult:
     """Feed ``codes [B]`` (RoPE ``positions [B]``, cache column ``cache_position [1]``, valid cache
     ``columns [B, S_max]``) and sample the next codes from ``noise [B, K]``. The compiled unit."""
-    ids = lm.layout.to_token_ids(codes)[:, None]  # [B, 1]
-    out = lm(ids, columns, cache=cache, position_ids=positions[:, None], cache_position=cache_position)
+    out = lm(None, columns, codes=codes[:, None], cache=cache, position_ids=positions[:, None], cache_position=cache_position)
     s = sample_with_noise(out.logits, noise, temperature, top_k, top_p)
     return s.codes, s.logprobs, s.kept, out.hidden
 
@@ -112,7 +111,8 @@ class StaticCacheEngine(RolloutEngine):
     def _decode_cache(self, lm: ImageTokenLM, batch: int, max_len: int) -> StaticKVCache:
         """The decode cache, allocated once per shape (reused across calls: stable addresses for CUDA graphs)."""
         cache = self._cache
-        if cache is None or cache.shape[0] != batch or cache.shape[2] != max_len or cache.keys[0].device != self.policy.device:
+        rows = batch * lm.rows_per_sample  # CFG: a conditional and an unconditional cache row per sample
+        if cache is None or cache.shape[0] != rows or cache.shape[2] != max_len or cache.keys[0].device != self.policy.device:
             self._cache = cache = None  # free the old one first
             self._cache = cache = lm.new_static_cache(batch, max_len)
         return cache

