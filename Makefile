@@ -82,7 +82,7 @@ vllm-venv: $(VLLM_VENV)/.installed
 
 # The vLLM tests (tests marked vllm), in the vLLM venv: real in-process vLLM on the CPU.
 test-vllm: $(VLLM_VENV)/.installed
-	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/rl/test_vllm_engine_on_cpu.py
+	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/rl/test_vllm_engine_on_cpu.py tests/rl/test_vllm_blip3o_next_on_cpu.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) build dist *.egg-info

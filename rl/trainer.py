@@ -299,6 +299,8 @@ class GRPOTrainer:
             self.run.close()
         if hasattr(self, "acc"):
             self._release_wrapper()
+            if hasattr(self, "engine"):
+                self.engine.close()  # before end_training: in-process vLLM's own teardown needs its group
             self.acc.end_training()
         if hasattr(self, "run"):
             self.run.release()

