@@ -7,9 +7,11 @@ Per token t of sample i (all log-probs over the image codes only, same mask and 
     kl      = exp(ref_logp - logp) - (ref_logp - logp) - 1          (k3 estimator, >= 0)
     l_{i,t} = pg + beta * kl
 
-With ``is_weights`` ``w_{i,t}`` (truncated importance sampling, `tis_weights`), the policy-gradient term
-becomes ``w_{i,t} · pg``: it corrects for tokens sampled by an engine whose numerics differ from the
-trainer's (``w = min(π_old / π_engine, cap)``, detached; the KL term is not reweighted).
+With ``is_weights`` ``w_{i,t}`` (the engine-mismatch correction, `rl/is_correction.py`: TRL's token or
+sequence level, truncate or mask), the policy-gradient term becomes ``w_{i,t} · pg``: it corrects for
+tokens sampled by an engine whose numerics differ from the trainer's (detached; the KL term is not
+reweighted). ``importance_sampling_level="sequence"`` makes ``ratio`` one value per sample, the exp of
+its mean token log-ratio (GSPO, TRL's name), clipped as a whole.
 
 ``mask[i]`` is 0 for an excluded (failed-reward) sample: its inputs are zeroed *before* any arithmetic
 (a NaN advantage or log-prob there cannot reach the loss or the gradients), and its tokens leave the
@@ -35,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from .is_correction import log_importance_weights
 
 LossNormaliser = Callable[..., torch.Tensor]
 _NORMALISERS: dict[str, LossNormaliser] = {}
@@ -75,15 +79,6 @@ def _dapo(per_token, token_mask, *, valid_tokens, **_):
     return (per_token * token_mask).sum() / valid_tokens
 
 
-def tis_weights(old_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
-    """Truncated importance weights ``min(exp(old - engine), cap)`` ``[B, L]`` (detached): the ratio of the
-    trainer's π_old to the distribution the rollout engine actually sampled from, capped above so a token
-    the engine under-weighted cannot dominate the step (Yao et al., "off-policy RL from mismatched
-    inference", the TIS correction). Non-finite entries (excluded rows) become 1."""
-    w = torch.exp(old_logprobs.detach().float() - engine_logprobs.detach().float()).clamp(max=cap)
-    return torch.where(torch.isfinite(w), w, torch.ones_like(w))
-
-
 @dataclass
 class LossStats:
     """Detached statistics of one micro-batch, averaged over valid tokens."""
@@ -115,6 +110,7 @@ def policy_loss(
     global_valid_tokens: int | None = None,
     global_valid_samples: int | None = None,
     is_weights: torch.Tensor | None = None,
+    importance_sampling_level: str = "token",
 ) -> tuple[torch.Tensor, LossStats]:
     """Loss of one micro-batch (see the module docstring for the exact objective).
 
@@ -129,8 +125,9 @@ def policy_loss(
         global_valid_tokens, global_valid_samples: valid tokens / samples of the whole step (all
             micro-batches and ranks), the normalisers of every loss type; None: this micro-batch's own
             (it is the whole step).
-        is_weights: ``[B, L]`` truncated importance weights on the policy-gradient term (`tis_weights`);
-            None: no correction.
+        is_weights: ``[B, L]`` or ``[B, 1]`` engine-mismatch weights on the policy-gradient term
+            (`rl.is_correction.ISCorrection.weights`); None: no correction.
+        importance_sampling_level: "token" (GRPO) or "sequence" (GSPO), `rl.is_correction.log_importance_weights`.
     """
     if loss_type not in _NORMALISERS:
         raise ValueError(f"loss_type must be one of {loss_types()}, got {loss_type!r}")
@@ -147,7 +144,7 @@ def policy_loss(
     old_logprobs = torch.where(rows, old_logprobs.detach().to(logprobs.dtype), zero)
     adv = torch.where(valid, advantages.to(logprobs.dtype), zero)[:, None]  # [B, 1]
 
-    log_ratio = logprobs - old_logprobs
+    log_ratio = log_importance_weights(logprobs, old_logprobs, token_mask, importance_sampling_level)
     ratio = torch.exp(log_ratio)
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
     per_token = -torch.min(ratio * adv, clipped * adv)  # [B, L]

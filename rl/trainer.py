@@ -53,8 +53,9 @@ from .eval_guard import OverOptimisationGuard
 from .finetune import FinetuneSetup
 from .generate import sample_and_decode
 from .guard import FiniteUpdateGuard
+from .is_correction import ISCorrection
 from .logprobs import micro_batches, score_rollout, sequence_logprobs
-from .loss import policy_loss, tis_weights
+from .loss import policy_loss
 from .optim import build_optimizer, build_scheduler
 from .pipeline import generate_and_score
 from .presets import describe as describe_sampling
@@ -145,8 +146,9 @@ class GRPOTrainer:
         self.guard = FiniteUpdateGuard(cfg.optim.max_nonfinite_steps)  # every optimizer step goes through it
 
         engine = build_engine(cfg.rollout.engine, **cfg.rollout.engine_kwargs)
-        r = cfg.rollout  # truncated IS when the engine's numerics differ from ours (rl/loss.py tis_weights)
-        self.is_cap = r.is_cap if r.is_correction == "on" or (r.is_correction == "auto" and not engine.exact_logprobs) else None
+        r = cfg.rollout  # importance sampling when the engine's numerics differ from ours (rl/is_correction.py)
+        on = r.is_correction == "on" or (r.is_correction == "auto" and not engine.exact_logprobs)
+        self.is_correction = ISCorrection(r.is_mode, r.is_clip_max, r.is_clip_min) if on else None
         self.engine = self.dist.rollout_engine(engine, self.lm, d.zero3_gather_for_rollout)
         self.engine.setup(self.policy)
         self.sampling, how = rollout_sampling(cfg.rollout, self.policy)  # rl/presets.py
@@ -404,13 +406,15 @@ class GRPOTrainer:
                 last = i == len(slices) - 1
                 with self.dist.no_sync(self.lm, last):  # gradients all-reduced once per update
                     fwd = self._forward(ro, sl)
-                    isw = None if self.is_cap is None else tis_weights(
-                        fwd.logprobs if old is None else old[sl], ro.sampler_logprobs[sl], self.is_cap)
+                    isw = None if self.is_correction is None else self.is_correction.weights(
+                        fwd.logprobs if old is None else old[sl], ro.sampler_logprobs[sl],
+                        mask[sl][:, None].expand_as(fwd.logprobs).float())
                     loss, st = policy_loss(
                         fwd.logprobs, fwd.logprobs.detach() if old is None else old[sl], adv[sl], mask[sl],
                         loss_type=g.loss_type, epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
                         ref_logprobs=None if ref is None else ref[sl],
                         global_valid_tokens=global_valid, global_valid_samples=global_samples, is_weights=isw,
+                        importance_sampling_level=g.importance_sampling_level,
                     )
                     self.dist.backward(self.lm, loss, last)  # x world size: wrappers average (rl/distributed.py)
                 w = st.valid_tokens
@@ -423,9 +427,8 @@ class GRPOTrainer:
                     diff = (fwd.logprobs.detach() - ro.sampler_logprobs[sl])[m].abs()
                     vals["rollout/logprob_diff_mean"] = float(diff.mean())
                     sums["rollout/logprob_diff_max"] = max(sums.get("rollout/logprob_diff_max", 0.0), float(diff.max()))
-                    if isw is not None and self.is_cap is not None:
-                        vals["rollout/is_weight_mean"] = float(isw[m].mean())
-                        vals["rollout/is_capped_fraction"] = float((isw[m] >= self.is_cap).float().mean())
+                    if isw is not None and self.is_correction is not None:
+                        vals.update(self.is_correction.stats(isw, m))
                 for k, v in vals.items():
                     sums[k] = sums.get(k, 0.0) + v * w
                     sums[f"_w/{k}"] = sums.get(f"_w/{k}", 0.0) + w
