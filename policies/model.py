@@ -33,14 +33,14 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 #: ``score(logits [B, n, K], codes [B, n], positions) -> (logprobs [B, n], entropy [B, n])``: the sampling
-#: distribution, supplied by the caller (the trainer's `rl/sampling.py`); ``positions`` is the slice of
+#: distribution, supplied by the caller (the trainer's `rl/grpo/sampling.py`); ``positions`` is the slice of
 #: the N code positions this chunk covers, for callers that carry per-position state.
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, slice], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """The sampling distribution over image codes (applied by `rl/sampling.py`)."""
+    """The sampling distribution over image codes (applied by `rl/grpo/sampling.py`)."""
 
     temperature: float = 1.0
     top_k: int = 0  # 0: no top-k truncation (RL default)

@@ -29,10 +29,10 @@ import yaml
 from .. import registry
 from ..rewards.base import REMOTE_PREFIX
 from ..rewards.remote import RemoteReward
-from .advantages import REWARD_AGGREGATIONS, SCALE_REWARDS
 from .batch_layout import batch_split_problem
-from .is_correction import IMPORTANCE_SAMPLING_LEVELS, IS_MODES
-from .loss import loss_types
+from .grpo.advantages import REWARD_AGGREGATIONS, SCALE_REWARDS
+from .grpo.is_correction import IMPORTANCE_SAMPLING_LEVELS, IS_MODES
+from .grpo.loss import loss_types
 
 
 class ConfigError(ValueError):
@@ -69,7 +69,7 @@ class RolloutConfig:
     engine: str = "kv_cache"  # kv_cache (alias hf) | static | vllm | vllm_server | "package.module:Class"
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # the engine's constructor arguments
     # Importance sampling between the engine's and the trainer's log-probs on each sample's policy-gradient
-    # term (rl/is_correction.py, TRL's vllm_importance_sampling_correction / _mode / _clip_max / _clip_min):
+    # term (rl/grpo/is_correction.py, TRL's vllm_importance_sampling_correction / _mode / _clip_max / _clip_min):
     # "auto" when the engine's numerics differ from the trainer's (vLLM: its own kernels), "on", or "off"
     is_correction: str = "auto"
     is_mode: str = "sequence_mask"  # token_truncate | token_mask | sequence_truncate | sequence_mask (TRL's default)
@@ -85,7 +85,7 @@ class RolloutConfig:
     # Samples per decode call, a multiple of grpo.num_generations (whole groups), or of grpo.batch_size when
     # a group is split across processes (null: the whole batch at once).
     decode_chunk_size: int | None = None
-    # Score each decoded chunk while the next one decodes (rl/pipeline.py); same results as without.
+    # Score each decoded chunk while the next one decodes (rl/rollout/pipeline.py); same results as without.
     pipeline_rewards: bool = False
     max_pending_chunks: int = 4  # decoded chunks waiting for their rewards before decoding pauses
 
@@ -103,11 +103,11 @@ class GRPOConfig:
     loss_type: str = "bnpo"
     scale_rewards: str = "group"  # group | batch | none
     # several rewards: "sum" (weighted total, then normalised) or "normalize_then_sum" (each reward
-    # normalised within its group, weighted, summed, then normalised as scale_rewards says; rl/advantages.py)
+    # normalised within its group, weighted, summed, then normalised as scale_rewards says; rl/grpo/advantages.py)
     reward_aggregation: str = "sum"
     num_iterations: int = 1  # μ: optimizer passes over each rollout batch
     # the policy ratio per token ("token": GRPO) or one per sample from its mean token log-ratio ("sequence":
-    # GSPO); TRL's name and values (rl/is_correction.py)
+    # GSPO); TRL's name and values (rl/grpo/is_correction.py)
     importance_sampling_level: str = "token"
     max_failed_reward_steps: int = 3  # steps in a row in which every sample's reward failed that stop the run (0: never)
 
@@ -119,7 +119,7 @@ class OptimConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
-    optimizer: str = "adamw"  # registered name (adamw, adam, sgd) or "package.module:Class"; see rl/optim.py
+    optimizer: str = "adamw"  # registered name (adamw, adam, sgd) or "package.module:Class"; see rl/weights/optim.py
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments
     lr_scheduler_type: str = "constant"  # registered name (constant, cosine, linear, ...) or "module:function"
     warmup_steps: int = 0
@@ -154,7 +154,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class GuardSpec:
-    """One ``eval.guard`` entry: watch ``eval/<reward>/mean`` for a drop while training rises (rl/eval_guard.py)."""
+    """One ``eval.guard`` entry: watch ``eval/<reward>/mean`` for a drop while training rises (rl/run/eval_guard.py)."""
 
     reward: str  # the name of an eval reward (its log name)
     margin: float = 0.05  # drop from its best (in the reward's units) that triggers
@@ -172,7 +172,7 @@ class EvalConfig:
     # 1200, top-p 0.95, as published GenEval / OCR numbers)
     sampling: str = "rollout"
     # over-optimisation guard per eval reward: warn (or stop) when it falls by more than `margin` from
-    # its best while the training reward rises (rl/eval_guard.py)
+    # its best while the training reward rises (rl/run/eval_guard.py)
     guard: tuple[GuardSpec, ...] = ()
 
 
@@ -193,7 +193,7 @@ class CheckpointConfig:
     keep_last: int = 2  # 0: keep every checkpoint
     save_final: bool = True
     # keep the checkpoint of the best value of this eval metric in checkpoints/best/ (never pruned by
-    # keep_last), e.g. "eval/geneval/mean"; null: off (rl/best_checkpoint.py)
+    # keep_last), e.g. "eval/geneval/mean"; null: off (rl/run/best_checkpoint.py)
     best_metric: str | None = None
     best_mode: str = "max"  # max | min
 
@@ -201,7 +201,7 @@ class CheckpointConfig:
 @dataclass(frozen=True)
 class DistributedConfig:
     # auto: what the launcher's accelerate config asks for (FSDP -> fsdp2, DeepSpeed -> deepspeed), else ddp;
-    # fsdp2: torch's fully_shard per decoder layer (rl/distributed.py); ddp on one process is no wrapper
+    # fsdp2: torch's fully_shard per decoder layer (rl/parallel/distributed.py); ddp on one process is no wrapper
     strategy: str = "auto"
     timeout_minutes: float = 30.0  # a collective waiting longer (a dead peer) fails, naming the rank
     # ZeRO-3: gather the partitioned weights once per rollout instead of per layer and per decoded token

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from .config import EvalConfig, OptimConfig, RolloutConfig
-from .engines import SamplingParams
+from .rollout.engines import SamplingParams
 
 
 def _policy_values(policy, attr: str, key: str, value: str):

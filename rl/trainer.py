@@ -1,6 +1,6 @@
 """The GRPO recipe: orchestration only; each phase is a component call.
 
-Objective per step (see `rl/loss.py` for the exact normalisations)::
+Objective per step (see `rl/grpo/loss.py` for the exact normalisations)::
 
     for each prompt: G image-token sequences y_1..y_G ~ π_old(·|prompt)   (sampled among image codes only)
     r_i = Σ_k w_k · reward_k(decode(y_i), prompt)                        (a failed reward excludes y_i)
@@ -24,10 +24,30 @@ import yaml
 
 from ..policies import can_build, load_policy, policy_class
 from ..rewards import WeightedRewards, load_reward
-from .advantages import count_groups_without_baseline, reward_advantages
 from .batch_layout import BatchLayout
-from .best_checkpoint import BestCheckpoint
-from .checkpoint import (
+from .config import ConfigError, RewardSpec, TrainConfig, check_components, config_to_dict
+from .data import PromptSampler, check_prompt_lengths, load_prompts
+from .errors import CheckpointError, NothingLearnedError, ResumeError, RunError, TrainingStopped
+from .grpo.advantages import count_groups_without_baseline, reward_advantages
+from .grpo.is_correction import ISCorrection
+from .grpo.logprobs import micro_batches, score_rollout, sequence_logprobs
+from .grpo.loss import policy_loss
+from .parallel.checkpoint_shards import (
+    check_world_size,
+    load_optimizer_state,
+    optimizer_state,
+    restore_rank_state,
+    stage_rank_files,
+    trainable_state,
+)
+from .parallel.distributed import Distributed, make_accelerator, resolve_strategy
+from .presets import describe as describe_sampling
+from .presets import eval_sampling, lr_schedule_steps, rollout_sampling
+from .rollout.engines import Rollout, build_engine, stream_seed
+from .rollout.generate import sample_and_decode
+from .rollout.pipeline import generate_and_score
+from .run.best_checkpoint import BestCheckpoint
+from .run.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     previous_intact,
@@ -36,42 +56,22 @@ from .checkpoint import (
     staging_dir,
     verify_checkpoint,
 )
-from .checkpoint_shards import (
-    check_world_size,
-    load_optimizer_state,
-    optimizer_state,
-    restore_rank_state,
-    stage_rank_files,
-    trainable_state,
-)
-from .config import ConfigError, RewardSpec, TrainConfig, check_components, config_to_dict
-from .data import PromptSampler, check_prompt_lengths, load_prompts
-from .distributed import Distributed, make_accelerator, resolve_strategy
-from .engines import Rollout, build_engine, stream_seed
-from .errors import CheckpointError, NothingLearnedError, ResumeError, RunError, TrainingStopped
-from .eval_guard import OverOptimisationGuard
-from .finetune import FinetuneSetup
-from .generate import sample_and_decode
-from .guard import FiniteUpdateGuard
-from .is_correction import ISCorrection
-from .logprobs import micro_batches, score_rollout, sequence_logprobs
-from .loss import policy_loss
-from .optim import build_optimizer, build_scheduler
-from .pipeline import generate_and_score
-from .presets import describe as describe_sampling
-from .presets import eval_sampling, lr_schedule_steps, rollout_sampling
-from .progress import Progress, quiet_library_bars, show_bars
-from .resume import (
+from .run.eval_guard import OverOptimisationGuard
+from .run.guard import FiniteUpdateGuard
+from .run.progress import Progress, quiet_library_bars, show_bars
+from .run.resume import (
     apply_optimizer_config,
     check_resume_config,
     optimizer_hyperparameters,
     record_changes,
     with_defaults,
 )
-from .reward_watch import RewardFailureWatch
-from .run_dir import archive_after, claim_run_dir
-from .signals import StopSignals
-from .tracking import METRICS_FILE, RunLogger, image_grid, plot_reward_curve, read_metrics, timed
+from .run.reward_watch import RewardFailureWatch
+from .run.run_dir import archive_after, claim_run_dir
+from .run.signals import StopSignals
+from .run.tracking import METRICS_FILE, RunLogger, image_grid, plot_reward_curve, read_metrics, timed
+from .weights.finetune import FinetuneSetup
+from .weights.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +93,12 @@ class GRPOTrainer:
               allow_config_change: Sequence[str] = ()) -> None:
         """Build everything; ``resume``: True (the latest checkpoint) or a checkpoint (path, ``step_N``, N).
 
-        A new run refuses an ``output_dir`` holding files unless ``overwrite`` (rl/run_dir.py); a resume
-        refuses a changed config except the ``allow_config_change`` keys (rl/resume.py).
+        A new run refuses an ``output_dir`` holding files unless ``overwrite`` (rl/run/run_dir.py); a resume
+        refuses a changed config except the ``allow_config_change`` keys (rl/run/resume.py).
         """
         cfg = self.cfg
         check_components(cfg)  # names resolve and input files exist, before any folder or model is touched
-        # rl/distributed.py: the launcher's world size checked, the strategy from the launcher or the recipe
+        # rl/parallel/distributed.py: the launcher's world size checked, the strategy from the launcher or the recipe
         d = cfg.distributed
         strategy = resolve_strategy(d.strategy)
         self.acc = make_accelerator(strategy, cfg.model.mixed_precision, d.timeout_minutes)
@@ -126,7 +126,7 @@ class GRPOTrainer:
         self.finetune = FinetuneSetup(self.policy, cfg.model, need_reference=cfg.grpo.beta > 0)
         if self.resume_from is not None:  # before any sharding: every rank loads the full weights
             self.finetune.load_trainable_state_dict(load_checkpoint(self.resume_from, verify=False).weights)
-        self.dist.shard(self.policy.lm, self.finetune.reference_module)  # FSDP2: in place (rl/distributed.py)
+        self.dist.shard(self.policy.lm, self.finetune.reference_module)  # FSDP2: in place (rl/parallel/distributed.py)
         self.params = self.finetune.trainable_parameters()
         frozen = {id(p) for p in self.policy.frozen_parameters()}
         if any(id(p) in frozen for p in self.params):
@@ -146,7 +146,7 @@ class GRPOTrainer:
         self.guard = FiniteUpdateGuard(cfg.optim.max_nonfinite_steps)  # every optimizer step goes through it
 
         engine = build_engine(cfg.rollout.engine, **cfg.rollout.engine_kwargs)
-        r = cfg.rollout  # importance sampling when the engine's numerics differ from ours (rl/is_correction.py)
+        r = cfg.rollout  # importance sampling when the engine's numerics differ from ours (rl/grpo/is_correction.py)
         on = r.is_correction == "on" or (r.is_correction == "auto" and not engine.exact_logprobs)
         self.is_correction = ISCorrection(r.is_mode, r.is_clip_max, r.is_clip_min) if on else None
         self.engine = self.dist.rollout_engine(engine, self.lm, d.zero3_gather_for_rollout)
@@ -158,13 +158,13 @@ class GRPOTrainer:
                   f"eval sampling: {describe_sampling(self.eval_sampling)}, {eval_how}", flush=True)
         rewards = _build_rewards(cfg.rewards)
         self.eval_rewards = _build_rewards(cfg.eval.rewards) if cfg.eval.rewards else rewards
-        self.rewards = RewardFailureWatch(rewards, cfg.grpo.max_failed_reward_steps)  # rl/reward_watch.py
+        self.rewards = RewardFailureWatch(rewards, cfg.grpo.max_failed_reward_steps)  # rl/run/reward_watch.py
         self.sampler = PromptSampler(train_rows, self.layout.prompts_per_step, cfg.seed, cfg.data.shuffle,
                                      self.layout.prompts)
         self.eval_rows = load_prompts(cfg.eval.prompts_file)[: cfg.eval.num_prompts] if cfg.eval.prompts_file else []
         if cfg.eval.prompts_file:
             self._check_prompts(self.eval_rows, cfg.eval.prompts_file)
-        self.overopt = OverOptimisationGuard(cfg.eval.guard)  # rl/eval_guard.py
+        self.overopt = OverOptimisationGuard(cfg.eval.guard)  # rl/run/eval_guard.py
         self.best = BestCheckpoint(self.out / "checkpoints", cfg.checkpoint.best_metric, cfg.checkpoint.best_mode)
 
         if self.resume_from is not None:
@@ -174,7 +174,7 @@ class GRPOTrainer:
             self.log = RunLogger(self.out, cfg.logging, config_to_dict(cfg), self.start_step)
 
     def _claim_run_dir(self, resume: str | bool | None, overwrite: bool) -> None:
-        """Rank 0 locks the run folder (rl/run_dir.py); the others learn its verdict."""
+        """Rank 0 locks the run folder (rl/run/run_dir.py); the others learn its verdict."""
         error: BaseException | None = None
         if self.acc.is_main_process:
             try:
@@ -210,7 +210,7 @@ class GRPOTrainer:
         if path is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {root}")
         try:
-            if not verify_checkpoint(path):  # every file against its sha256 (rl/checkpoint.py)
+            if not verify_checkpoint(path):  # every file against its sha256 (rl/run/checkpoint.py)
                 logger.warning("checkpoint %s predates checksums (no manifest.json): resuming unverified", path)
         except CheckpointError as exc:
             prev = previous_intact(root, path)
@@ -220,7 +220,7 @@ class GRPOTrainer:
         state_json = path / "trainer_state.json"
         saved_state = json.loads(state_json.read_text()) if state_json.is_file() else {}
         step = int(saved_state["step"]) if "step" in saved_state else None
-        check_world_size(path, saved_state.get("world_size"), self.world)  # rl/checkpoint_shards.py
+        check_world_size(path, saved_state.get("world_size"), self.world)  # rl/parallel/checkpoint_shards.py
         if step is not None and step >= self.cfg.max_steps:
             raise ResumeError(f"--resume: checkpoint {path} is at step {step} and max_steps is {self.cfg.max_steps}: "
                               f"nothing to train; raise max_steps (e.g. max_steps={2 * step}) to continue the run")
@@ -242,7 +242,7 @@ class GRPOTrainer:
         """Optimizer, schedule, data position and this rank's RNG (the weights loaded before wrapping)."""
         ckpt = load_checkpoint(path, verify=False)  # verified in _check_resume
         fresh = optimizer_hyperparameters(self.optimizer)  # the configured values, before the saved ones load
-        load_optimizer_state(self.dist, self.lm, self.optimizer, ckpt.optimizer, path)  # rl/checkpoint_shards.py
+        load_optimizer_state(self.dist, self.lm, self.optimizer, ckpt.optimizer, path)  # rl/parallel/checkpoint_shards.py
         self.scheduler.load_state_dict(ckpt.scheduler)
         changes = getattr(self, "config_changes", {})
         apply_optimizer_config(self.optimizer, self.scheduler, fresh,  # allowed changes really apply
@@ -260,15 +260,15 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ training
     def train(self) -> dict[str, float]:
         """Steps ``start_step + 1 .. max_steps``; SIGINT / SIGTERM end it after the current step with a
-        checkpoint (`TrainingStopped`), and a reward that fails every sample stops it (rl/reward_watch.py)."""
+        checkpoint (`TrainingStopped`), and a reward that fails every sample stops it (rl/run/reward_watch.py)."""
         cfg, main = self.cfg, self.acc.is_main_process
         if self.start_step == 0 and cfg.eval.eval_every:
             first = self.evaluate()  # every rank: sharded and gathered, as at later steps
             watched = self._watch(0, first)  # every rank: the metrics agree, a best checkpoint is collective
             if main:
                 self.log.log(0, {**first, **watched})
-        progress = Progress(self.start_step, cfg.max_steps, bar=self.show_bars, enabled=main)  # rl/progress.py
-        with StopSignals() as stop:  # rl/signals.py
+        progress = Progress(self.start_step, cfg.max_steps, bar=self.show_bars, enabled=main)  # rl/run/progress.py
+        with StopSignals() as stop:  # rl/run/signals.py
             for step in range(self.start_step + 1, cfg.max_steps + 1):
                 metrics = self.step(step)
                 if cfg.eval.eval_every and (step % cfg.eval.eval_every == 0 or step == cfg.max_steps):
@@ -296,7 +296,7 @@ class GRPOTrainer:
         return self._summarise() if main else {}
 
     def _check_rewards(self, step: int, last: bool) -> None:
-        """`RewardFailureWatch.check` (rl/reward_watch.py), agreed over the ranks: when one rank's rewards
+        """`RewardFailureWatch.check` (rl/run/reward_watch.py), agreed over the ranks: when one rank's rewards
         failed too often every rank stops, with that rank's message (alone, it would leave the others waiting
         in the next collective until the timeout)."""
         error: NothingLearnedError | None = None
@@ -312,7 +312,7 @@ class GRPOTrainer:
             raise NothingLearnedError(f"rank {rank}: {text}")
 
     def _watch(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
-        """The eval watchers: the over-optimisation guard (rl/eval_guard.py), then the best checkpoint."""
+        """The eval watchers: the over-optimisation guard (rl/run/eval_guard.py), then the best checkpoint."""
         out = self.overopt.observe(step, metrics)
         out.update(self.best.observe(step, metrics, self.save_checkpoint))
         return out
@@ -331,7 +331,7 @@ class GRPOTrainer:
             # 2. Rollout and decode: exactly N image codes per sample, among the image tokens only.
             #    Each sample's noise is keyed by its prompt's seed and its index in the group.
             # 3. Rewards; None (failed) becomes NaN and excludes the sample. With rollout.pipeline_rewards,
-            #    each decoded chunk of whole prompts is scored while the next decodes (rl/pipeline.py).
+            #    each decoded chunk of whole prompts is scored while the next decodes (rl/rollout/pipeline.py).
             rc = self.cfg.rollout
             gen, scored = generate_and_score(
                 self.policy, self.engine, [r.prompt for r in rows], g.num_generations, self.sampling, seeds,
@@ -348,7 +348,7 @@ class GRPOTrainer:
                                    out.num_failed, len(out.scores), first_error.get("error", first_error))
             # 4. Advantages over the gathered per-reward scores of all ranks (in rank order: the global batch,
             #    groups contiguous, whether a group lives on one rank or is split over several), combined as
-            #    grpo.reward_aggregation says (rl/advantages.py); this rank keeps its rows.
+            #    grpo.reward_aggregation says (rl/grpo/advantages.py); this rank keeps its rows.
             all_rewards = self.acc.gather(rewards.to(self.acc.device)).cpu()  # [world * B]
             per = torch.tensor([[math.nan if x is None else x for x in scored.outputs[s.log_name].scores]
                                 for s in self.cfg.rewards], dtype=torch.float32).T  # [B, K]
@@ -401,7 +401,7 @@ class GRPOTrainer:
         global_samples = global_valid // ro.codes.shape[1]  # valid samples of the step (all ranks)
         skipped, step_losses = 0, []
         for it in range(g.num_iterations):
-            step_loss = 0.0  # Σ of the micro-batches' shares = this update's loss (rl/loss.py)
+            step_loss = 0.0  # Σ of the micro-batches' shares = this update's loss (rl/grpo/loss.py)
             for i, sl in enumerate(slices):
                 last = i == len(slices) - 1
                 with self.dist.no_sync(self.lm, last):  # gradients all-reduced once per update
@@ -416,7 +416,7 @@ class GRPOTrainer:
                         global_valid_tokens=global_valid, global_valid_samples=global_samples, is_weights=isw,
                         importance_sampling_level=g.importance_sampling_level,
                     )
-                    self.dist.backward(self.lm, loss, last)  # x world size: wrappers average (rl/distributed.py)
+                    self.dist.backward(self.lm, loss, last)  # x world size: wrappers average (rl/parallel/distributed.py)
                 w = st.valid_tokens
                 m = mask[sl]
                 step_loss += float(loss.detach())
@@ -437,7 +437,7 @@ class GRPOTrainer:
             max_norm = o.max_grad_norm if o.max_grad_norm is not None else math.inf
             norm = self.dist.clip_grad_norm(self.params, max_norm)  # global: the gradients are synchronised
             step_loss = self.dist.all_sum([step_loss])[0]  # every rank's share: the update's global loss
-            # optimizer step, or a skipped non-finite update on every rank at once (rl/guard.py); the LR
+            # optimizer step, or a skipped non-finite update on every rank at once (rl/run/guard.py); the LR
             # schedule steps either way; grads cleared
             skipped += not self.guard.step(self.dist.optimizer_for_guard(self.lm, self.optimizer), self.scheduler,
                                            step_loss, norm, agree=self.dist.all_ranks)
@@ -541,14 +541,14 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ checkpoints and the end
     def save_checkpoint(self, step: int) -> Path | None:
         """Every rank stages its own files (RNG; DeepSpeed shards), rank 0 the gathered weights and optimizer,
-        then rank 0 seals the folder (manifest, atomic rename, ``latest``; rl/checkpoint.py). Collective."""
+        then rank 0 seals the folder (manifest, atomic rename, ``latest``; rl/run/checkpoint.py). Collective."""
         root, main = self.out / "checkpoints", self.acc.is_main_process
         staging = staging_dir(root, step)
         if main:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         self.dist.barrier("checkpoint staging")
-        stage_rank_files(self.dist, self.lm, staging)  # rl/checkpoint_shards.py
+        stage_rank_files(self.dist, self.lm, staging)  # rl/parallel/checkpoint_shards.py
         weights = trainable_state(self.dist, self.lm, self.finetune)  # full, on rank 0
         optim = optimizer_state(self.dist, self.lm, self.optimizer)
         self.dist.barrier("checkpoint files")

@@ -5,7 +5,7 @@
 
 Full size is Qwen3-1.7B with the 217,210-token vocabulary + SANA 1.5 1.6B + DC-AE f32c32 (1024 px),
 random weights in bf16 (the speed does not depend on the values). The AR part is the rollout engine
-(`rl/engines/kv_cache.py`, untruncated sampling), which collects the N + 1 conditioning states as it
+(`rl/rollout/engines/kv_cache.py`, untruncated sampling), which collects the N + 1 conditioning states as it
 goes (one extra step for the last token); they are checked against one full forward
 (`Blip3oNextPolicy.image_hidden_states`). Decode noise comes from one generator per image.
 """
@@ -31,8 +31,8 @@ from ..policies.blip3o_next import (
     DecodeSettings,
 )
 from ..policies.blip3o_next.decoder import build_connector
-from ..rl.engines import KVCacheEngine, SamplingParams
-from ..rl.generate import decode_generators
+from ..rl.rollout.engines import KVCacheEngine, SamplingParams
+from ..rl.rollout.generate import decode_generators
 
 # Public Qwen3-1.7B config with the BLIP3o-NEXT vocabulary and ids (REFERENCE §1).
 QWEN3_1_7B_BLIP3O = {

@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 from ..rl.config import ModelConfig
-from ..rl.engines import KVCacheEngine, SamplingParams, stream_seed
-from ..rl.finetune import FinetuneSetup
-from ..rl.generate import sample_and_decode
-from ..rl.logprobs import micro_batches, score_rollout, sequence_logprobs
-from ..rl.loss import policy_loss
+from ..rl.grpo.logprobs import micro_batches, score_rollout, sequence_logprobs
+from ..rl.grpo.loss import policy_loss
+from ..rl.rollout.engines import KVCacheEngine, SamplingParams, stream_seed
+from ..rl.rollout.generate import sample_and_decode
+from ..rl.weights.finetune import FinetuneSetup
 from .bench_blip3o_next import full_size_policy
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..rl.config import config_from_dict, config_to_dict, load_config
-from ..rl.tracking import read_metrics
+from ..rl.run.tracking import read_metrics
 from ..rl.trainer import train
 
 WINDOW = 10  # steps per row of the table

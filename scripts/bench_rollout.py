@@ -18,7 +18,7 @@ import time
 import torch
 
 from ..policies import load_policy
-from ..rl.engines import KVCacheEngine, SamplingParams
+from ..rl.rollout.engines import KVCacheEngine, SamplingParams
 
 
 def _ours(policy, prompts, group):

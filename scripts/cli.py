@@ -81,7 +81,7 @@ def _generation_policy(args: argparse.Namespace, command: str):
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from ..rl.data import load_prompts
-    from ..rl.generate import generate_images
+    from ..rl.rollout.generate import generate_images
 
     prompts = list(args.prompt or [])
     if args.prompts_file:
@@ -109,8 +109,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _claim_out(args: argparse.Namespace) -> None:
-    """``--out`` must be writable and empty, or ``--overwrite`` moves its old files aside (rl/run_dir.py)."""
-    from ..rl.run_dir import claim_output_folder
+    """``--out`` must be writable and empty, or ``--overwrite`` moves its old files aside (rl/run/run_dir.py)."""
+    from ..rl.run.run_dir import claim_output_folder
 
     moved = claim_output_folder(args.out, overwrite=args.overwrite)
     if moved is not None:
@@ -118,7 +118,7 @@ def _claim_out(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..rl.export import export_run
+    from ..rl.weights.export import export_run
 
     try:
         out = export_run(args.run, args.out, checkpoint=args.checkpoint, base_model=args.base_model,
@@ -179,7 +179,7 @@ def _add_serve_reward(sub) -> None:
 
 def _cmd_eval_ocr(args: argparse.Namespace) -> int:
     from ..rewards.ocr import OCRReward, load_ocr_prompts
-    from ..rl.evaluate import evaluate_ocr
+    from ..rl.benchmarks.ocr import evaluate_ocr
     from .eval_ocr import engine_kwargs
 
     if min(args.images_per_prompt, 1 if args.max_prompts is None else args.max_prompts) < 1:
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from ..rl.errors import TrainingStopped
-    from ..rl.progress import on_terminal, quiet_library_bars
+    from ..rl.run.progress import on_terminal, quiet_library_bars
 
     if not on_terminal():  # a log file: no "Loading weights" / "Writing model shards" bar redraws
         quiet_library_bars()

@@ -60,7 +60,7 @@ def _available(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..policies import load_policy
-    from ..rl.engines import SamplingParams, build_engine, stream_seed
+    from ..rl.rollout.engines import SamplingParams, build_engine, stream_seed
 
     torch.set_num_threads(args.threads)
     if args.json:  # vLLM logs to stdout once it configures logging: keep stdout one JSON object

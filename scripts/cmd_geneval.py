@@ -62,7 +62,7 @@ def configure_data(parser: argparse.ArgumentParser) -> None:
 @_report_errors
 def run_data(args: argparse.Namespace) -> int:
     from ..rewards.geneval.prompts import generate_prompts
-    from ..rl.run_dir import claim_output_file
+    from ..rl.run.run_dir import claim_output_file
 
     unknown = [o for o in args.objects if o not in GENEVAL_OBJECTS]
     if unknown:
@@ -168,7 +168,7 @@ def _check_eval_args(args: argparse.Namespace) -> None:
 def generate_folder(policy, sampling, rows: list[dict], out: Path, args: argparse.Namespace) -> None:
     """Generate ``args.images_per_prompt`` images per metadata row into GenEval's layout under ``out``."""
     from ..rewards.geneval.benchmark import write_prompt_folder
-    from ..rl.generate import generate_images
+    from ..rl.rollout.generate import generate_images
 
     images = generate_images(policy, [r["prompt"] for r in rows], args.images_per_prompt, sampling,
                              seed=args.seed, batch_size=args.batch_size)

@@ -1,6 +1,6 @@
 """OCR benchmark: mean OCR reward ("OCR accuracy"), exact-match rate, per-image jsonl.
 
-Of a model (``blip3o-rl eval ocr``, built on `blip3o_rl.rl.evaluate.evaluate_ocr`), or of images already
+Of a model (``blip3o-rl eval ocr``, built on `blip3o_rl.rl.benchmarks.ocr.evaluate_ocr`), or of images already
 on disk::
 
     blip3o-rl eval ocr --model PATH --prompts test.txt --out results/

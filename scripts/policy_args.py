@@ -56,7 +56,7 @@ def generation_policy(args: argparse.Namespace, command: str):
     take the policy's own inference values. Raises `GenerationArgsError` (message starting with ``command``)."""
     from ..policies import SamplingParams
     from ..registry import ComponentError
-    from ..rl.generate import inference_policy
+    from ..rl.rollout.generate import inference_policy
 
     if min(args.batch_size, 1 if args.steps is None else args.steps) < 1:
         raise GenerationArgsError(f"{command}: --batch-size and --steps must be >= 1")

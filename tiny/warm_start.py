@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..policies.base import ImageTokenPolicy
 from ..rl.data import PromptRow
-from ..rl.logprobs import sequence_logprobs
+from ..rl.grpo.logprobs import sequence_logprobs
 
 
 def warm_start(

@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from blip3o_rl.policies import load_policy
 from blip3o_rl.policies.blip3o_next.loader import CONNECTOR_PREFIX, SANA_PREFIX, VAE_PREFIX
 from blip3o_rl.rl.config import load_config
-from blip3o_rl.rl.engines import SamplingParams
-from blip3o_rl.rl.generate import generate_images
+from blip3o_rl.rl.rollout.engines import SamplingParams
+from blip3o_rl.rl.rollout.generate import generate_images
 from blip3o_rl.rl.trainer import GRPOTrainer
 from blip3o_rl.scripts.cli import main
 
@@ -177,7 +177,7 @@ def test_export_errors_name_the_problem(trained, tmp_path, capsys):
 def test_engine_without_hidden_states_gets_them_from_one_trainer_forward(tiny_blip3o_next, tmp_path):
     """An engine like vLLM returns codes but no hidden states: the trainer's one no-grad forward
     supplies them, equal to what the KV-cache engine collects while sampling."""
-    from blip3o_rl.rl.engines import KVCacheEngine, RolloutEngine
+    from blip3o_rl.rl.rollout.engines import KVCacheEngine, RolloutEngine
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")

@@ -10,8 +10,8 @@ import pytest
 from blip3o_rl.policies.blip3o_next import Blip3oNextPolicy
 from blip3o_rl.policies.blip3o_next.sampling import INFERENCE, checkpoint_sampling
 from blip3o_rl.rl.config import load_config
-from blip3o_rl.rl.engines import SamplingParams
 from blip3o_rl.rl.presets import eval_sampling, rollout_sampling
+from blip3o_rl.rl.rollout.engines import SamplingParams
 
 
 def test_a_file_without_sampling_keys_gives_transformers_top_k_50(tiny_blip3o_next):

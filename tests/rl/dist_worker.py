@@ -15,8 +15,8 @@ import weakref
 
 import torch
 
-from blip3o_rl.rl.checkpoint_shards import trainable_state
 from blip3o_rl.rl.config import load_config
+from blip3o_rl.rl.parallel.checkpoint_shards import trainable_state
 from blip3o_rl.rl.trainer import GRPOTrainer
 
 

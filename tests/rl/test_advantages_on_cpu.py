@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from blip3o_rl.rl.advantages import count_groups_without_baseline, group_advantages
+from blip3o_rl.rl.grpo.advantages import count_groups_without_baseline, group_advantages
 
 NAN = math.nan
 
@@ -68,7 +68,7 @@ def test_bad_arguments_raise(rewards, g, scale):
 
 
 # --------------------------------------------------------------------------- several rewards
-from blip3o_rl.rl.advantages import reward_advantages  # noqa: E402
+from blip3o_rl.rl.grpo.advantages import reward_advantages  # noqa: E402
 
 E = 1e-4
 

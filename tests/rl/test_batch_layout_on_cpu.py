@@ -5,7 +5,7 @@ import torch
 
 from blip3o_rl.rl.batch_layout import BatchLayout, batch_split_problem
 from blip3o_rl.rl.config import ConfigError, load_config
-from blip3o_rl.rl.generate import decode_generators
+from blip3o_rl.rl.rollout.generate import decode_generators
 
 
 def _share(b, g, w):
@@ -93,8 +93,8 @@ def test_decode_rows_seed_a_slice_by_its_true_index_in_the_group():
     be whole slices."""
     from types import SimpleNamespace
 
-    from blip3o_rl.rl.engines import Rollout
-    from blip3o_rl.rl.generate import decode_rows
+    from blip3o_rl.rl.rollout.engines import Rollout
+    from blip3o_rl.rl.rollout.generate import decode_rows
 
     policy = SimpleNamespace(lm=torch.nn.Identity(), device=torch.device("cpu"),
                              decode=lambda codes, hidden, generators: [g.initial_seed() for g in generators])

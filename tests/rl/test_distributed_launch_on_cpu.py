@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from blip3o_rl.rl.distributed import LaunchError, check_world_size, resolve_strategy
+from blip3o_rl.rl.parallel.distributed import LaunchError, check_world_size, resolve_strategy
 
 
 class _OneProcess:  # what Accelerator(cpu=False) reports on each rank of a CPU-only torchrun launch

@@ -7,9 +7,9 @@ import shutil
 import pytest
 from safetensors.torch import load_file
 
-from blip3o_rl.rl.checkpoint import verify_checkpoint
 from blip3o_rl.rl.config import load_config
 from blip3o_rl.rl.errors import ResumeError
+from blip3o_rl.rl.run.checkpoint import verify_checkpoint
 from blip3o_rl.rl.trainer import train
 from blip3o_rl.tiny import make_tiny_world
 

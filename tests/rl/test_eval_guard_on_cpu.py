@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from blip3o_rl.rl.best_checkpoint import BestCheckpoint
 from blip3o_rl.rl.config import ConfigError, GuardSpec, load_config
-from blip3o_rl.rl.eval_guard import OverOptimisationGuard
+from blip3o_rl.rl.run.best_checkpoint import BestCheckpoint
+from blip3o_rl.rl.run.eval_guard import OverOptimisationGuard
 from blip3o_rl.rl.trainer import GRPOTrainer, train
 
 QUIET = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.image_every=0"]

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from blip3o_rl.rl.config import ModelConfig
-from blip3o_rl.rl.finetune import FinetuneSetup
-from blip3o_rl.rl.logprobs import sequence_logprobs
-from blip3o_rl.rl.loss import policy_loss
+from blip3o_rl.rl.grpo.logprobs import sequence_logprobs
+from blip3o_rl.rl.grpo.loss import policy_loss
+from blip3o_rl.rl.weights.finetune import FinetuneSetup
 from blip3o_rl.tiny import TinyWorldPolicy
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import get_scheduler
 
-from blip3o_rl.rl.guard import FiniteUpdateGuard, NonFiniteUpdateError, nonfinite_cause
+from blip3o_rl.rl.run.guard import FiniteUpdateGuard, NonFiniteUpdateError, nonfinite_cause
 
 
 def _setup():
@@ -56,7 +56,7 @@ def test_a_nonfinite_update_leaves_weights_and_optimizer_untouched_and_steps_the
         loss, _ = _backward(model)
         model.weight.grad[0, 0] = math.inf  # a finite loss with an infinite gradient
         norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
-    with caplog.at_level(logging.WARNING, logger="blip3o_rl.rl.guard"):
+    with caplog.at_level(logging.WARNING, logger="blip3o_rl.rl.run.guard"):
         assert guard.step(opt, sched, loss, norm) is False
     _assert_same(before, _state(model, opt, sched))
     assert all(p.grad is None for p in model.parameters())  # cleared for the next update

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from blip3o_rl.rl.config import ConfigError, load_config
-from blip3o_rl.rl.is_correction import ISCorrection, log_importance_weights
-from blip3o_rl.rl.loss import policy_loss
+from blip3o_rl.rl.grpo.is_correction import ISCorrection, log_importance_weights
+from blip3o_rl.rl.grpo.loss import policy_loss
 
 OLD = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, -1.0]])
 ENGINE = torch.tensor([[-1.5, -0.5, -0.5], [-0.2, -1.0, math.nan]])  # an unknown engine log-prob: Δ 0

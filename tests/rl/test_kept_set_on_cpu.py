@@ -1,4 +1,4 @@
-"""The one truncation rule (rl/sampling.py): top-k and top-p closed under ties at the cut value, so the
+"""The one truncation rule (rl/grpo/sampling.py): top-k and top-p closed under ties at the cut value, so the
 kept set is a function of the logits alone and the trainer's rebuild from its size is exact.
 
 The reference here is independent of `process_logits`: a code is kept by top-p when the probability
@@ -10,9 +10,9 @@ exact ties are routine.
 import pytest
 import torch
 
-from blip3o_rl.rl.engines import KVCacheEngine, SamplingParams, StaticCacheEngine
-from blip3o_rl.rl.logprobs import sequence_logprobs
-from blip3o_rl.rl.sampling import process_logits, sample_codes, scored_logits
+from blip3o_rl.rl.grpo.logprobs import sequence_logprobs
+from blip3o_rl.rl.grpo.sampling import process_logits, sample_codes, scored_logits
+from blip3o_rl.rl.rollout.engines import KVCacheEngine, SamplingParams, StaticCacheEngine
 
 
 def _reference_kept(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from blip3o_rl.rl.loss import loss_types, policy_loss
+from blip3o_rl.rl.grpo.loss import loss_types, policy_loss
 
 RATIO = torch.tensor([[1.1, 1.3], [0.7, 0.9]])
 ADV = torch.tensor([2.0, -1.0])

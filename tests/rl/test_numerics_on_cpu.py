@@ -8,7 +8,7 @@ import torch
 
 import blip3o_rl.rl.trainer as trainer_module
 from blip3o_rl.rl.config import load_config
-from blip3o_rl.rl.guard import NonFiniteUpdateError
+from blip3o_rl.rl.run.guard import NonFiniteUpdateError
 from blip3o_rl.rl.trainer import GRPOTrainer, train
 
 QUIET = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.image_every=0",

@@ -10,7 +10,7 @@ from transformers import get_scheduler
 from blip3o_rl.policies import can_build, policy_class
 from blip3o_rl.registry import ComponentError
 from blip3o_rl.rl.config import ConfigError, OptimConfig
-from blip3o_rl.rl.optim import build_optimizer, build_scheduler
+from blip3o_rl.rl.weights.optim import build_optimizer, build_scheduler
 
 
 def _params():

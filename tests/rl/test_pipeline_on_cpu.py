@@ -1,4 +1,4 @@
-"""The pipelined step (rl/pipeline.py): same results as the sequential one, order kept, rewards that hang
+"""The pipelined step (rl/rollout/pipeline.py): same results as the sequential one, order kept, rewards that hang
 or live on a reward server."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 
 from blip3o_rl.rewards import WeightedRewards
 from blip3o_rl.rl.config import ConfigError, load_config
-from blip3o_rl.rl.engines import KVCacheEngine, SamplingParams
-from blip3o_rl.rl.pipeline import chunk_slices, generate_and_score
+from blip3o_rl.rl.rollout.engines import KVCacheEngine, SamplingParams
+from blip3o_rl.rl.rollout.pipeline import chunk_slices, generate_and_score
 from blip3o_rl.rl.trainer import GRPOTrainer, train
 
 QUIET = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.image_every=0", "eval.eval_every=0",

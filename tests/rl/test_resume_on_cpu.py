@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from blip3o_rl.rl import checkpoint as ckpt_mod
-from blip3o_rl.rl.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
 from blip3o_rl.rl.config import load_config
 from blip3o_rl.rl.errors import CheckpointError, ResumeError
-from blip3o_rl.rl.resume import check_resume_config
+from blip3o_rl.rl.run.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
+from blip3o_rl.rl.run.resume import check_resume_config
 from blip3o_rl.rl.trainer import GRPOTrainer, train
 
 TINY = ["model.build.sft_steps=5", "grpo.batch_size=8", "grpo.num_generations=4", "grpo.micro_batch_size=8",

@@ -8,7 +8,7 @@ import pytest
 from blip3o_rl.rewards import WeightedRewards
 from blip3o_rl.rewards.base import RewardOutput
 from blip3o_rl.rl.errors import NothingLearnedError
-from blip3o_rl.rl.reward_watch import RewardFailureWatch
+from blip3o_rl.rl.run.reward_watch import RewardFailureWatch
 
 
 class Switch:
@@ -24,7 +24,7 @@ class Switch:
 
 
 def _step(watch, chunks):
-    for _ in range(chunks):  # the caller waits for each chunk's scores, as rl/pipeline.py does
+    for _ in range(chunks):  # the caller waits for each chunk's scores, as rl/rollout/pipeline.py does
         watch.submit([None, None], ["p", "p"], [{}, {}]).result()
 
 

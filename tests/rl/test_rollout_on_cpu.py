@@ -2,8 +2,8 @@
 
 import torch
 
-from blip3o_rl.rl.engines import KVCacheEngine, SamplingParams
-from blip3o_rl.rl.logprobs import sequence_logprobs
+from blip3o_rl.rl.grpo.logprobs import sequence_logprobs
+from blip3o_rl.rl.rollout.engines import KVCacheEngine, SamplingParams
 
 CAPTIONS = ["a red top and a blue bottom", "green", "a very long caption with many more words than the others"]
 

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from blip3o_rl.rl.checkpoint import checkpoints, latest_checkpoint, save_checkpoint
 from blip3o_rl.rl.config import load_config
 from blip3o_rl.rl.errors import RunDirError
-from blip3o_rl.rl.run_dir import RunLock, claim_output_folder, claim_run_dir
+from blip3o_rl.rl.run.checkpoint import checkpoints, latest_checkpoint, save_checkpoint
+from blip3o_rl.rl.run.run_dir import RunLock, claim_output_folder, claim_run_dir
 from blip3o_rl.rl.trainer import train
 
 TINY = ["model.build.sft_steps=5", "grpo.batch_size=8", "grpo.num_generations=4", "grpo.micro_batch_size=8",

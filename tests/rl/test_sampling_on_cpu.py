@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from blip3o_rl.rl.sampling import process_logits, sample_codes
+from blip3o_rl.rl.grpo.sampling import process_logits, sample_codes
 
 
 def test_top_k_and_top_p_truncate():
@@ -48,7 +48,7 @@ def test_greedy():
 
 
 # --------------------------------------------------------------------- exact truncated log-probs
-from blip3o_rl.rl.sampling import scored_logits  # noqa: E402
+from blip3o_rl.rl.grpo.sampling import scored_logits  # noqa: E402
 
 
 def test_sampler_reports_kept_set_sizes_only_when_truncating():

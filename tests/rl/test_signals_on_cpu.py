@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from blip3o_rl.rl.config import load_config
 from blip3o_rl.rl.errors import TrainingStopped
-from blip3o_rl.rl.signals import StopSignals
+from blip3o_rl.rl.run.signals import StopSignals
 from blip3o_rl.rl.trainer import train
 
 TINY = ["model.build.sft_steps=5", "grpo.batch_size=8", "grpo.num_generations=4", "grpo.micro_batch_size=8",

@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.stats import chi2_contingency, chisquare
 
-from blip3o_rl.rl.engines import KVCacheEngine, SamplingParams, StaticCacheEngine, build_engine
-from blip3o_rl.rl.logprobs import sequence_logprobs
+from blip3o_rl.rl.grpo.logprobs import sequence_logprobs
+from blip3o_rl.rl.rollout.engines import KVCacheEngine, SamplingParams, StaticCacheEngine, build_engine
 
 CAPTIONS = ["a red top and a blue bottom", "green", "a very long caption with many more words than the others"]
 TOL = {"atol": 1e-5, "rtol": 0}
@@ -115,7 +115,7 @@ def test_first_code_distribution_matches_kv_cache_and_the_model(tiny_policy, par
     assert chi2_contingency(torch.stack([ca[seen], cb[seen]]).numpy()).pvalue > 1e-3
     with torch.no_grad():
         logits = tiny_policy.lm(prompts.input_ids[:1], prompts.attention_mask[:1], cache=tiny_policy.lm.new_cache()).logits
-    from blip3o_rl.rl.sampling import process_logits
+    from blip3o_rl.rl.grpo.sampling import process_logits
 
     probs = torch.softmax(process_logits(logits, params.temperature, params.top_k, params.top_p), -1)[0]
     support = probs > 0

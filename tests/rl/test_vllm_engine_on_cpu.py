@@ -16,8 +16,8 @@ import torch
 pytest.importorskip("vllm", reason="vLLM is not installed (the CPU route: make vllm-venv; make test-vllm)")
 
 from blip3o_rl.rl.config import load_config
-from blip3o_rl.rl.engines import KVCacheEngine, SamplingParams, build_engine, stream_seed
-from blip3o_rl.rl.logprobs import sequence_logprobs
+from blip3o_rl.rl.grpo.logprobs import sequence_logprobs
+from blip3o_rl.rl.rollout.engines import KVCacheEngine, SamplingParams, build_engine, stream_seed
 
 pytestmark = pytest.mark.vllm
 BOUND = 1e-4
@@ -107,7 +107,7 @@ def test_weight_push_reaches_vllm_and_bad_pushes_are_refused(world):
         ro = engine.generate(prompts, 4, SamplingParams(), _seeds(3))
         fwd = sequence_logprobs(policy.lm, ro.prompts, ro.codes, 1.0)
         torch.testing.assert_close(fwd.logprobs, ro.sampler_logprobs, atol=BOUND, rtol=0)
-        from blip3o_rl.rl.engines.vllm import check_weights, hf_state_dict
+        from blip3o_rl.rl.rollout.engines.vllm import check_weights, hf_state_dict
 
         bad = hf_state_dict(policy.model)
         bad.pop(next(iter(bad)))

@@ -5,8 +5,8 @@ against real vLLM where it is installed.)"""
 
 import torch
 
-from blip3o_rl.rl.engines import SamplingParams
-from blip3o_rl.rl.engines.vllm import VLLMServerEngine
+from blip3o_rl.rl.rollout.engines import SamplingParams
+from blip3o_rl.rl.rollout.engines.vllm import VLLMServerEngine
 
 
 class FakeServer(VLLMServerEngine):

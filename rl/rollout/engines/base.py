@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...policies.base import ImageTokenPolicy, PromptBatch, SamplingParams
+from ....policies.base import ImageTokenPolicy, PromptBatch, SamplingParams
 
 __all__ = ["Rollout", "RolloutEngine", "SamplingParams", "stream_seed"]
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..policies.base import ImageTokenPolicy, SamplingParams
-from ..rewards.base import Reward
-from ..rewards.ocr.evaluate import OCREvalWriter, score_ocr_batch
-from .generate import generate_images
+from ...policies.base import ImageTokenPolicy, SamplingParams
+from ...rewards.base import Reward
+from ...rewards.ocr.evaluate import OCREvalWriter, score_ocr_batch
+from ..rollout.generate import generate_images
 
 
 def evaluate_ocr(

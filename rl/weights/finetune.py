@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from ..policies.base import ImageTokenPolicy
-from .config import ModelConfig
+from ...policies.base import ImageTokenPolicy
+from ..config import ModelConfig
 
 
 class FinetuneSetup:

@@ -7,7 +7,7 @@ cache; the oracle), ``static`` (static KV cache, compilable step), ``vllm`` (in-
 
 from typing import Any
 
-from ... import registry
+from .... import registry
 from .base import Rollout, RolloutEngine, SamplingParams, stream_seed
 from .kv_cache import KVCacheEngine
 from .static import StaticCacheEngine

@@ -12,7 +12,7 @@ How each rollout is made to mean what the trainer assumes:
 - **the sampling distribution**: ``logprobs_mode="processed_logprobs"`` (log-probs after the allowed-token
   mask, temperature, top-k, top-p: the distribution sampled from; vLLM's default raw log-probs are the
   full-vocabulary untempered ones); kept-set sizes are not reported, so the trainer re-derives the
-  truncation from its own logits (`rl/sampling.py` `scored_logits`, the sampled code always kept);
+  truncation from its own logits (`rl/grpo/sampling.py` `scored_logits`, the sampled code always kept);
 - **seeds**: one request per prompt with ``n = G`` and ``seed`` = the prompt's seed; vLLM seeds sample i
   with ``seed + i``, so prompts' seeds must be at least G apart (checked; `stream_seed`'s 62-bit values
   are, with overwhelming probability, and vLLM accepts them); a prompt's samples then depend only on its
@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...policies.base import ImageTokenLayout, PromptBatch
+from ....policies.base import ImageTokenLayout, PromptBatch
 from .base import Rollout, RolloutEngine, SamplingParams
 
 logger = logging.getLogger(__name__)

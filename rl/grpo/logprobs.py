@@ -2,7 +2,7 @@
 
 One score call of the policy's `ImageTokenLM` over ``prompt + codes`` gives everything the step needs
 (`policies/model.py` does the forward, chunked over positions under activation checkpointing); this
-module supplies the distribution it scores under: `rl/sampling.py`'s `scored_logits`, the very set the
+module supplies the distribution it scores under: `rl/grpo/sampling.py`'s `scored_logits`, the very set the
 rollout engine sampled from (with truncated sampling, each code is scored against the sampler's kept
 set, and the sampled code is always in it).
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..policies.base import PromptBatch, SamplingParams
+from ...policies.base import PromptBatch, SamplingParams
 from .sampling import scored_logits
 
 

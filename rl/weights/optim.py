@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .. import registry
-from .config import ConfigError, OptimConfig
+from ... import registry
+from ..config import ConfigError, OptimConfig
 
 _ADAM_KEYS = ("adam_beta1", "adam_beta2", "adam_epsilon")
 

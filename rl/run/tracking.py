@@ -14,8 +14,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from .config import LoggingConfig
-from .errors import RunError
+from ..config import LoggingConfig
+from ..errors import RunError
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -10,7 +10,7 @@ concurrent requests for `RemoteReward`) while the next chunk decodes. At most ``
 wait for their rewards: past that, decoding waits for the oldest. Results are collected in submission
 order and joined (`CombinedScores.concat`), so nothing is reordered or dropped, and the step gets the
 same rewards as the sequential path: the decode gives each image its own noise generator
-(`rl/generate.py`), and a reward scores each image on its own.
+(`rl/rollout/generate.py`), and a reward scores each image on its own.
 
 The rollout itself runs as one engine call in both paths (an engine that streams chunks of finished
 samples could feed this loop earlier; `KVCacheEngine` finishes every sample at once).
@@ -32,14 +32,14 @@ from typing import Any, Protocol
 
 import torch
 
-from ..policies.base import ImageTokenPolicy
-from ..rewards import CombinedScores
+from ...policies.base import ImageTokenPolicy
+from ...rewards import CombinedScores
 from .engines import RolloutEngine, SamplingParams
 from .generate import Generation, decode_rows, sample_rollout
 
 
 class SubmitsBatches(Protocol):
-    """`WeightedRewards`, or a wrapper of it (rl/reward_watch.py): ``submit`` returns a future of the scores."""
+    """`WeightedRewards`, or a wrapper of it (rl/run/reward_watch.py): ``submit`` returns a future of the scores."""
 
     def submit(self, images: Any, prompts: Any, metadata: Any) -> Future[CombinedScores]: ...
 

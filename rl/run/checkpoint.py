@@ -7,7 +7,7 @@ Layout of ``<output_dir>/checkpoints/step_000010/``:
   loaded with ``weights_only=True`` (step, data position, RNG states);
 - ``trainer_state.json``: the same step and data position, for people and scripts;
 - ``config.yaml``: the resolved configuration that wrote the checkpoint (what ``--resume`` compares);
-- ``rank_00000.pt`` ...: one per process (its RNG states), written by every rank (rl/checkpoint_shards.py);
+- ``rank_00000.pt`` ...: one per process (its RNG states), written by every rank (rl/parallel/checkpoint_shards.py);
 - ``deepspeed/``: DeepSpeed's own sharded model / optimizer files, under DeepSpeed only;
 - ``manifest.json``, written last: the sha256 and size of every other file, checked on load.
 
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 LATEST = "latest"
 MANIFEST = "manifest.json"

@@ -11,7 +11,7 @@ value that depends only on the sorted *values* (never on which of several tied c
 happens to put first): the same on every device, and rebuilt exactly from its size. Exact ties are
 routine with bf16 logits (spacing 0.0625 between 8 and 16). transformers' and vLLM's own samplers cut
 top-p inside a run of ties (by sort order): vLLM cannot follow this rule, and there the truncated
-importance-sampling correction (`rl/is_correction.py`) covers the difference.
+importance-sampling correction (`rl/grpo/is_correction.py`) covers the difference.
 
 **Exact truncated log-probs.** With ``top_k``/``top_p`` set, the sampler draws from a *kept set* of
 codes. The trainer's forward (and the reference's) never reproduces the sampler's logits bit for bit

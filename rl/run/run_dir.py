@@ -18,8 +18,8 @@ import socket
 import time
 from pathlib import Path
 
+from ..errors import RunDirError
 from .checkpoint import LATEST, checkpoints, step_of
-from .errors import RunDirError
 
 LOCK = ".lock"
 

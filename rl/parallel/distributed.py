@@ -19,7 +19,7 @@ groups or a slice of one (``grpo.batch_size`` samples *per process*; rl/batch_la
   `all_gather_objects`, `any_rank`, `all_ranks`; `collective_error` turns a timed-out collective into
   an error naming the rank that gave up.
 
-Gradient scale: every wrapper *averages* gradients over ranks, while `rl/loss.py` already divides by
+Gradient scale: every wrapper *averages* gradients over ranks, while `rl/grpo/loss.py` already divides by
 the global token / sample counts, so the backward loss is multiplied by the world size
 (`Distributed.loss_scale`): the update is then the one a single process makes over the global batch.
 """
@@ -39,8 +39,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from torch import nn
 
-from .engines.base import RolloutEngine
-from .errors import RunError
+from ..errors import RunError
+from ..rollout.engines.base import RolloutEngine
 
 STRATEGIES = ("auto", "ddp", "fsdp2", "deepspeed")
 

@@ -1,6 +1,6 @@
-"""What each process puts into a checkpoint, for every distributed strategy (rl/distributed.py).
+"""What each process puts into a checkpoint, for every distributed strategy (rl/parallel/distributed.py).
 
-`rl/checkpoint.py` owns the folder (staging, manifest, atomic rename, ``latest``, pruning); this module
+`rl/run/checkpoint.py` owns the folder (staging, manifest, atomic rename, ``latest``, pruning); this module
 owns its contents across ranks:
 
 - ``weights.safetensors``: the *full* trainable state (LoRA adapter or all policy weights), gathered on
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ResumeError
+from ..weights.finetune import FinetuneSetup
 from .distributed import Distributed
-from .errors import ResumeError
-from .finetune import FinetuneSetup
 
 DEEPSPEED_DIR = "deepspeed"
 DEEPSPEED_TAG = "state"

@@ -12,7 +12,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from .errors import NothingLearnedError
+from ..errors import NothingLearnedError
 
 
 class RewardFailureWatch:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ResumeError
+from ..errors import ResumeError
 
 # Changing these never changes the weights a step produces.
 HARMLESS = ("output_dir", "max_steps", "num_threads", "logging", "checkpoint", "eval")

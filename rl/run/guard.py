@@ -12,7 +12,7 @@ checks both first:
 
 The LR scheduler is stepped either way: it counts updates *attempted*, so the schedule stays tied to
 the step number (a resumed or a re-run job sees the same LR at the same step). With several processes
-every rank must take the same decision: ``agree(finite)`` (an all-reduce, rl/distributed.py) returns
+every rank must take the same decision: ``agree(finite)`` (an all-reduce, rl/parallel/distributed.py) returns
 True only if the update is finite on every rank. Either way the gradients are cleared.
 """
 

@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .config import GuardSpec
+from ..config import GuardSpec
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import yaml
 from safetensors.torch import load_file
 
-from ..policies import DTYPES, ImageTokenPolicy, load_policy
-from .checkpoint import latest_checkpoint, verify_checkpoint
-from .config import TrainConfig, config_from_dict
+from ...policies import DTYPES, ImageTokenPolicy, load_policy
+from ..config import TrainConfig, config_from_dict
+from ..run.checkpoint import latest_checkpoint, verify_checkpoint
 from .finetune import FinetuneSetup
 
 RUN_CONFIG = "config.yaml"
@@ -68,7 +68,7 @@ def load_run_policy(
     weights_file = ckpt / "weights.safetensors"
     if not weights_file.is_file():
         raise FileNotFoundError(f"{weights_file} is missing: incomplete checkpoint")
-    verify_checkpoint(ckpt, required=("weights.safetensors",))  # checksums (rl/checkpoint.py): a corrupt file fails naming it
+    verify_checkpoint(ckpt, required=("weights.safetensors",))  # checksums (rl/run/checkpoint.py): a corrupt file fails naming it
 
     if m.policy is None:
         raise ValueError(f"{run_dir / RUN_CONFIG}: model.policy is not set")

@@ -7,7 +7,7 @@ Per token t of sample i (all log-probs over the image codes only, same mask and 
     kl      = exp(ref_logp - logp) - (ref_logp - logp) - 1          (k3 estimator, >= 0)
     l_{i,t} = pg + beta * kl
 
-With ``is_weights`` ``w_{i,t}`` (the engine-mismatch correction, `rl/is_correction.py`: TRL's token or
+With ``is_weights`` ``w_{i,t}`` (the engine-mismatch correction, `rl/grpo/is_correction.py`: TRL's token or
 sequence level, truncate or mask), the policy-gradient term becomes ``w_{i,t} · pg``: it corrects for
 tokens sampled by an engine whose numerics differ from the trainer's (detached; the KL term is not
 reweighted). ``importance_sampling_level="sequence"`` makes ``ratio`` one value per sample, the exp of
@@ -126,8 +126,8 @@ def policy_loss(
             micro-batches and ranks), the normalisers of every loss type; None: this micro-batch's own
             (it is the whole step).
         is_weights: ``[B, L]`` or ``[B, 1]`` engine-mismatch weights on the policy-gradient term
-            (`rl.is_correction.ISCorrection.weights`); None: no correction.
-        importance_sampling_level: "token" (GRPO) or "sequence" (GSPO), `rl.is_correction.log_importance_weights`.
+            (`rl.grpo.is_correction.ISCorrection.weights`); None: no correction.
+        importance_sampling_level: "token" (GRPO) or "sequence" (GSPO), `rl.grpo.is_correction.log_importance_weights`.
     """
     if loss_type not in _NORMALISERS:
         raise ValueError(f"loss_type must be one of {loss_types()}, got {loss_type!r}")

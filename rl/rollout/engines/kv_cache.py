@@ -2,7 +2,7 @@
 
 Prefill each prompt once, copy its KV cache to the G rows of its group (or to the rows of the part of
 it asked for), then decode exactly N image codes, sampling only among the image tokens (their rows of
-``lm_head``) from `rl/sampling.py`'s distribution. Each prompt's noise comes from its own generator
+``lm_head``) from `rl/grpo/sampling.py`'s distribution. Each prompt's noise comes from its own generator
 seeded with its seed, drawn for the whole group at every step, so a group's samples do not depend on
 what else is in the batch, nor on which of its samples this call produces.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from ...policies.base import PromptBatch
-from ...policies.model import StepOutput
-from ..sampling import is_truncated, sample_codes
+from ....policies.base import PromptBatch
+from ....policies.model import StepOutput
+from ...grpo.sampling import is_truncated, sample_codes
 from .base import Rollout, RolloutEngine, SamplingParams
 
 

@@ -8,7 +8,7 @@ allowed ids), so everything can have its final shape from the start:
   ``[B, H_kv, S_max, D]`` per layer and reused across calls (``S_max`` = prompt + N + 1 rounded up to
   ``length_bucket``, so prompts of different lengths share one compiled step);
 - `decode_one_token` feeds one code per row at its cache column and samples the next one from
-  `rl/sampling.py`'s distribution (`sample_with_noise`: temperature → top-k → top-p, the exponential
+  `rl/grpo/sampling.py`'s distribution (`sample_with_noise`: temperature → top-k → top-p, the exponential
   race, no host sync); it is the only function compiled (``torch.compile``, ``mode="reduce-overhead"``,
   i.e. CUDA graphs, on a GPU; optional on the CPU, ``compile: true`` in ``rollout.engine_kwargs``);
 - `decode_n_tokens` is the fixed-length loop: no ``.item()``, no data-dependent stopping.
@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from ...policies.base import PromptBatch
-from ...policies.model import ImageTokenLM, StaticKVCache, positions_from_mask
-from ..sampling import SampledCodes, draw_noise, is_truncated, sample_with_noise
+from ....policies.base import PromptBatch
+from ....policies.model import ImageTokenLM, StaticKVCache, positions_from_mask
+from ...grpo.sampling import SampledCodes, draw_noise, is_truncated, sample_with_noise
 from .base import Rollout, RolloutEngine, SamplingParams
 
 StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]  # codes, logprobs, kept, hidden

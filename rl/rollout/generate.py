@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..policies.base import ImageTokenPolicy
+from ...policies.base import ImageTokenPolicy
+from ..grpo.logprobs import score_rollout
+from ..run.tracking import timed
 from .engines import KVCacheEngine, Rollout, RolloutEngine, SamplingParams, stream_seed
-from .logprobs import score_rollout
-from .tracking import timed
 
 
 @dataclass
@@ -117,7 +117,7 @@ def sample_and_decode(
     """``num_generations`` images for each caption; ``seeds[j]`` seeds caption j's group.
 
     ``micro_batch_size`` / ``logprob_chunk_size`` bound the memory of the policy forward that supplies
-    the hidden states when the engine does not. (`blip3o_rl.rl.pipeline` runs the same two halves,
+    the hidden states when the engine does not. (`blip3o_rl.rl.rollout.pipeline` runs the same two halves,
     decoding in chunks that are scored while the next one decodes.)
     """
     gen = sample_rollout(policy, engine, captions, num_generations, params, seeds, micro_batch_size,
@@ -170,8 +170,8 @@ def inference_policy(
     """A policy to generate with: from a model folder (``policy`` kind + its ``policy_kwargs``), or from a
     training ``run`` with a checkpoint applied (its own kind and settings). On the GPU when there is one;
     ``dtype`` defaults to bfloat16 there and float32 on the CPU."""
-    from ..policies import DTYPES, load_policy
-    from .export import load_run_policy
+    from ...policies import DTYPES, load_policy
+    from ..weights.export import load_run_policy
 
     dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
     if run is not None:

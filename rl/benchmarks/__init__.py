@@ -1,0 +1,1 @@
+"""Benchmarks of a policy outside training (``blip3o-rl eval ocr``)."""

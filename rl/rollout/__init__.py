@@ -1,0 +1,2 @@
+"""Producing scored samples: rollout engines (`engines`), the generate → decode loop (`generate`) and the
+decode/score overlap (`pipeline`)."""

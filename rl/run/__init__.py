@@ -1,0 +1,1 @@
+"""A run's lifecycle: its folder, checkpoints and resume, signals, guards, logging and progress."""

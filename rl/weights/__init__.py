@@ -1,0 +1,1 @@
+"""What is trained: the trainable weights (LoRA or full fine-tuning), the optimizer and LR schedule, export."""
