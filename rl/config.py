@@ -75,6 +75,16 @@ class RolloutConfig:
     is_mode: str = "sequence_mask"  # token_truncate | token_mask | sequence_truncate | sequence_mask (TRL's default)
     is_clip_max: float | None = 3.0  # TRL's default
     is_clip_min: float | None = None  # null: no lower bound (TRL's default)
+    # Engine vs trainer log-probs, measured every step (rl/rollout/agreement.py): the run stops when a valid
+    # token's |log π_trainer − log π_engine| exceeds this (null: never)
+    max_logprob_diff: float | None = 1.0
+    # After every weight push, a fixed probe sampled by the engine and scored by the trainer (rl/rollout/
+    # sync_probe.py): "auto" (engines with their own copy of the weights: vLLM), "always", "never" (not
+    # on/off: YAML reads those as booleans); the run stops when the push did not take effect or the probe's
+    # mean |log-prob difference| exceeds max_sync_probe_diff (null: no bound)
+    sync_probe: str = "auto"
+    sync_probe_samples: int = 2
+    max_sync_probe_diff: float | None = 0.1
     temperature: float = 1.0
     top_k: int = 0  # 0 = untruncated (the RL default); the trainer applies the same truncation
     top_p: float = 1.0
@@ -468,6 +478,11 @@ def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
     check(g.reward_aggregation != "normalize_then_sum" or g.scale_rewards != "none", "grpo.scale_rewards",
           "'none' does not apply to reward_aggregation normalize_then_sum (TRL's GDPO standardises over the "
           "batch); use normalize_then_sum_per_group")
+    check(r.max_logprob_diff is None or r.max_logprob_diff > 0, "rollout.max_logprob_diff", "must be > 0 (or null)")
+    check(r.sync_probe in ("auto", "always", "never"), "rollout.sync_probe", "must be 'auto', 'always' or 'never'")
+    check(r.sync_probe_samples >= 1, "rollout.sync_probe_samples", "must be >= 1")
+    check(r.max_sync_probe_diff is None or r.max_sync_probe_diff > 0, "rollout.max_sync_probe_diff",
+          "must be > 0 (or null)")
     check(r.logprob_chunk_size >= 1, "rollout.logprob_chunk_size", "must be >= 1")
     unit = min(g.batch_size, g.num_generations)  # the samples of one prompt a process holds
     check(r.decode_chunk_size is None or (r.decode_chunk_size > 0 and r.decode_chunk_size % unit == 0),

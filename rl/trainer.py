@@ -43,9 +43,11 @@ from .parallel.checkpoint_shards import (
 from .parallel.distributed import Distributed, make_accelerator, resolve_strategy
 from .presets import describe as describe_sampling
 from .presets import eval_sampling, lr_schedule_steps, rollout_sampling
+from .rollout.agreement import LogprobAgreement
 from .rollout.engines import Rollout, build_engine, stream_seed
 from .rollout.generate import sample_and_decode
 from .rollout.pipeline import generate_and_score
+from .rollout.sync_probe import SyncProbe, pushes_weights
 from .run.best_checkpoint import BestCheckpoint
 from .run.checkpoint import (
     latest_checkpoint,
@@ -151,6 +153,12 @@ class GRPOTrainer:
         self.is_correction = ISCorrection(r.is_mode, r.is_clip_max, r.is_clip_min) if on else None
         self.engine = self.dist.rollout_engine(engine, self.lm, d.zero3_gather_for_rollout)
         self.engine.setup(self.policy)
+        # every step: engine vs trainer log-probs; after every push of an engine's own weights: a fixed probe
+        self.agreement = LogprobAgreement(r.engine, r.max_logprob_diff, g.epsilon, g.epsilon_high, self.acc.gather)
+        probe = r.sync_probe == "always" or (r.sync_probe == "auto" and pushes_weights(engine))
+        self.sync_probe = SyncProbe(r.engine, [train_rows[0].prompt], r.sync_probe_samples,
+                                    stream_seed(cfg.seed, "sync_probe"), r.max_sync_probe_diff,
+                                    self.acc.gather) if probe else None
         self.sampling, how = rollout_sampling(cfg.rollout, self.policy)  # rl/presets.py
         self.eval_sampling, eval_how = eval_sampling(cfg.eval, self.policy, self.sampling)
         if self.acc.is_main_process and (cfg.rollout.sampling_from != "config" or cfg.eval.sampling != "rollout"):
@@ -370,8 +378,14 @@ class GRPOTrainer:
             # 6. μ optimizer passes over the batch, accumulating over micro-batches.
             with timed("update", t):
                 upd = self._update(ro, adv, mask, old, ref, global_valid)
+            upd.update(self.agreement.finish(step))  # stops past rollout.max_logprob_diff (rl/rollout/agreement.py)
             with timed("weight_sync", t):  # an engine with its own copy of the weights reloads them here
                 self.engine.update_weights(self.policy)
+            if self.sync_probe is not None:  # the push verified on a fixed probe (rl/rollout/sync_probe.py)
+                with timed("sync_probe", t):
+                    applied = not upd.get("update/skipped") and upd["update/skipped_nonfinite"] < g.num_iterations
+                    upd.update(self.sync_probe.check(step, self.policy, self.engine, self.sampling,
+                                                     lambda r: self._no_grad_logprobs(self.lm, r), applied))
 
         metrics = {**t, **upd, **self._reward_metrics(scored, all_rewards, all_adv)}
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])
@@ -422,11 +436,10 @@ class GRPOTrainer:
                 step_loss += float(loss.detach())
                 vals = {"kl": st.kl, "clip/low": st.clip_low,
                         "clip/high": st.clip_high, "ratio/mean": st.ratio_mean}
+                if it == 0:  # the engine's log-probs against the trainer's first forward (rl/rollout/agreement.py)
+                    self.agreement.add(fwd.logprobs, ro.sampler_logprobs[sl], m)
                 if it == 0 and m.any():
                     vals["entropy"] = float(fwd.entropy[m].mean())
-                    diff = (fwd.logprobs.detach() - ro.sampler_logprobs[sl])[m].abs()
-                    vals["rollout/logprob_diff_mean"] = float(diff.mean())
-                    sums["rollout/logprob_diff_max"] = max(sums.get("rollout/logprob_diff_max", 0.0), float(diff.max()))
                     if isw is not None and self.is_correction is not None:
                         vals.update(self.is_correction.stats(isw, m))
                 for k, v in vals.items():
@@ -445,14 +458,13 @@ class GRPOTrainer:
             step_losses.append(step_loss)
         sums = self._reduce_update_sums(sums)
         out = {k: v / sums[f"_w/{k}"] for k, v in sums.items() if f"_w/{k}" in sums and sums[f"_w/{k}"] > 0}
-        out.update({k: v for k, v in sums.items() if k in ("ratio/min", "ratio/max", "grad_norm",
-                                                               "rollout/logprob_diff_max")})
+        out.update({k: v for k, v in sums.items() if k in ("ratio/min", "ratio/max", "grad_norm")})
         out["clip/fraction"] = out["clip/low"] + out["clip/high"]
         out["loss"] = sum(step_losses) / len(step_losses)
         out["update/skipped_nonfinite"] = float(skipped)
         return out
 
-    _WEIGHTED = ("kl", "clip/low", "clip/high", "ratio/mean", "entropy", "rollout/logprob_diff_mean")
+    _WEIGHTED = ("kl", "clip/low", "clip/high", "ratio/mean", "entropy")
 
     def _reduce_update_sums(self, sums: dict[str, float]) -> dict[str, float]:
         """Token-weighted sums and weights added over ranks, minima and maxima taken over ranks."""
@@ -460,11 +472,9 @@ class GRPOTrainer:
             return sums
         keys = [k for name in self._WEIGHTED for k in (name, f"_w/{name}")]
         total = self.dist.all_sum([sums.get(k, 0.0) for k in keys])
-        lo, hi = self.dist.all_min_max([sums.get("ratio/min", math.inf)],
-                                       [sums.get("ratio/max", -math.inf), sums.get("rollout/logprob_diff_max", 0.0)])
+        lo, hi = self.dist.all_min_max([sums.get("ratio/min", math.inf)], [sums.get("ratio/max", -math.inf)])
         out = dict(zip(keys, total, strict=True))  # a weight of 0 (no valid token anywhere) drops its metric
-        out.update({"ratio/min": lo[0], "ratio/max": hi[0], "rollout/logprob_diff_max": hi[1],
-                    "grad_norm": sums["grad_norm"]})
+        out.update({"ratio/min": lo[0], "ratio/max": hi[0], "grad_norm": sums["grad_norm"]})
         return out
 
     def _reward_metrics(self, scored, all_rewards, all_adv) -> dict[str, float]:
