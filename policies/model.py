@@ -15,7 +15,9 @@ gathering) sees all of it. Two calls, chosen by the arguments:
   the same shapes (what ``torch.compile`` and CUDA graphs need).
 
 Logits are only ever built from the image rows of ``lm_head``: that is the masked softmax over the
-image tokens, and it keeps a ``[*, vocab]`` tensor (217k columns for BLIP3o-NEXT) out of memory.
+image tokens, and it keeps a ``[*, vocab]`` tensor (217k columns for BLIP3o-NEXT) out of memory. A score
+call with ``full_vocabulary`` (the official trainer's scoring, `rl/grpo/score_space.py`) adds one column,
+the log-sum-exp of every other row, computed chunk by chunk.
 """
 
 from __future__ import annotations
@@ -183,17 +185,19 @@ class ImageTokenLM(nn.Module):
         cache: Any = None,
         position_ids: torch.Tensor | None = None,
         cache_position: torch.Tensor | None = None,
+        full_vocabulary: bool = False,
     ) -> ScoredCodes | StepOutput:
         """Score ``codes [B, N]`` after the prompts ``input_ids [B, P]`` (with ``score``; without it, only the
         hidden states are returned), or run a step into ``cache`` (``position_ids`` default to the mask's:
         right for a prefill of left-padded rows). With a `StaticKVCache`, ``cache_position [L]`` gives the
         columns the L inputs are written to and ``attention_mask [B, S]`` marks which of the cache's first
         S columns are valid (the prompt's padding 0; S <= S_max, the columns attended); ``position_ids
-        [B, L]`` are then required."""
+        [B, L]`` are then required. ``full_vocabulary`` (score call): ``score`` gets `scoring_logits` with
+        the extra column."""
         if codes is not None:
             if cache is not None or (score is None and not return_hidden):
                 raise ValueError("a score call takes codes, and score or return_hidden, and no cache")
-            return self._score(input_ids, attention_mask, codes, score, return_hidden, chunk_size)
+            return self._score(input_ids, attention_mask, codes, score, return_hidden, chunk_size, full_vocabulary)
         if cache is None:
             raise ValueError("give codes (score call) or a cache (step call; new_cache() for a prefill)")
         if isinstance(cache, StaticKVCache):
@@ -249,6 +253,18 @@ class ImageTokenLM(nn.Module):
         bias = head.bias[start : start + k] if getattr(head, "bias", None) is not None else None
         return nn.functional.linear(hidden.to(weight.dtype), weight, bias)
 
+    def scoring_logits(self, hidden: torch.Tensor, full_vocabulary: bool = False) -> torch.Tensor:
+        """`image_logits`, or with ``full_vocabulary`` ``[..., num_codes + 1]``: the image logits and, last,
+        the log-sum-exp (float32) of every other row of ``lm_head``, so that a log-softmax over the columns
+        is the full-vocabulary log-softmax of the codes. Call it only from inside `forward`."""
+        if not full_vocabulary:
+            return self.image_logits(hidden)
+        head = self.causal_lm.get_output_embeddings()
+        start, k = self.layout.image_token_start, self.layout.num_codes
+        logits = head(hidden.to(head.weight.dtype)).float()  # [..., V]: one chunk of positions at a time
+        rest = torch.cat([logits[..., :start], logits[..., start + k :]], -1).logsumexp(-1, keepdim=True)
+        return torch.cat([logits[..., start : start + k], rest], -1)
+
     def _step(self, input_ids, attention_mask, cache, position_ids) -> StepOutput:
         h = self._body(input_ids, attention_mask, position_ids, cache)[:, -1]  # [B, H]
         return StepOutput(logits=self.image_logits(h), hidden=h, cache=cache)
@@ -265,7 +281,8 @@ class ImageTokenLM(nn.Module):
         h = out.last_hidden_state[:, -1]  # [B, H]
         return StepOutput(logits=self.image_logits(h), hidden=h, cache=cache)
 
-    def _score(self, prompt_ids, prompt_mask, codes, score, return_hidden, chunk_size) -> ScoredCodes:
+    def _score(self, prompt_ids, prompt_mask, codes, score, return_hidden, chunk_size,
+               full_vocabulary=False) -> ScoredCodes:
         p, n = prompt_ids.shape[1], codes.shape[1]
         input_ids = torch.cat([prompt_ids, self.layout.to_token_ids(codes)], 1)  # [B, P + N]
         attention_mask = torch.cat([prompt_mask, torch.ones_like(codes)], 1)  # [B, P + N]
@@ -280,7 +297,7 @@ class ImageTokenLM(nn.Module):
             sl = slice(s, min(s + chunk_size, n))
 
             def chunk(h, c, sl=sl):
-                return score(self.image_logits(h), c, sl)
+                return score(self.scoring_logits(h, full_vocabulary), c, sl)
 
             if torch.is_grad_enabled():
                 lp, ent = checkpoint(chunk, scoring[:, sl], codes[:, sl], use_reentrant=False)

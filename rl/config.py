@@ -33,6 +33,7 @@ from .batch_layout import batch_split_problem
 from .grpo.advantages import REWARD_AGGREGATIONS, SCALE_REWARDS
 from .grpo.is_correction import IMPORTANCE_SAMPLING_LEVELS, IS_MODES
 from .grpo.loss import loss_types
+from .grpo.score_space import SCORE_SPACES
 
 
 class ConfigError(ValueError):
@@ -119,6 +120,9 @@ class GRPOConfig:
     # the policy ratio per token ("token": GRPO) or one per sample from its mean token log-ratio ("sequence":
     # GSPO); TRL's name and values (rl/grpo/is_correction.py)
     importance_sampling_level: str = "token"
+    # the distribution the trainer scores the codes under (rl/grpo/score_space.py): "kept_set" (the
+    # sampler's own, exact) or "official" (full-vocabulary, temperature 1, untruncated: the official trainer's)
+    score_space: str = "kept_set"
     max_failed_reward_steps: int = 3  # steps in a row in which every sample's reward failed that stop the run (0: never)
 
 
@@ -473,6 +477,10 @@ def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
     check(r.is_mode in IS_MODES, "rollout.is_mode", f"must be one of {IS_MODES}, got {r.is_mode!r}")
     check(r.is_clip_max is None or r.is_clip_max >= 1, "rollout.is_clip_max", "must be >= 1 (or null)")
     check(r.is_clip_min is None or 0 <= r.is_clip_min <= 1, "rollout.is_clip_min", "must be in [0, 1] (or null)")
+    check(g.score_space in SCORE_SPACES, "grpo.score_space", f"must be one of {tuple(SCORE_SPACES)}, got {g.score_space!r}")
+    check(g.score_space == "kept_set" or r.is_correction != "on", "rollout.is_correction",
+          "'on' needs grpo.score_space kept_set: the engine's log-probs are in the sampling space, not the "
+          "official full-vocabulary one")
     check(g.importance_sampling_level in IMPORTANCE_SAMPLING_LEVELS, "grpo.importance_sampling_level",
           f"must be one of {IMPORTANCE_SAMPLING_LEVELS}, got {g.importance_sampling_level!r}")
     check(g.reward_aggregation != "normalize_then_sum" or g.scale_rewards != "none", "grpo.scale_rewards",

@@ -32,6 +32,7 @@ from .grpo.advantages import count_groups_without_baseline, reward_advantages
 from .grpo.is_correction import ISCorrection
 from .grpo.logprobs import micro_batches, score_rollout, sequence_logprobs
 from .grpo.loss import policy_loss
+from .grpo.score_space import build_score_space
 from .parallel.checkpoint_shards import (
     check_world_size,
     load_optimizer_state,
@@ -149,12 +150,15 @@ class GRPOTrainer:
 
         engine = build_engine(cfg.rollout.engine, **cfg.rollout.engine_kwargs)
         r = cfg.rollout  # importance sampling when the engine's numerics differ from ours (rl/grpo/is_correction.py)
-        on = r.is_correction == "on" or (r.is_correction == "auto" and not engine.exact_logprobs)
+        self.score_space = build_score_space(g.score_space)  # kept_set (the sampler's) or official
+        on = r.is_correction == "on" or (r.is_correction == "auto" and not engine.exact_logprobs
+                                         and self.score_space.is_sampling_distribution)
         self.is_correction = ISCorrection(r.is_mode, r.is_clip_max, r.is_clip_min) if on else None
         self.engine = self.dist.rollout_engine(engine, self.lm, d.zero3_gather_for_rollout)
         self.engine.setup(self.policy)
         # every step: engine vs trainer log-probs; after every push of an engine's own weights: a fixed probe
-        self.agreement = LogprobAgreement(r.engine, r.max_logprob_diff, g.epsilon, g.epsilon_high, self.acc.gather)
+        bound = r.max_logprob_diff if self.score_space.is_sampling_distribution else None  # official: the bias, logged
+        self.agreement = LogprobAgreement(r.engine, bound, g.epsilon, g.epsilon_high, self.acc.gather)
         probe = r.sync_probe == "always" or (r.sync_probe == "auto" and pushes_weights(engine))
         self.sync_probe = SyncProbe(r.engine, [train_rows[0].prompt], r.sync_probe_samples,
                                     stream_seed(cfg.seed, "sync_probe"), r.max_sync_probe_diff,
@@ -368,7 +372,7 @@ class GRPOTrainer:
             global_valid = int(self.acc.gather(mask.sum()[None]).sum()) * ro.codes.shape[1]
             # 5. π_old (μ > 1; the trainer's forward, never the engine's log-probs) and π_ref (β > 0).
             with timed("reference", t):
-                old = gen.forward_logprobs if g.num_iterations > 1 else None
+                old = gen.forward_logprobs if g.num_iterations > 1 and self.score_space.is_sampling_distribution else None
                 if g.num_iterations > 1 and old is None:
                     old = self._no_grad_logprobs(self.lm, ro)
                 ref = None
@@ -384,8 +388,9 @@ class GRPOTrainer:
             if self.sync_probe is not None:  # the push verified on a fixed probe (rl/rollout/sync_probe.py)
                 with timed("sync_probe", t):
                     applied = not upd.get("update/skipped") and upd["update/skipped_nonfinite"] < g.num_iterations
-                    upd.update(self.sync_probe.check(step, self.policy, self.engine, self.sampling,
-                                                     lambda r: self._no_grad_logprobs(self.lm, r), applied))
+                    score = lambda r: score_rollout(self.lm, r.prompts, r.codes, self.sampling,  # noqa: E731
+                                                    g.micro_batch_size, kept=r.kept_sizes)[0]  # the sampling space
+                    upd.update(self.sync_probe.check(step, self.policy, self.engine, self.sampling, score, applied))
 
         metrics = {**t, **upd, **self._reward_metrics(scored, all_rewards, all_adv)}
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])
@@ -397,12 +402,12 @@ class GRPOTrainer:
         s = self.sampling  # the resolved rollout sampling (rl/presets.py)
         kept = None if ro.kept_sizes is None else ro.kept_sizes[sl]  # the sampler's kept sets (truncated sampling)
         return sequence_logprobs(self.lm, ro.prompts.slice(sl), ro.codes[sl], s.temperature, s.top_k, s.top_p,
-                                 chunk_size=self.cfg.rollout.logprob_chunk_size, kept=kept)
+                                 chunk_size=self.cfg.rollout.logprob_chunk_size, kept=kept, space=self.score_space)
 
     def _no_grad_logprobs(self, lm, ro: Rollout) -> torch.Tensor:
         """Log-probs ``[B, N]`` of the rollout under ``lm`` (the policy's, or the frozen reference's)."""
         return score_rollout(lm, ro.prompts, ro.codes, self.sampling, self.cfg.grpo.micro_batch_size,
-                             self.cfg.rollout.logprob_chunk_size, kept=ro.kept_sizes)[0]
+                             self.cfg.rollout.logprob_chunk_size, kept=ro.kept_sizes, space=self.score_space)[0]
 
     def _update(self, ro: Rollout, adv, mask, old, ref, global_valid: int) -> dict[str, float]:
         g, o = self.cfg.grpo, self.cfg.optim
