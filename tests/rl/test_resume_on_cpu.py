@@ -7,9 +7,9 @@ import logging
 import pytest
 import torch
 
-from blip3o_rl.rl.run import checkpoint as ckpt_mod
 from blip3o_rl.rl.config import load_config
 from blip3o_rl.rl.errors import CheckpointError, ResumeError
+from blip3o_rl.rl.run import checkpoint as ckpt_mod
 from blip3o_rl.rl.run.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
 from blip3o_rl.rl.run.resume import check_resume_config
 from blip3o_rl.rl.trainer import GRPOTrainer, train
