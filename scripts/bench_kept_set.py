@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
-    errors = {"sorted-order cut": [], "tie rule": []}
+    errors: dict[str, list[torch.Tensor]] = {"sorted-order cut": [], "tie rule": []}
     split = 0
     for start in range(0, args.rows, 250):
         n = min(250, args.rows - start)
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         errors["sorted-order cut"].append(rebuild_error(logits, codes, size, picked))
         split += int((torch.isfinite(scored_logits(logits, codes, 1.0, kept=size)).sum(-1) > size).sum())
         out = sample_codes(logits, 1.0, args.top_k, args.top_p)
+        assert out.kept is not None  # truncated sampling reports its sizes
         errors["tie rule"].append(rebuild_error(logits, out.codes, out.kept, out.logprobs))
     print(f"{args.rows} rows x {args.codes} codes, bf16 logits ~ N(10, 2), top-k {args.top_k}, top-p {args.top_p}")
     print(f"rows whose sorted-order cut splits a run of ties: {split / args.rows:.1%}")
