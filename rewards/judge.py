@@ -36,7 +36,7 @@ from typing import Any
 
 from PIL import Image
 
-from .base import RewardOutput
+from .base import RewardOutput, check_score, check_scores
 from .remote import encode_image, post_with_retries
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,11 @@ def parse_yes_no(choice: dict[str, Any]) -> tuple[float, dict[str, Any]]:
         p = {"yes": 0.0, "no": 0.0}
         for alt in alternatives:
             word = str(alt.get("token", "")).strip().lower()
-            if word in p and isinstance(alt.get("logprob"), (int, float)):
-                p[word] += math.exp(float(alt["logprob"]))
+            logprob, why = check_score(alt.get("logprob"))
+            if word in p and why is not None:  # "-0.1" (a string) or true: a broken server, not a guess
+                raise JudgeReplyError(f"the log-prob of {word!r} is {why}")
+            if word in p and logprob is not None:
+                p[word] += math.exp(logprob)
         if p["yes"] + p["no"] > 0:
             return p["yes"] / (p["yes"] + p["no"]), {"p_yes": p["yes"], "p_no": p["no"], "source": "logprobs"}
         raise JudgeReplyError(f"neither yes nor no among the first token's top log-probs (reply {text!r})")
@@ -210,4 +213,4 @@ class VLMJudgeReward:
         if failed:
             first = next(d["error"] for s, d in results if s is None)
             logger.warning("judge %s: %d of %d samples failed (first: %s)", self.url, failed, len(results), first)
-        return RewardOutput([s for s, _ in results], [d for _, d in results])
+        return check_scores([s for s, _ in results], len(images), self.__name__, [d for _, d in results])

@@ -34,7 +34,7 @@ from typing import Any
 
 from PIL import Image
 
-from .base import RewardOutput
+from .base import RewardOutput, check_scores
 
 logger = logging.getLogger(__name__)
 
@@ -171,14 +171,18 @@ class RemoteReward:
         return headers
 
     def _parse(self, data: dict[str, Any], n: int, rid: str, attempts: int) -> RewardOutput:
-        scores, details = data["scores"], data["details"]
-        if len(scores) != n or len(details) != n:
-            raise ValueError(f"{len(scores)} scores and {len(details)} details for {n} images")
+        """The server's answer, checked like a local reward's output (`check_scores`): a wrong count raises
+        (the request fails), a score that is not a number (``"0.51"``, ``true``) fails its sample."""
+        if not isinstance(data, dict):
+            raise ValueError(f"the answer is a JSON {type(data).__name__}, not an object")
         if data.get("request_id") != rid:
             raise ValueError(f"answer for request {data.get('request_id')!r}, not {rid!r}")
+        details = data["details"]
+        if not isinstance(details, list) or not all(isinstance(d, dict) for d in details):
+            raise ValueError("'details' is not a list of objects")
+        out = check_scores(data["scores"], n, self.__name__, details)
         remote = {**data["reward"], "url": self.url, "request_id": rid, "attempts": attempts}
-        return RewardOutput([None if s is None else float(s) for s in scores],
-                            [{**d, "remote": remote} for d in details])
+        return RewardOutput(out.scores, [{**d, "remote": remote} for d in out.details])
 
     def _failed(self, n: int, rid: str, attempts: int, why: str) -> RewardOutput:
         msg = f"remote reward {self.url}: request {rid} failed after {attempts} attempt(s): {why}"

@@ -59,7 +59,7 @@ from typing import Any
 from PIL import Image
 
 from .. import registry
-from .base import REMOTE_PREFIX, Reward, load_reward, score_batch
+from .base import REMOTE_PREFIX, Reward, ScoreCountError, load_reward, run_reward
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +302,8 @@ def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
             (400, "malformed request or JSON"), (401, "missing bearer token"), (403, "wrong bearer token"),
             (409, "request id reused for another body"), (413, "body, image count or pixel count over the limit"),
             (415, "not multipart/form-data, or an image that is not PNG/JPEG"),
-            (422, "well-formed but inconsistent request, or an image that cannot be decoded"),
+            (422, "well-formed but inconsistent request, an image that cannot be decoded, or a reward that "
+                  "returned the wrong number of scores"),
             (503, "the reward is not ready yet"))}
     app = FastAPI(title="blip3o-rl reward server", version=reward_identity(settings, object())["server"],
                   description=__doc__, lifespan=lifespan)
@@ -469,7 +470,10 @@ def create_app(settings: ServerSettings, reward: Reward | None = None) -> Any:
         images = await run_in_threadpool(_decode_all, blobs, limits)
         assert state.semaphore is not None and state.reward is not None
         async with state.semaphore:
-            out = await run_in_threadpool(score_batch, state.reward, settings.reward, images, prompts, metadata)
+            try:
+                out = await run_in_threadpool(run_reward, state.reward, settings.reward, images, prompts, metadata)
+            except ScoreCountError as exc:  # the reward's bug: a retry would get the same; never a 5xx
+                raise RequestRefused(422, str(exc)) from None
         state.stats["scored_requests"] += 1
         state.stats["scored_images"] += len(images)
         details = json.loads(json.dumps(out.details, default=str))  # JSON-safe, whatever the reward put there

@@ -79,6 +79,15 @@ def check_prompt_lengths(rows: Sequence[PromptRow], path: str | Path, count: Cal
                     f"the model's {context} positions (at most {room} prompt tokens): shorten or remove it")
 
 
+def check_policy_prompts(policy: Any, rows: Sequence[PromptRow], path: str | Path) -> None:
+    """`check_prompt_lengths` for ``policy`` (an `ImageTokenPolicy`): its tokenizer counts the prompt tokens,
+    its layout gives the image tokens, its model config's ``max_position_embeddings`` the positions (none: no
+    check). Used by ``train`` (train and eval prompts), ``generate`` and ``eval``."""
+    context = getattr(getattr(policy.model, "config", None), "max_position_embeddings", None)
+    check_prompt_lengths(rows, path, lambda texts: policy.tokenize_prompts(texts).attention_mask.sum(1).tolist(),
+                         policy.layout.tokens_per_image, context if isinstance(context, int) else None)
+
+
 def write_prompt_splits(out_dir: str | Path, stem: str, train: list[dict], held_out: list[dict]) -> None:
     """Write ``<stem>_train.jsonl`` and ``<stem>_eval.jsonl`` (rows with ``prompt`` + metadata) in ``out_dir``."""
     out = Path(out_dir)

@@ -26,7 +26,7 @@ from ..policies import can_build, load_policy, policy_class
 from ..rewards import WeightedRewards, load_reward
 from .batch_layout import BatchLayout
 from .config import ConfigError, RewardSpec, TrainConfig, check_components, config_to_dict
-from .data import PromptSampler, check_prompt_lengths, load_prompts
+from .data import PromptSampler, check_policy_prompts, load_prompts
 from .errors import CheckpointError, NothingLearnedError, ResumeError, RunError, TrainingStopped
 from .grpo.advantages import count_groups_without_baseline, reward_advantages
 from .grpo.is_correction import ISCorrection
@@ -61,7 +61,7 @@ from .run.checkpoint import (
 )
 from .run.eval_guard import OverOptimisationGuard
 from .run.guard import FiniteUpdateGuard
-from .run.progress import Progress, quiet_library_bars, show_bars
+from .run.progress import Progress, library_bars_off, quiet_library_bars, show_bars
 from .run.resume import (
     apply_optimizer_config,
     check_resume_config,
@@ -211,7 +211,8 @@ class GRPOTrainer:
             raise ConfigError(f"model.name_or_path is required: policy {kind!r} cannot build a model folder")
         path = self.out / "base_model"
         if self.acc.is_main_process and not (path / "config.json").is_file():
-            cls.build(path, load_prompts(train_file), progress=self.show_bars, **m.build)
+            with library_bars_off():  # the build's own progress covers its model saves and loads
+                cls.build(path, load_prompts(train_file), progress=self.show_bars, **m.build)
         self.acc.wait_for_everyone()
         return path
 
@@ -246,9 +247,7 @@ class GRPOTrainer:
 
     def _check_prompts(self, rows, path: str) -> None:
         """Prompts that leave no room for the image tokens in the model's positions fail, naming the line."""
-        context = getattr(getattr(self.policy.model, "config", None), "max_position_embeddings", None)
-        check_prompt_lengths(rows, path, lambda texts: self.policy.tokenize_prompts(texts).attention_mask.sum(1).tolist(),
-                             self.policy.layout.tokens_per_image, context if isinstance(context, int) else None)
+        check_policy_prompts(self.policy, rows, path)  # rl/data.py, shared with generate and eval
 
     def _resume(self, path: Path) -> None:
         """Optimizer, schedule, data position and this rank's RNG (the weights loaded before wrapping)."""
@@ -511,12 +510,14 @@ class GRPOTrainer:
         return CombinedScores(back(nan(scored.total)), outputs).metrics("reward")
 
     def _log_samples(self, step, images, texts, rewards, scored) -> None:
-        """Rank 0's samples: a grid row per prompt (its G samples, or rank 0's slice of a split group)."""
+        """Rank 0's samples: a grid row per prompt (its G samples, or rank 0's slice of a split group),
+        each image's reward under it (``excluded``: a reward failed on it)."""
         g, k = len(self.layout.samples), self.cfg.logging.num_images
         rows = max(1, min(k // g, len(images) // g))
         shown = images[: rows * g]
         labels = [texts[r * g] for r in range(rows)]
-        self.log.log_images(step, image_grid(shown, g, labels))
+        captions = ["excluded" if math.isnan(r) else f"{r:.3f}" for r in map(float, rewards[: len(shown)])]
+        self.log.log_images(step, image_grid(shown, g, labels, captions))
         with (self.out / "samples" / f"step_{step:06d}.jsonl").open("w") as f:
             for i in range(len(shown)):
                 row = {"prompt": texts[i], "reward": None if math.isnan(rewards[i]) else float(rewards[i]),

@@ -80,12 +80,13 @@ def _generation_policy(args: argparse.Namespace, command: str):
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from ..rl.data import load_prompts
+    from ..policies.base import decode_error
+    from ..rl.data import PromptRow, check_policy_prompts, load_prompts
     from ..rl.rollout.generate import generate_images
 
-    prompts = list(args.prompt or [])
-    if args.prompts_file:
-        prompts += [r.prompt for r in load_prompts(args.prompts_file)]
+    given = [PromptRow(p, {}, i) for i, p in enumerate(args.prompt or [], 1)]  # "--prompt:2": the second
+    from_file = load_prompts(args.prompts_file) if args.prompts_file else []
+    prompts = [r.prompt for r in (*given, *from_file)]
     if not prompts:
         return _usage_error("generate: give at least one --prompt or a --prompts-file")
     if args.num_images < 1:
@@ -95,17 +96,28 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     policy, sampling = loaded
+    check_policy_prompts(policy, given, "--prompt")  # what train refuses: no room for the image tokens
+    check_policy_prompts(policy, from_file, args.prompts_file)
     images = generate_images(policy, prompts, args.num_images, sampling, seed=args.seed, batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    failed = 0
     with (out / "images.jsonl").open("w", encoding="utf-8") as index:
         for i, (prompt, group) in enumerate(zip(prompts, images, strict=True)):
             for j, image in enumerate(group):
                 name = f"{i:05d}_{j:02d}.png"
+                why = decode_error(image)
+                if why is not None:  # a failed decode's placeholder: reported, not saved as an image
+                    failed += 1
+                    print(f"error: image {j} of prompt {i + 1} ({name}) was not written: {why}", file=sys.stderr)
+                    index.write(json.dumps({"file": None, "prompt": prompt, "seed": args.seed, "error": why}) + "\n")
+                    continue
                 image.save(out / name)
                 index.write(json.dumps({"file": name, "prompt": prompt, "seed": args.seed}) + "\n")
-    print(f"wrote {sum(len(g) for g in images)} images for {len(prompts)} prompts to {out} (index: images.jsonl)")
-    return 0
+    written = sum(len(g) for g in images) - failed
+    print(f"wrote {written} images for {len(prompts)} prompts to {out} (index: images.jsonl)"
+          + (f"; {failed} failed to decode" if failed else ""))
+    return 1 if failed else 0
 
 
 def _claim_out(args: argparse.Namespace) -> None:
@@ -180,6 +192,7 @@ def _add_serve_reward(sub) -> None:
 def _cmd_eval_ocr(args: argparse.Namespace) -> int:
     from ..rewards.ocr import OCRReward, load_ocr_prompts
     from ..rl.benchmarks.ocr import evaluate_ocr
+    from ..rl.data import PromptRow, check_policy_prompts
     from .eval_ocr import engine_kwargs
 
     if min(args.images_per_prompt, 1 if args.max_prompts is None else args.max_prompts) < 1:
@@ -194,6 +207,10 @@ def _cmd_eval_ocr(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     policy, sampling = loaded
+    text = Path(args.prompts).read_text(encoding="utf-8").split("\n")  # the rows' lines: the non-blank ones
+    lines = [n for n, line in enumerate(text, 1) if line.strip()][: len(rows)]
+    check_policy_prompts(policy, [PromptRow(r["prompt"], {}, n) for r, n in zip(rows, lines, strict=True)],
+                         args.prompts)
     reward = OCRReward(args.engine, **kwargs)
     summary = evaluate_ocr(
         policy, reward, rows, args.out, images_per_prompt=args.images_per_prompt, sampling=sampling,
@@ -328,13 +345,14 @@ def _move_overrides(args: argparse.Namespace, extra: list[str], parser: argparse
 
 def _expected_error(exc: BaseException) -> str | None:
     """The one-line message of an expected failure (bad input, disk full, missing package), else None."""
+    from ..policies.errors import ModelFolderError
     from ..registry import ComponentError
     from ..rl.config import ConfigError
     from ..rl.data import PromptFileError
     from ..rl.errors import RunError
     from .policy_args import GenerationArgsError
 
-    if isinstance(exc, (ConfigError, ComponentError, PromptFileError, RunError, GenerationArgsError,
+    if isinstance(exc, (ConfigError, ComponentError, PromptFileError, RunError, GenerationArgsError, ModelFolderError,
                         FileNotFoundError, FileExistsError, NotADirectoryError, UnicodeDecodeError)):
         return str(exc)
     if isinstance(exc, ImportError):  # an optional dependency that is not installed

@@ -16,7 +16,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ..rewards.geneval.metadata import COLORS, GENEVAL_OBJECTS, TAGS, MetadataError, load_metadata
+from ..rewards.geneval.metadata import (
+    COLORS,
+    GENEVAL_OBJECTS,
+    TAGS,
+    MetadataError,
+    iter_metadata_file,
+    load_metadata,
+)
 from .policy_args import GenerationArgsError, add_generation_arguments
 
 
@@ -167,18 +174,25 @@ def _check_eval_args(args: argparse.Namespace) -> None:
 
 def generate_folder(policy, sampling, rows: list[dict], out: Path, args: argparse.Namespace) -> None:
     """Generate ``args.images_per_prompt`` images per metadata row into GenEval's layout under ``out``."""
+    from ..policies.base import decode_error
     from ..rewards.geneval.benchmark import write_prompt_folder
+    from ..rl.errors import RunError
     from ..rl.rollout.generate import generate_images
 
     images = generate_images(policy, [r["prompt"] for r in rows], args.images_per_prompt, sampling,
                              seed=args.seed, batch_size=args.batch_size)
     for index, (row, imgs) in enumerate(zip(rows, images, strict=True)):
+        failed = [(j, why) for j, why in enumerate(map(decode_error, imgs)) if why is not None]
+        if failed:  # GenEval scores every sample of the layout: a placeholder would be scored as an image
+            raise RunError(f"eval geneval: image {failed[0][0]} of prompt {index} ({row['prompt']!r}) could not be "
+                           f"decoded: {failed[0][1]}; the {index} prompt folders before it are in {out}")
         write_prompt_folder(out, index, row, imgs)
 
 
 @_report_errors
 def run_eval(args: argparse.Namespace) -> int:
     from ..rewards.geneval.benchmark import format_summary, score_folder
+    from ..rl.data import PromptRow, check_policy_prompts
     from .policy_args import generation_policy
 
     _check_eval_args(args)
@@ -186,6 +200,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if folder is None:
         rows = load_metadata(args.metadata)
         policy, sampling = generation_policy(args, "eval geneval")
+        check_policy_prompts(policy, [PromptRow(row["prompt"], {}, line) for line, row in
+                                      iter_metadata_file(args.metadata)], args.metadata)  # as train refuses them
         if args.tile is None:  # the tiny world knows its own cell size
             args.tile = getattr(getattr(policy, "renderer", None), "tile", None)
         generate_folder(policy, sampling, rows, args.out, args)

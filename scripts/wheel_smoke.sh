@@ -8,6 +8,8 @@ python=${PYTHON:-python3}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+echo "wheel smoke: building the wheel, installing it with its dependencies into a fresh venv in $work"
+echo "  (torch and the rest, ~2 GB), then importing every module and training 2 steps from outside the checkout"
 "$python" -m build --wheel --outdir "$work/dist" "$repo" >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
 wheel=$(ls "$work"/dist/*.whl)
 "$python" -m venv "$work/venv"

@@ -28,6 +28,8 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from .. import registry
 from ..policies.base import ImageTokenLayout, ImageTokenPolicy, PromptBatch
+from ..policies.tokenizer_files import load_tokenizer_files
+from ..policies.weights import require_finite_module
 from .warm_start import warm_start
 
 CHAT_TEMPLATE = (
@@ -220,8 +222,9 @@ class TinyWorldPolicy(ImageTokenPolicy):
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json: not a model folder (make one with make_tiny_world)")
+        tokenizer = load_tokenizer_files(path, PreTrainedTokenizerFast.from_pretrained, [("tokenizer.json",)])
         model = Qwen3ForCausalLM.from_pretrained(path, dtype=dtype)
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        require_finite_module(model, path)  # a NaN weight would otherwise load silently
         return cls(model, tokenizer)
 
     @classmethod

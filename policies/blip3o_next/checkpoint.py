@@ -14,11 +14,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ..errors import ModelFolderError
+from ..weights import require_finite
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ModelFolderError):
     """A checkpoint whose weights do not match what the config describes."""
 
 
@@ -67,7 +70,8 @@ class WeightFiles:
     ) -> dict[str, torch.Tensor]:
         """Read the tensors ``{checkpoint key: module name}``; returns ``{module name: tensor}``.
 
-        Floating tensors are cast to ``dtype`` (``None``: kept as stored); integer buffers keep their type.
+        Floating tensors are checked finite as read (`require_finite`: the error names the file and the key),
+        then cast to ``dtype`` (``None``: kept as stored); integer buffers keep their type.
         """
         by_file: dict[Path, list[str]] = {}
         for key in names:
@@ -77,6 +81,7 @@ class WeightFiles:
             with safe_open(path, framework="pt") as f:
                 for key in keys:
                     tensor = f.get_tensor(key)
+                    require_finite(tensor, key, path)
                     if dtype is not None and tensor.is_floating_point():
                         tensor = tensor.to(dtype)
                     out[names[key]] = tensor.to(device)

@@ -21,6 +21,7 @@ Nothing here is trained: the module is built with ``requires_grad=False`` and ru
 
 from __future__ import annotations
 
+import logging
 import typing
 from dataclasses import dataclass
 
@@ -31,6 +32,10 @@ from diffusers.models.normalization import RMSNorm
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import nn
+
+from ..base import mark_decode_error
+
+logger = logging.getLogger(__name__)
 
 #: RMSNorm epsilon of the official connector.
 CONNECTOR_NORM_EPS = 1e-5
@@ -196,6 +201,20 @@ class Blip3oNextDecoder(nn.Module):
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """RGB ``[B, 3, H, W]`` in [0, 1] → 8-bit PIL images (rounded, as the official code does)."""
-    array = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
-    return [Image.fromarray(a) for a in array]
+    """RGB ``[B, 3, H, W]`` in [0, 1] → 8-bit PIL images (rounded, as the official code does).
+
+    An image with NaN or infinite values is not turned into a silent black image: it comes back as a
+    black placeholder marked failed (`mark_decode_error`: its ``info`` says why, so its sample is never
+    scored or saved as an image), and a warning says how many values were bad.
+    """
+    finite = torch.isfinite(images)
+    bad = (~finite).flatten(1).sum(1).tolist()  # [B] non-finite values per image
+    array = (images.nan_to_num(0.0, 0.0, 0.0).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    out = [Image.fromarray(a) for a in array]
+    for i, count in enumerate(bad):
+        if count:
+            why = (f"non-finite decode: {count} of {finite[i].numel()} pixel values are NaN or infinite (the "
+                   "refiner's inputs or weights are not finite)")
+            logger.warning("BLIP3o-NEXT decode: image %d of %d failed: %s", i, len(out), why)
+            mark_decode_error(out[i], why)
+    return out

@@ -27,6 +27,7 @@ from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransf
 from torch import nn
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, Qwen3ForCausalLM
 
+from ..tokenizer_files import load_tokenizer_files
 from .checkpoint import CheckpointError, Part, WeightFiles, match_part
 from .config import Blip3oNextConfig
 from .decoder import Blip3oNextDecoder, DecodeSettings, build_connector
@@ -38,6 +39,8 @@ SANA_PREFIX = "model.sana."
 VAE_PREFIX = "model.sana_vae."
 #: Refiner files read from the diffusers folder (configs only).
 DIFFUSION_FILES = ("scheduler/scheduler_config.json", "transformer/config.json", "vae/config.json")
+#: The tokenizer's files: the fast tokenizer's, or the slow Qwen2 tokenizer's (converted without sentencepiece).
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 
 
 @dataclass
@@ -131,8 +134,10 @@ def group_keys(files: WeightFiles, model: Qwen3ForCausalLM) -> tuple[dict[str, l
 
 
 def load_tokenizer(folder: Path, config: Blip3oNextConfig) -> PreTrainedTokenizerBase:
-    """The folder's tokenizer, checked to reach the last image token; token names are checked loosely."""
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    """The folder's tokenizer, checked to reach the last image token; token names are checked loosely.
+    Missing or unreadable tokenizer files fail naming the folder and the files (`load_tokenizer_files`)."""
+    tokenizer = load_tokenizer_files(folder, lambda f: AutoTokenizer.from_pretrained(f, local_files_only=True),
+                                     TOKENIZER_FILES, also=("tokenizer_config.json",))
     last = config.image_start_token_id + config.num_image_tokens - 1
     if len(tokenizer) <= last:
         raise CheckpointError(

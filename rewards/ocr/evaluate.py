@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..base import Reward
+from ..base import Reward, run_reward
 from .prompts import load_ocr_prompts
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -50,7 +50,7 @@ def score_ocr_batch(
     if len(images) != len(keys):
         raise ValueError(f"{len(images)} images but {len(keys)} keys")
     prompts = [rows[p]["prompt"] for p, _ in keys]
-    out = reward(images, prompts, [dict(rows[p]) for p, _ in keys])
+    out = run_reward(reward, "ocr", images, prompts, [dict(rows[p]) for p, _ in keys])  # checked scores
     records = []
     for (p, s), score, detail in zip(keys, out.scores, out.details, strict=True):
         records.append(

@@ -112,8 +112,7 @@ def check_world_size(acc: Accelerator, strategy: str) -> None:
             f"the launcher started {expected} processes (WORLD_SIZE={expected}) but this process sees "
             f"{got} (accelerate) / {pg} (torch.distributed): they would train independent copies. On a "
             "machine without CUDA launch with `torchrun --standalone --nproc_per_node N -m blip3o_rl train ...` "
-            "or `accelerate launch --config_file configs/accelerate/cpu_ddp.yaml ...` (plain `accelerate "
-            "launch --cpu --num_processes N` starts only one process); see README, 'Multi-process training'")
+            "(`accelerate launch --cpu --num_processes N` starts only one process); see docs/multi-process.md")
     if strategy == "deepspeed" and acc.distributed_type != DistributedType.DEEPSPEED:
         raise LaunchError(f"distributed.strategy=deepspeed but accelerate runs {acc.distributed_type.value}")
     if strategy != "deepspeed" and acc.distributed_type == DistributedType.DEEPSPEED:

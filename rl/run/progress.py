@@ -2,13 +2,16 @@
 
 A log file or a SLURM output then reads ``step 10/40  reward 0.512  kl 0.0000  loss -0.0123  0.81 s/step``
 instead of hundreds of bar redraws. Off a terminal (or with ``logging.progress_bar: false``)
-transformers' own bars ("Loading weights", "Writing model shards") are turned off as well.
+transformers' own bars ("Loading weights", "Writing model shards") are turned off as well; on a terminal
+they are off while a step with its own bar runs (the tiny world's build), so each shows at most once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from tqdm.auto import tqdm
@@ -43,6 +46,21 @@ def quiet_library_bars() -> None:
         disable_progress_bars()
     except ImportError:
         pass
+
+
+@contextlib.contextmanager
+def library_bars_off() -> Iterator[None]:
+    """transformers' bars off inside the block, as they were after it: for work that shows its own progress
+    (building the tiny world saves and reloads its model twice around the warm start's bar)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 class Progress:

@@ -1,7 +1,7 @@
 """SIGINT / SIGTERM during training: finish the current step, save, stop; a second signal stops at once.
 
 SLURM sends SIGTERM before killing a job (``--signal=TERM@120`` sends it 120 s before the time
-limit; see the README), and Ctrl-C sends SIGINT: both end a run with a checkpoint to ``--resume``.
+limit; see docs/run-safety.md), and Ctrl-C sends SIGINT: both end a run with a checkpoint to ``--resume``.
 
     with StopSignals() as stop:
         for step in ...:

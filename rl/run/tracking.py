@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from ..config import LoggingConfig
 from ..errors import RunError
@@ -66,18 +66,67 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def image_grid(images: list[Image.Image], columns: int, labels: list[str] | None = None) -> Image.Image:
-    """Tile images into a grid; ``labels`` (one per row) are written above each row."""
-    w, h = images[0].size
+# Sample grids are previews: tiny images are enlarged by a whole factor with nearest-neighbour (tiles stay
+# crisp) to at least GRID_MIN_CELL px on their long side, large ones shrunk to GRID_MAX_CELL.
+GRID_MIN_CELL, GRID_MAX_CELL, GRID_GAP = 128, 384, 6
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow's bundled scalable font (needs FreeType)
+    except (TypeError, OSError, ImportError):  # without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> str:
+    """``text`` cut (with an ellipsis) to fit ``width`` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def grid_cell_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The size an image of ``size`` is shown at in a sample grid."""
+    w, h = size
+    long = max(w, h)
+    if long < GRID_MIN_CELL:
+        k = -(-GRID_MIN_CELL // long)  # whole factor: nearest-neighbour keeps every pixel square
+        return w * k, h * k
+    if long > GRID_MAX_CELL:
+        return max(1, round(w * GRID_MAX_CELL / long)), max(1, round(h * GRID_MAX_CELL / long))
+    return w, h
+
+
+def image_grid(images: list[Image.Image], columns: int, labels: list[str] | None = None,
+               captions: list[str] | None = None) -> Image.Image:
+    """Tile images into a grid of ``columns``, a gap between them, shown at a legible size.
+
+    ``labels`` (one per row, e.g. the group's prompt) are written above each row and ``captions`` (one
+    per image, e.g. its reward) under each image.
+    """
+    cw, ch = grid_cell_size(images[0].size)
     rows = math.ceil(len(images) / columns)
-    label_h = 12 if labels else 0
-    grid = Image.new("RGB", (columns * w, rows * (h + label_h)), (255, 255, 255))
+    font = _font(14)
+    line_h = int(font.getbbox("Ag")[3]) + 4
+    label_h = line_h if labels else 0
+    caption_h = line_h if captions else 0
+    gap = GRID_GAP
+    row_h = label_h + ch + caption_h + gap
+    width = columns * cw + (columns + 1) * gap
+    grid = Image.new("RGB", (width, gap + rows * row_h), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     for i, img in enumerate(images):
         r, c = divmod(i, columns)
-        grid.paste(img.convert("RGB").resize((w, h)), (c * w, r * (h + label_h) + label_h))
+        x, y = gap + c * (cw + gap), gap + r * row_h + label_h
+        resample = Image.Resampling.NEAREST if cw > img.width else Image.Resampling.LANCZOS
+        grid.paste(img.convert("RGB").resize((cw, ch), resample), (x, y))
+        if captions:
+            text = _fit(captions[i], font, cw)
+            draw.text((x + (cw - font.getlength(text)) / 2, y + ch + 1), text, fill=(0, 0, 0), font=font)
     for r, text in enumerate((labels or [])[:rows]):
-        draw.text((2, r * (h + label_h)), text[: columns * w // 6], fill=(0, 0, 0))
+        draw.text((gap, gap + r * row_h), _fit(text, font, width - 2 * gap), fill=(0, 0, 0), font=font)
     return grid
 
 

