@@ -111,10 +111,18 @@ class GuidedImageTokenLM(ImageTokenLM):
             u = self.image_logits(uncond)
         return self.guidance.mix(self.image_logits(cond), u)
 
-    def _score(self, prompt_ids, prompt_mask, codes, score, return_hidden, chunk_size) -> ScoredCodes:
+    @property
+    def scores_full_vocabulary(self) -> bool:  # type: ignore[override]
+        return self.guidance is None  # a guided mixture is no row of a full-vocabulary softmax
+
+    def _score(self, prompt_ids, prompt_mask, codes, score, return_hidden, chunk_size,
+               full_vocabulary=False) -> ScoredCodes:
         g = self.guidance
         if g is None or score is None:
-            return super()._score(prompt_ids, prompt_mask, codes, score, return_hidden, chunk_size)
+            return super()._score(prompt_ids, prompt_mask, codes, score, return_hidden, chunk_size, full_vocabulary)
+        if full_vocabulary:
+            raise ValueError("full-vocabulary scoring is not defined for a guided (CFG) policy: it samples "
+                             "a mixture of two distributions; score it in the sampler's kept set")
         p, n, b = prompt_ids.shape[1], codes.shape[1], codes.shape[0]
         mask = torch.cat([prompt_mask, torch.ones_like(codes)], 1)  # [B, P + N]
         if g.detach_uncond:

@@ -15,11 +15,14 @@ gathering) sees all of it. Two calls, chosen by the arguments:
   the same shapes (what ``torch.compile`` and CUDA graphs need).
 
 Logits are only ever built from the image rows of ``lm_head``: that is the masked softmax over the
-image tokens, and it keeps a ``[*, vocab]`` tensor (217k columns for BLIP3o-NEXT) out of memory.
+image tokens, and it keeps a ``[*, vocab]`` tensor (217k columns for BLIP3o-NEXT) out of memory. A score
+call with ``full_vocabulary`` (the official trainer's scoring, `rl/grpo/score_space.py`) adds one column,
+the log-sum-exp of every other row, computed chunk by chunk.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -183,6 +186,7 @@ class ImageTokenLM(nn.Module):
         cache: Any = None,
         position_ids: torch.Tensor | None = None,
         cache_position: torch.Tensor | None = None,
+        full_vocabulary: bool = False,
     ) -> ScoredCodes | StepOutput:
         """Score ``codes [B, N]`` after the prompts ``input_ids [B, P]`` (with ``score``; without it, only the
         hidden states are returned), or run a step into ``cache``: a prefill of ``input_ids`` (prompt
@@ -190,12 +194,13 @@ class ImageTokenLM(nn.Module):
         to the mask's: right for a prefill of left-padded rows. With a `StaticKVCache`, ``cache_position
         [L]`` gives the columns the L inputs are written to and ``attention_mask [B, S]`` marks which of the
         cache's first S columns are valid (the prompt's padding 0; S <= S_max, the columns attended);
-        ``position_ids [B, L]`` are then required."""
+        ``position_ids [B, L]`` are then required. ``full_vocabulary`` (score call): ``score`` gets
+        `scoring_logits` with the extra column (only where `scores_full_vocabulary`)."""
         if cache is None:
             if codes is None or input_ids is None or (score is None and not return_hidden):
                 raise ValueError("a score call takes input_ids, codes, and score or return_hidden (no cache); "
                                  "a step call takes a cache (new_cache() for a prefill)")
-            return self._score(input_ids, attention_mask, codes, score, return_hidden, chunk_size)
+            return self._score(input_ids, attention_mask, codes, score, return_hidden, chunk_size, full_vocabulary)
         if (input_ids is None) == (codes is None):
             raise ValueError("a step call takes prompt input_ids (a prefill) or image codes (a decode step)")
         if isinstance(cache, StaticKVCache):
@@ -266,6 +271,25 @@ class ImageTokenLM(nn.Module):
         bias = head.bias[start : start + k] if getattr(head, "bias", None) is not None else None
         return nn.functional.linear(hidden.to(weight.dtype), weight, bias)
 
+    #: whether `scoring_logits` can add the full-vocabulary column: the image codes are rows of the text
+    #: ``lm_head`` (False for a model with its own image head, or a guided mixture of two distributions)
+    scores_full_vocabulary: bool = True
+
+    def scoring_logits(self, hidden: torch.Tensor, full_vocabulary: bool = False) -> torch.Tensor:
+        """`image_logits`, or with ``full_vocabulary`` ``[..., num_codes + 1]``: the image logits and, last,
+        the log-sum-exp (float32) of every other row of ``lm_head``, so that a log-softmax over the columns
+        is the full-vocabulary log-softmax of the codes. Call it only from inside `forward`."""
+        if not full_vocabulary:
+            return self.image_logits(hidden)
+        if not self.scores_full_vocabulary:
+            raise ValueError(f"{type(self).__name__} has no full-vocabulary scoring: its image codes are not "
+                             "rows of a text lm_head (or it samples a guided mixture)")
+        head = self.causal_lm.get_output_embeddings()
+        start, k = self.layout.image_token_start, self.layout.num_codes
+        logits = head(hidden.to(head.weight.dtype)).float()  # [..., V]: one chunk of positions at a time
+        rest = torch.cat([logits[..., :start], logits[..., start + k :]], -1).logsumexp(-1, keepdim=True)
+        return torch.cat([logits[..., start : start + k], rest], -1)
+
     def _step(self, input_ids, codes, attention_mask, cache, position_ids) -> StepOutput:
         h = self._body(self.body_inputs(input_ids, codes), attention_mask, position_ids, cache)[:, -1]  # [B, H]
         return StepOutput(logits=self.image_logits(h), hidden=h, cache=cache)
@@ -288,7 +312,8 @@ class ImageTokenLM(nn.Module):
         h = self._static_hidden(self.body_inputs(input_ids, codes), columns, cache, position_ids, cache_position)
         return StepOutput(logits=self.image_logits(h), hidden=h, cache=cache)
 
-    def _score(self, prompt_ids, prompt_mask, codes, score, return_hidden, chunk_size) -> ScoredCodes:
+    def _score(self, prompt_ids, prompt_mask, codes, score, return_hidden, chunk_size,
+               full_vocabulary=False) -> ScoredCodes:
         p, n = prompt_ids.shape[1], codes.shape[1]
         attention_mask = torch.cat([prompt_mask, torch.ones_like(codes)], 1)  # [B, P + N]
         hidden = self._body(self.body_inputs(prompt_ids, codes), attention_mask, None)  # [B, P + N, H]
@@ -296,7 +321,8 @@ class ImageTokenLM(nn.Module):
         cond = hidden[:, p - 1 : p + n]  # [B, N + 1, H]
         if score is None:
             return ScoredCodes(None, None, cond)  # grad flows when enabled (for tests of the conditioning)
-        logprobs, entropy = score_chunks(self.image_logits, (cond[:, :n],), codes, score, chunk_size)
+        head = functools.partial(self.scoring_logits, full_vocabulary=full_vocabulary)
+        logprobs, entropy = score_chunks(head, (cond[:, :n],), codes, score, chunk_size)
         return ScoredCodes(logprobs, entropy, cond.detach() if return_hidden else None)
 
 

@@ -31,7 +31,9 @@ from ..rewards.base import REMOTE_PREFIX
 from ..rewards.remote import RemoteReward
 from .batch_layout import batch_split_problem
 from .grpo.advantages import REWARD_AGGREGATIONS, SCALE_REWARDS
+from .grpo.is_correction import IMPORTANCE_SAMPLING_LEVELS, IS_MODES
 from .grpo.loss import loss_types
+from .grpo.score_space import SCORE_SPACES
 
 
 class ConfigError(ValueError):
@@ -67,11 +69,23 @@ class ModelConfig:
 class RolloutConfig:
     engine: str = "kv_cache"  # kv_cache (alias hf) | static | vllm | vllm_server | "package.module:Class"
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # the engine's constructor arguments
-    # Truncated importance sampling between the engine's and the trainer's log-probs, w = min(π_old / π_engine,
-    # is_cap) on each token's policy-gradient term: "auto" when the engine's numerics differ from the
-    # trainer's (vLLM: its own kernels), "on", or "off"
+    # Importance sampling between the engine's and the trainer's log-probs on each sample's policy-gradient
+    # term (rl/grpo/is_correction.py, TRL's vllm_importance_sampling_correction / _mode / _clip_max / _clip_min):
+    # "auto" when the engine's numerics differ from the trainer's (vLLM: its own kernels), "on", or "off"
     is_correction: str = "auto"
-    is_cap: float = 2.0
+    is_mode: str = "sequence_mask"  # token_truncate | token_mask | sequence_truncate | sequence_mask (TRL's default)
+    is_clip_max: float | None = 3.0  # TRL's default
+    is_clip_min: float | None = None  # null: no lower bound (TRL's default)
+    # Engine vs trainer log-probs, measured every step (rl/rollout/agreement.py): the run stops when a valid
+    # token's |log π_trainer − log π_engine| exceeds this (null: never)
+    max_logprob_diff: float | None = 1.0
+    # After every weight push, a fixed probe sampled by the engine and scored by the trainer (rl/rollout/
+    # sync_probe.py): "auto" (engines with their own copy of the weights: vLLM), "always", "never" (not
+    # on/off: YAML reads those as booleans); the run stops when the push did not take effect or the probe's
+    # mean |log-prob difference| exceeds max_sync_probe_diff (null: no bound)
+    sync_probe: str = "auto"
+    sync_probe_samples: int = 2
+    max_sync_probe_diff: float | None = 0.1
     temperature: float = 1.0
     top_k: int = 0  # 0 = untruncated (the RL default); the trainer applies the same truncation
     top_p: float = 1.0
@@ -103,6 +117,12 @@ class GRPOConfig:
     # normalised within its group, weighted, summed, then normalised as scale_rewards says; rl/grpo/advantages.py)
     reward_aggregation: str = "sum"
     num_iterations: int = 1  # μ: optimizer passes over each rollout batch
+    # the policy ratio per token ("token": GRPO) or one per sample from its mean token log-ratio ("sequence":
+    # GSPO); TRL's name and values (rl/grpo/is_correction.py)
+    importance_sampling_level: str = "token"
+    # the distribution the trainer scores the codes under (rl/grpo/score_space.py): "kept_set" (the
+    # sampler's own, exact) or "official" (full-vocabulary, temperature 1, untruncated: the official trainer's)
+    score_space: str = "kept_set"
     max_failed_reward_steps: int = 3  # steps in a row in which every sample's reward failed that stop the run (0: never)
 
 
@@ -455,7 +475,23 @@ def validate(cfg: TrainConfig, source: str, where: Any = None) -> None:
     check(r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
     check(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
     check(r.is_correction in ("auto", "on", "off"), "rollout.is_correction", "must be 'auto', 'on' or 'off'")
-    check(r.is_cap >= 1, "rollout.is_cap", "must be >= 1")
+    check(r.is_mode in IS_MODES, "rollout.is_mode", f"must be one of {IS_MODES}, got {r.is_mode!r}")
+    check(r.is_clip_max is None or r.is_clip_max >= 1, "rollout.is_clip_max", "must be >= 1 (or null)")
+    check(r.is_clip_min is None or 0 <= r.is_clip_min <= 1, "rollout.is_clip_min", "must be in [0, 1] (or null)")
+    check(g.score_space in SCORE_SPACES, "grpo.score_space", f"must be one of {tuple(SCORE_SPACES)}, got {g.score_space!r}")
+    check(g.score_space == "kept_set" or r.is_correction != "on", "rollout.is_correction",
+          "'on' needs grpo.score_space kept_set: the engine's log-probs are in the sampling space, not the "
+          "official full-vocabulary one")
+    check(g.importance_sampling_level in IMPORTANCE_SAMPLING_LEVELS, "grpo.importance_sampling_level",
+          f"must be one of {IMPORTANCE_SAMPLING_LEVELS}, got {g.importance_sampling_level!r}")
+    check(g.reward_aggregation != "normalize_then_sum" or g.scale_rewards != "none", "grpo.scale_rewards",
+          "'none' does not apply to reward_aggregation normalize_then_sum (TRL's GDPO standardises over the "
+          "batch); use normalize_then_sum_per_group")
+    check(r.max_logprob_diff is None or r.max_logprob_diff > 0, "rollout.max_logprob_diff", "must be > 0 (or null)")
+    check(r.sync_probe in ("auto", "always", "never"), "rollout.sync_probe", "must be 'auto', 'always' or 'never'")
+    check(r.sync_probe_samples >= 1, "rollout.sync_probe_samples", "must be >= 1")
+    check(r.max_sync_probe_diff is None or r.max_sync_probe_diff > 0, "rollout.max_sync_probe_diff",
+          "must be > 0 (or null)")
     check(r.logprob_chunk_size >= 1, "rollout.logprob_chunk_size", "must be >= 1")
     unit = min(g.batch_size, g.num_generations)  # the samples of one prompt a process holds
     check(r.decode_chunk_size is None or (r.decode_chunk_size > 0 and r.decode_chunk_size % unit == 0),

@@ -34,3 +34,8 @@ class TrainingStopped(RunError):
         self.signal_name, self.signal_number, self.step, self.checkpoint = signal_name, signal_number, step, checkpoint
         super().__init__(f"stopped by {signal_name} after step {step}; checkpoint saved: {checkpoint} "
                          "(continue with the same command and --resume)")
+
+
+class EngineDisagreementError(RunError):
+    """The rollout engine's log-probs disagree with the trainer's beyond the configured bound, or a weight
+    push did not take effect (`rl/rollout/agreement.py`, `rl/rollout/sync_probe.py`)."""

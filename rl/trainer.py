@@ -33,6 +33,7 @@ from .rollout.engines import build_engine, stream_seed
 from .rollout.evaluation import HeldOutEvaluation
 from .rollout.generate import GenerationDriver, RolloutRequest
 from .rollout.pipeline import PipelinedScoring, SequentialScoring
+from .rollout.sync_probe import SyncProbe, pushes_weights
 from .run.checkpoint import load_checkpoint
 from .run.guards.finite_update import FiniteUpdateGuard
 from .run.lifecycle import CheckpointContents, RunLifecycle, RunSummary
@@ -119,17 +120,20 @@ class GRPOTrainer:
         self.guard = FiniteUpdateGuard(cfg.optim.max_nonfinite_steps)  # every optimizer step goes through it
 
         self.engine = build_engine(cfg.rollout.engine, **cfg.rollout.engine_kwargs)
-        r = cfg.rollout  # truncated IS when the engine's numerics differ from ours (rl/grpo/loss.py tis_weights)
-        is_cap = r.is_cap if r.is_correction == "on" or (r.is_correction == "auto" and not self.engine.exact_logprobs) else None
+        r = cfg.rollout
         self.engine.setup(self.policy)
         self.engine.sample_within(self.strategy.rollout_weights)  # ZeRO-3: one gather of the weights per rollout
         scoring = PipelinedScoring(r.max_pending_chunks) if r.pipeline_rewards else SequentialScoring()
         self.driver = GenerationDriver(self.policy, self.engine, g.micro_batch_size, r.logprob_chunk_size,
                                        r.decode_chunk_size, scoring)  # rl/rollout/generate.py, pipeline.py
+        probe = r.sync_probe == "always" or (r.sync_probe == "auto" and pushes_weights(self.engine))
+        self.sync_probe = SyncProbe(r.engine, [train_rows[0].prompt], r.sync_probe_samples,  # after every push
+                                    stream_seed(cfg.seed, "sync_probe"), r.max_sync_probe_diff,
+                                    self.acc.gather) if probe else None
         self.sampling, how = rollout_sampling(cfg.rollout, self.policy)  # rl/presets.py
         # rl/update.py: π_old / π_ref, then μ optimizer passes through the strategy and the guard
         self.update = PolicyUpdate(cfg, self.strategy, self.trainable, self.params, self.scheduler, self.guard,
-                                   self.sampling, is_cap)
+                                   self.sampling, self.engine.exact_logprobs)
         self.eval_sampling, eval_how = eval_sampling(cfg.eval, self.policy, self.sampling)
         if self.acc.is_main_process and (cfg.rollout.sampling_from != "config" or cfg.eval.sampling != "rollout"):
             print(f"rollout sampling: {describe_sampling(self.sampling)}, from {how}\n"
@@ -232,11 +236,16 @@ class GRPOTrainer:
             # 5. π_old (μ > 1; the trainer's forward, never the engine's log-probs) and π_ref (β > 0).
             with timed("reference", t):
                 batch = self.update.batch(ro, adv, mask, global_valid, gen.old_logprobs)  # rl/update.py
-            # 6. μ optimizer passes over the batch, accumulating over micro-batches.
+            # 6. μ optimizer passes over the batch, accumulating over micro-batches; the engine/trainer
+            #    agreement, bounded by rollout.max_logprob_diff (rl/rollout/agreement.py).
             with timed("update", t):
-                upd = self.update(batch)
+                upd = self.update(batch, step)
             with timed("weight_sync", t):  # an engine with its own copy of the weights reloads them here
                 self.engine.update_weights(self.policy)
+            if self.sync_probe is not None:  # the push verified on a fixed probe (rl/rollout/sync_probe.py)
+                with timed("sync_probe", t):  # scored in the space the engine sampled from
+                    upd.update(self.sync_probe.check(step, self.policy, self.engine, self.sampling,
+                                                     self.update.sampled_logprobs, self.update.applied(upd)))
 
         metrics = {**t, **upd, **self._reward_metrics(scored, all_rewards, all_adv)}
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])

@@ -7,12 +7,15 @@
         for each micro-batch (gradients reduced over ranks on the last one only):
             π_θ = the trainer's forward of the sampled codes               (the wrapped module)
             loss_share, stats = loss(π_θ, π_old, A, mask, π_ref, global counts, IS weights)   (rl/grpo/loss.py)
+            first pass: π_θ against the engine's log-probs              (rl/rollout/agreement.py)
             strategy.backward(loss_share)
         strategy.clip_and_step(...)   grad norm → finite-update guard → optimizer step (or none) → LR schedule
     the statistics, reduced once over ranks: one collective, one transfer to the host
 
 `StepStats` keeps the statistics as tensors on the device for the whole update (no host sync per
-micro-batch): token-weighted sums with their weights, and running minima / maxima.
+micro-batch): token-weighted sums with their weights, and running minima / maxima. The codes are scored in
+``grpo.score_space`` (rl/grpo/score_space.py); the engine-mismatch correction (rl/grpo/is_correction.py)
+is on where the engine's numerics differ from the trainer's and the space is the one it sampled from.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
+from .grpo.is_correction import ISCorrection
 from .grpo.logprobs import SequenceLogprobs, micro_batches, score_rollout, sequence_logprobs
-from .grpo.loss import GRPOLoss, masked_mean, tis_weights
+from .grpo.loss import GRPOLoss, masked_mean
+from .grpo.score_space import build_score_space
 from .parallel import ParallelStrategy
+from .rollout.agreement import LogprobAgreement
 from .rollout.engines import Rollout, SamplingParams
 from .run.guards.finite_update import FiniteUpdateGuard
 from .weights.finetune import TrainableWeights
@@ -54,16 +60,16 @@ class StepStats:
     """One update's statistics as float64 tensors on the device, reduced over ranks once (`result`)."""
 
     #: token-weighted means: each micro-batch adds ``mean * weight`` and ``weight`` (its valid tokens)
-    WEIGHTED = ("kl", "clip/low", "clip/high", "ratio/mean", "entropy", "rollout/logprob_diff_mean",
-                "rollout/is_weight_mean", "rollout/is_capped_fraction")
+    WEIGHTED = ("kl", "clip/low", "clip/high", "ratio/mean", "entropy", "rollout/is_weight_mean",
+                "rollout/is_capped_fraction", "rollout/is_masked_fraction")
     MINIMA = ("ratio/min",)
-    MAXIMA = ("ratio/max", "rollout/logprob_diff_max")
+    MAXIMA = ("ratio/max",)
 
     def __init__(self, device: torch.device):
         k = len(self.WEIGHTED)
         self._sums = torch.zeros(2 * k, dtype=torch.float64, device=device)  # [means x weight..., weight...]
         self._min = torch.full((len(self.MINIMA),), math.inf, dtype=torch.float64, device=device)
-        self._max = torch.tensor([-math.inf, 0.0], dtype=torch.float64, device=device)  # diffs are >= 0
+        self._max = torch.full((len(self.MAXIMA),), -math.inf, dtype=torch.float64, device=device)
 
     def add(self, weight: torch.Tensor, means: dict[str, torch.Tensor]) -> None:
         """Means (keys: `WEIGHTED`) over a micro-batch's ``weight`` valid tokens."""
@@ -73,23 +79,21 @@ class StepStats:
             self._sums[i] += mean.to(torch.float64) * w
             self._sums[k + i] += w
 
-    def extremes(self, ratio_min: torch.Tensor, ratio_max: torch.Tensor, diff_max: torch.Tensor | None) -> None:
+    def extremes(self, ratio_min: torch.Tensor, ratio_max: torch.Tensor) -> None:
         self._min[0] = torch.minimum(self._min[0], ratio_min.to(torch.float64))
         self._max[0] = torch.maximum(self._max[0], ratio_max.to(torch.float64))
-        if diff_max is not None:
-            self._max[1] = torch.maximum(self._max[1], diff_max.to(torch.float64))
 
     def result(self, comm: Any) -> dict[str, float]:
         """Means (a weight of 0 on every rank drops its metric), minima and maxima over every rank's
         micro-batches: one gather of the packed statistics, one transfer to the host."""
         k = len(self.WEIGHTED)
-        rows = comm.gather_rows(torch.cat([self._sums, -self._min, self._max]))  # [world, 2k + 3]
+        rows = comm.gather_rows(torch.cat([self._sums, -self._min, self._max]))  # [world, 2k + 2]
         sums = rows[:, : 2 * k].sum(0)
         extremes = rows[:, 2 * k :].max(0).values
         values = torch.cat([sums, extremes]).tolist()  # the one host transfer of the step's statistics
         out = {name: values[i] / values[k + i] for i, name in enumerate(self.WEIGHTED) if values[k + i] > 0}
         out["ratio/min"] = -values[2 * k]
-        out["ratio/max"], out["rollout/logprob_diff_max"] = values[2 * k + 1], values[2 * k + 2]
+        out["ratio/max"] = values[2 * k + 1]
         return out
 
 
@@ -98,11 +102,23 @@ class PolicyUpdate:
 
     def __init__(self, cfg: TrainConfig, strategy: ParallelStrategy, trainable: TrainableWeights,
                  params: Sequence[nn.Parameter], scheduler: Any, guard: FiniteUpdateGuard,
-                 sampling: SamplingParams, is_cap: float | None):
+                 sampling: SamplingParams, exact_engine: bool):
         self.strategy, self.trainable, self.params = strategy, trainable, list(params)
-        self.scheduler, self.guard, self.sampling, self.is_cap = scheduler, guard, sampling, is_cap
+        self.scheduler, self.guard, self.sampling = scheduler, guard, sampling
         self.loss = GRPOLoss.from_config(cfg.grpo)  # the loss-type registry: rl/grpo/loss.py
-        g = cfg.grpo
+        g, r = cfg.grpo, cfg.rollout
+        self.score_space = build_score_space(g.score_space)  # kept_set (the sampler's) or official
+        lm = trainable.policy.lm
+        if self.score_space.full_vocabulary and not lm.scores_full_vocabulary:
+            raise ConfigError(f"grpo.score_space: {g.score_space!r} scores the codes as rows of the full text "
+                              f"vocabulary, which {type(lm).__name__} does not have (its own image head, or a "
+                              "guided CFG mixture); use grpo.score_space=kept_set")
+        sampled_space = self.score_space.is_sampling_distribution
+        on = r.is_correction == "on" or (r.is_correction == "auto" and not exact_engine and sampled_space)
+        self.is_correction = ISCorrection(r.is_mode, r.is_clip_max, r.is_clip_min) if on else None
+        # every step: the engine's log-probs against the trainer's first forward; official: the bias, unbounded
+        self.agreement = LogprobAgreement(r.engine, r.max_logprob_diff if sampled_space else None, g.epsilon,
+                                          g.epsilon_high, strategy.acc.gather)
         self.num_iterations, self.micro_batch_size, self.beta = g.num_iterations, g.micro_batch_size, g.beta
         self.max_grad_norm = cfg.optim.max_grad_norm
         self.chunk_size = cfg.rollout.logprob_chunk_size
@@ -113,7 +129,7 @@ class PolicyUpdate:
               forward_logprobs: torch.Tensor | None = None) -> UpdateBatch:
         """The step's `UpdateBatch`: π_old (μ > 1: the rollout's own trainer forward when it made one,
         ``forward_logprobs``, else a no-grad forward; never the engine's log-probs) and π_ref (β > 0)."""
-        old = forward_logprobs if self.num_iterations > 1 else None
+        old = forward_logprobs if self.num_iterations > 1 and self.score_space.is_sampling_distribution else None
         if self.num_iterations > 1 and old is None:
             old = self._no_grad_logprobs(self.strategy.model, ro)
         ref = None
@@ -122,21 +138,28 @@ class PolicyUpdate:
                 ref = self._no_grad_logprobs(ref_lm, ro)
         return UpdateBatch(ro, advantages, mask, old, ref, global_valid_tokens)
 
-    def _no_grad_logprobs(self, lm: nn.Module, ro: Rollout) -> torch.Tensor:
-        """Log-probs ``[B, N]`` of the rollout under ``lm`` (the policy's, or the frozen reference's)."""
+    def _no_grad_logprobs(self, lm: nn.Module, ro: Rollout, sampled: bool = False) -> torch.Tensor:
+        """Log-probs ``[B, N]`` of the rollout under ``lm`` (the policy's, or the frozen reference's), in
+        ``grpo.score_space`` (``sampled``: in the space the engine sampled from)."""
+        space = None if sampled else self.score_space
         return score_rollout(lm, ro.prompts, ro.codes, self.sampling, self.micro_batch_size, self.chunk_size,
-                             kept=ro.kept_sizes)[0]
+                             kept=ro.kept_sizes, space=space)[0]
+
+    def sampled_logprobs(self, ro: Rollout) -> torch.Tensor:
+        """The policy's no-grad log-probs ``[B, N]`` of ``ro`` in the space it was sampled from (the sync probe)."""
+        return self._no_grad_logprobs(self.strategy.model, ro, sampled=True)
 
     def _forward(self, ro: Rollout, sl: slice) -> SequenceLogprobs:
         s = self.sampling  # the resolved rollout sampling (rl/presets.py)
         kept = None if ro.kept_sizes is None else ro.kept_sizes[sl]  # the sampler's kept sets (truncated sampling)
         return sequence_logprobs(self.strategy.model, ro.prompts.slice(sl), ro.codes[sl], s.temperature, s.top_k,
-                                 s.top_p, chunk_size=self.chunk_size, kept=kept)
+                                 s.top_p, chunk_size=self.chunk_size, kept=kept, space=self.score_space)
 
     # -- the update -----------------------------------------------------------------------------------
 
-    def __call__(self, b: UpdateBatch) -> dict[str, float]:
-        """μ optimizer passes over ``b``; the step's update metrics."""
+    def __call__(self, b: UpdateBatch, step: int = 0) -> dict[str, float]:
+        """μ optimizer passes over ``b``; the step's update metrics, with the engine agreement's (which raises
+        `EngineDisagreementError` past ``rollout.max_logprob_diff``, naming ``step``)."""
         if b.global_valid_tokens == 0:  # nothing to learn from on any rank, and Adam would still move the weights
             return {"update/skipped": 1.0, "loss": 0.0, "kl": 0.0, "entropy": math.nan, "grad_norm": 0.0,
                     "update/skipped_nonfinite": 0.0}
@@ -162,31 +185,32 @@ class PolicyUpdate:
         out["grad_norm"] = norm  # the last pass's, before clipping
         out["loss"] = sum(losses) / len(losses)
         out["update/skipped_nonfinite"] = float(skipped)
+        out.update(self.agreement.finish(step))  # one gather per step (rl/rollout/agreement.py)
         return out
+
+    def applied(self, metrics: dict[str, float]) -> bool:
+        """True when the step whose update metrics are ``metrics`` moved the weights (some pass stepped)."""
+        return not metrics.get("update/skipped") and metrics["update/skipped_nonfinite"] < self.num_iterations
 
     def _micro_batch(self, b: UpdateBatch, sl: slice, stats: StepStats, first_pass: bool) -> torch.Tensor:
         """Forward and loss share of rows ``sl``; its statistics into ``stats`` (tensors: no host sync)."""
         ro = b.rollout
         fwd = self._forward(ro, sl)
         old = fwd.logprobs.detach() if b.old_logprobs is None else b.old_logprobs[sl]
-        isw = None if self.is_cap is None else tis_weights(old, ro.sampler_logprobs[sl], self.is_cap)
+        tokens = b.mask[sl][:, None].expand_as(fwd.logprobs).to(fwd.logprobs.dtype)  # [b, N]
+        isw = None if self.is_correction is None else self.is_correction.weights(old, ro.sampler_logprobs[sl], tokens)
         loss, st = self.loss(fwd.logprobs, old, b.advantages[sl], b.mask[sl],
                              ref_logprobs=None if b.ref_logprobs is None else b.ref_logprobs[sl],
                              global_valid_tokens=b.global_valid_tokens, global_valid_samples=b.global_valid_samples,
                              is_weights=isw)
         stats.add(st.valid_tokens, {"kl": st.kl, "clip/low": st.clip_low, "clip/high": st.clip_high,
                                     "ratio/mean": st.ratio_mean})
-        diff_max = None
         if first_pass:  # the rollout's own statistics, once
+            self.agreement.add(fwd.logprobs, ro.sampler_logprobs[sl], b.mask[sl])  # kept as tensors until finish
             with torch.no_grad():
-                tokens = b.mask[sl][:, None].expand_as(fwd.logprobs).to(fwd.logprobs.dtype)  # [b, N]
-                n = tokens.sum()
-                diff = (fwd.logprobs.detach() - ro.sampler_logprobs[sl]).abs()  # [b, N]
-                diff_max = torch.where(n > 0, torch.where(tokens > 0, diff, 0.0).max(), 0.0)
-                means = {"entropy": masked_mean(fwd.entropy, tokens), "rollout/logprob_diff_mean": masked_mean(diff, tokens)}
-                if isw is not None and self.is_cap is not None:
-                    means["rollout/is_weight_mean"] = masked_mean(isw, tokens)
-                    means["rollout/is_capped_fraction"] = masked_mean((isw >= self.is_cap).to(isw.dtype), tokens)
-                stats.add(n, means)
-        stats.extremes(st.ratio_min, st.ratio_max, diff_max)
+                means = {"entropy": masked_mean(fwd.entropy, tokens)}
+                if isw is not None and self.is_correction is not None:
+                    means.update(self.is_correction.stats(isw, b.mask[sl]))
+                stats.add(tokens.sum(), means)
+        stats.extremes(st.ratio_min, st.ratio_max)
         return loss

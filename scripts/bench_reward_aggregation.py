@@ -1,4 +1,4 @@
-"""Two conflicting rewards on the tiny world: a plain weighted sum against ``normalize_then_sum``.
+"""Two conflicting rewards on the tiny world: a plain weighted sum against ``normalize_then_sum_per_group``.
 
     python -m blip3o_rl.scripts.bench_reward_aggregation [--steps 60] [--seed 0] [--out runs/bench_aggregation]
 
@@ -10,7 +10,7 @@ prompt-blind rewards (`tiny/colour_reward.py`), equally weighted but in differen
 
 A pixel cannot be both, so the rewards conflict. With ``grpo.reward_aggregation: sum`` the total
 ``red + blue`` is, within a group, almost only ``red``'s spread: the policy paints red and blue
-collapses. With ``normalize_then_sum`` each reward is standardised within its group before the
+collapses. With ``normalize_then_sum_per_group`` each reward is standardised within its group before the
 weights apply, so both count and both rise. The table (per reward, the mean over each window of 10
 steps, as a fraction of the image) goes to stdout and ``<out>/results.json``.
 """
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     results = []
     base = None
-    for aggregation in ("sum", "normalize_then_sum"):
+    for aggregation in ("sum", "normalize_then_sum_per_group"):
         out = args.out / aggregation
         results.append(run(aggregation, out, args.steps, args.seed, base))
         base = base or out / "base_model"

@@ -4,8 +4,11 @@ For a batch of ``B`` images with ``T = N + 1`` conditioning positions (``<S0>`` 
 tokens) of hidden size ``H``:
 
 1. the connector maps the hidden states ``[B, T, H]`` to SANA's caption width ``[B, T, C]`` once per
-   batch (it does not depend on the diffusion step); the unconditional branch is the connector applied
-   to an all-zeros hidden state, computed once;
+   chunk (it does not depend on the diffusion step); the unconditional branch is the connector applied
+   to all-zeros hidden states, batched as the official class batches it: one connector call over
+   ``cat([zeros_like(h), h])`` ``[2b, T, H]`` (`context`). In float32 the batching changes nothing; in
+   bf16 a matmul's result depends on the batch it runs in, and running the branches separately moved
+   decoded pixels by up to 6/255 from the official class's;
 2. Euler flow matching over ``FlowMatchEulerDiscreteScheduler`` with
    ``sigmas = linspace(1, 1/steps, steps)`` (then the scheduler's ``shift``: 1.0, i.e. none, for the
    real SANA 1.5 folder, whose ``DPMSolverMultistepScheduler`` config has ``flow_shift`` but no
@@ -117,10 +120,14 @@ class Blip3oNextDecoder(nn.Module):
         return self.connector(hidden_states.to(self.device, self.dtype))
 
     @torch.no_grad()
-    def unconditional(self, num_positions: int) -> torch.Tensor:
-        """The CFG unconditional branch: the connector applied to all-zeros hidden states, ``[1, T, C]``."""
-        hidden = self._connector_in().in_features
-        return self.condition(torch.zeros(1, num_positions, hidden, device=self.device, dtype=self.dtype))
+    def context(self, hidden_states: torch.Tensor, settings: DecodeSettings | None = None) -> torch.Tensor:
+        """SANA's ``encoder_hidden_states`` for hidden states ``[b, T, H]``: with guidance, ``[2b, T, C]``, the
+        unconditional rows (the connector of all-zeros states) first, from one connector call over
+        ``cat([zeros_like(h), h])`` as the official class computes it; without (``guidance_scale`` 1),
+        the conditional ``[b, T, C]`` alone."""
+        settings = settings or self.settings
+        h = hidden_states.to(self.device, self.dtype)
+        return self.condition(torch.cat([torch.zeros_like(h), h]) if settings.guidance_scale != 1.0 else h)
 
     def sigmas(self, num_inference_steps: int) -> np.ndarray:
         """The official sigma schedule, given to the scheduler: ``linspace(1, 1/steps, steps)``."""
@@ -129,15 +136,16 @@ class Blip3oNextDecoder(nn.Module):
     @torch.no_grad()
     def denoise(
         self,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
+        context: torch.Tensor,
         generator: Generators = None,
         settings: DecodeSettings | None = None,
     ) -> torch.Tensor:
-        """Euler flow matching from noise to latents ``[b, C_lat, S, S]`` for connector outputs ``cond
-        [b, T, C]`` and ``uncond [1, T, C]``; both CFG branches run as one SANA batch."""
+        """Euler flow matching from noise to latents ``[b, C_lat, S, S]`` for the connector outputs
+        ``context`` (`context`: ``[2b, T, C]`` unconditional rows first with guidance, else ``[b, T, C]``);
+        both CFG branches run as one SANA batch."""
         settings = settings or self.settings
-        b = cond.shape[0]
+        guided = settings.guidance_scale != 1.0  # g = 1 is exactly the conditional branch
+        b = context.shape[0] // 2 if guided else context.shape[0]
         channels = self.transformer.config.in_channels
         latents = randn_tensor(
             (b, channels, self.latent_size, self.latent_size),
@@ -145,8 +153,6 @@ class Blip3oNextDecoder(nn.Module):
             device=self.device,
             dtype=self.dtype,
         )
-        guided = settings.guidance_scale != 1.0  # g = 1 is exactly the conditional branch
-        context = torch.cat([uncond.expand(b, -1, -1), cond]) if guided else cond  # [2b or b, T, C]
         self.scheduler.set_timesteps(sigmas=self.sigmas(settings.num_inference_steps), device=self.device)
         for t in self.scheduler.timesteps:
             model_in = torch.cat([latents, latents]) if guided else latents
@@ -185,13 +191,12 @@ class Blip3oNextDecoder(nn.Module):
         settings = settings or self.settings
         if isinstance(generator, list) and len(generator) != hidden_states.shape[0]:
             raise ValueError(f"got {len(generator)} generators for {hidden_states.shape[0]} images")
-        uncond = self.unconditional(hidden_states.shape[1])
         images = []
         for start in range(0, hidden_states.shape[0], settings.chunk_size):
             chunk = slice(start, start + settings.chunk_size)
-            cond = self.condition(hidden_states[chunk])  # once per batch, not once per step
+            context = self.context(hidden_states[chunk], settings)  # once per chunk, not once per step
             gen = generator[chunk] if isinstance(generator, list) else generator
-            images.append(self.decode_latents(self.denoise(cond, uncond, gen, settings)))
+            images.append(self.decode_latents(self.denoise(context, gen, settings)))
         return torch.cat(images)
 
 

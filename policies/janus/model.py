@@ -20,6 +20,10 @@ from ..guidance import GuidedImageTokenLM
 class JanusImageTokenLM(GuidedImageTokenLM):
     """``causal_lm``: a ``JanusForConditionalGeneration``; see the module docstring."""
 
+    @property
+    def scores_full_vocabulary(self) -> bool:  # type: ignore[override]
+        return False  # the codes have their own generation head, no rows of the text lm_head
+
     def decoder_body(self) -> nn.Module:
         return self.causal_lm.model.language_model
 

@@ -1,2 +1,3 @@
 """The GRPO maths: the sampler's distribution (`sampling`), the trainer's log-probs of it (`logprobs`),
-group advantages (`advantages`) and the clipped policy loss with its normalisations (`loss`)."""
+group advantages (`advantages`), the clipped policy loss with its normalisations (`loss`) and the
+engine-mismatch importance weights and the ratio's level (`is_correction`)."""

@@ -11,9 +11,21 @@ gets advantage 0; the trainer also masks it out of the loss (a zero advantage al
 exclusion: the KL term would still act on it). A group with fewer than 2 valid rewards has no
 baseline, so all its advantages are 0.
 
-Several rewards (`reward_advantages`, ``grpo.reward_aggregation``): ``sum`` takes the weighted total
-``r = Σ_k w_k r_k`` first (the reward with the widest spread dominates); ``normalize_then_sum``
-standardises each reward within its group first, so each counts by its weight, whatever its units.
+Several rewards (`reward_advantages`, ``grpo.reward_aggregation``, TRL's ``multi_objective_aggregation``):
+
+- ``sum`` (TRL's ``sum_then_normalize``, also accepted): the weighted total ``r = Σ_k w_k r_k`` first,
+  then `group_advantages` with ``scale_rewards`` (the reward with the widest spread dominates).
+- ``normalize_then_sum`` (GDPO, equal to TRL's): each reward standardised within its group,
+  ``z_k = (r_k − mean_group) / (std_group + 1e-4)``; ``s = Σ_k w_k z_k``; then ``s`` standardised over the
+  **whole batch**, ``A = (s − mean_batch(s)) / (std_batch(s) + 1e-4)``. Each reward counts by its weight,
+  whatever its units. ``scale_rewards`` does not apply (TRL ignores it here; "none" is refused).
+- ``normalize_then_sum_per_group``: the same ``s``, then `group_advantages` with ``scale_rewards``
+  (group std, batch std or none): the variant this library called normalize_then_sum before, kept for
+  the runs measured with it (docs/benchmarks.md).
+
+Where ours deliberately differs from TRL: a sample failed by *any* reward (NaN) is excluded from every
+statistic and gets advantage 0; TRL leaves it in the other rewards' statistics and gives it an advantage
+(only a sample failed by every reward is dropped there).
 """
 
 from __future__ import annotations
@@ -86,24 +98,43 @@ def _sum_then_normalise(scores: torch.Tensor, weights: torch.Tensor, group_size:
     return group_advantages(total, group_size, scale_rewards)
 
 
-def _normalise_then_sum(scores: torch.Tensor, weights: torch.Tensor, group_size: int,
-                        scale_rewards: str) -> torch.Tensor:
-    """``normalize_then_sum`` (GDPO): each reward standardised in its group, weighted, summed, then
-    `group_advantages` of that sum with ``scale_rewards``.
-
-    Per reward k: ``z_k = (r_k − mean_group(r_k)) / (std_group(r_k) + 1e-4)`` over the samples that
-    every reward scored; ``s = Σ_k w_k z_k``; ``A = group_advantages(s, scale_rewards)``. A reward
-    constant within a group contributes 0 there, whatever its units.
-    """
+def _standardised_sum(scores: torch.Tensor, weights: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``s = Σ_k w_k z_k`` ``[B]``, each reward standardised in its group over the samples that every reward
+    scored (``z_k = (r_k − mean_group(r_k)) / (std_group(r_k) + 1e-4)``); NaN for a failed sample. A reward
+    constant within a group contributes 0 there, whatever its units."""
     valid = ~torch.isnan(scores).any(1, keepdim=True)  # [B, 1]: failed by any reward -> out of every statistic
     masked = torch.where(valid, scores, torch.full_like(scores, math.nan))  # [B, K]
     z = torch.stack([group_advantages(masked[:, k], group_size, "group") for k in range(scores.shape[1])], 1)
     z = torch.where(valid, z, torch.full_like(z, math.nan))  # [B, K]; failed samples stay NaN (excluded)
-    return group_advantages((z * weights).sum(1), group_size, scale_rewards)
+    return (z * weights).sum(1)
+
+
+def _normalise_then_sum(scores: torch.Tensor, weights: torch.Tensor, group_size: int,
+                        scale_rewards: str) -> torch.Tensor:
+    """``normalize_then_sum`` (GDPO, TRL's): the standardised sum, then standardised over the whole batch
+    (its valid samples in groups with a baseline). ``scale_rewards`` "group" (TRL's default) and "batch"
+    mean the same here; "none" is refused (TRL ignores the setting)."""
+    if scale_rewards == "none":
+        raise ValueError("reward_aggregation 'normalize_then_sum' standardises over the batch (TRL's GDPO): "
+                         "scale_rewards 'none' does not apply; use 'normalize_then_sum_per_group' for it")
+    s = _standardised_sum(scores, weights, group_size)  # [B]
+    valid = ~torch.isnan(s).view(-1, group_size)
+    valid = (valid & (valid.sum(1, keepdim=True) >= 2)).view(-1)  # [B]: a group needs 2 valid for a baseline
+    mean, std = _masked_mean_std(s, valid, dim=None)
+    adv = (s - mean) / (std + STD_EPS)
+    return torch.where(valid, adv, torch.zeros_like(adv))
+
+
+def _normalise_then_sum_per_group(scores: torch.Tensor, weights: torch.Tensor, group_size: int,
+                                  scale_rewards: str) -> torch.Tensor:
+    """``normalize_then_sum_per_group``: the standardised sum, then `group_advantages` with ``scale_rewards``."""
+    return group_advantages(_standardised_sum(scores, weights, group_size), group_size, scale_rewards)
 
 
 #: ``grpo.reward_aggregation`` -> fn(scores [B, K], weights [K], group_size, scale_rewards) -> advantages [B]
-REWARD_AGGREGATIONS = {"sum": _sum_then_normalise, "normalize_then_sum": _normalise_then_sum}
+REWARD_AGGREGATIONS = {"sum": _sum_then_normalise, "sum_then_normalize": _sum_then_normalise,
+                       "normalize_then_sum": _normalise_then_sum,
+                       "normalize_then_sum_per_group": _normalise_then_sum_per_group}
 
 
 def reward_advantages(scores: torch.Tensor, weights: torch.Tensor | list[float], group_size: int,
@@ -116,8 +147,9 @@ def reward_advantages(scores: torch.Tensor, weights: torch.Tensor | list[float],
         weights: ``[K]`` reward weights.
         group_size: samples per prompt.
         scale_rewards: "group", "batch" or "none", applied to the combined reward.
-        aggregation: "sum" (weight, sum, normalise: the classic GRPO reward) or "normalize_then_sum"
-            (normalise each reward in its group, weight, sum, normalise again), see `REWARD_AGGREGATIONS`.
+        aggregation: "sum" / "sum_then_normalize" (weight, sum, normalise: the classic GRPO reward),
+            "normalize_then_sum" (TRL's GDPO: normalise each reward in its group, weight, sum, standardise
+            over the batch) or "normalize_then_sum_per_group", see the module docstring.
 
     Returns:
         ``[B]`` advantages.

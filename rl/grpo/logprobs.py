@@ -2,9 +2,9 @@
 
 One score call of the policy's `ImageTokenLM` over ``prompt + codes`` gives everything the step needs
 (`policies/model.py` does the forward, chunked over positions under activation checkpointing); this
-module supplies the distribution it scores under: `rl/grpo/sampling.py`'s `scored_logits`, the very set the
-rollout engine sampled from (with truncated sampling, each code is scored against the sampler's kept
-set, and the sampled code is always in it).
+module supplies the distribution it scores under, a `ScoreSpace` (`rl/grpo/score_space.py`): by default
+`rl/grpo/sampling.py`'s `scored_logits`, the very set the rollout engine sampled from (with truncated
+sampling, each code is scored against the sampler's kept set, and the sampled code is always in it).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ...policies.base import PromptBatch, SamplingParams
-from .sampling import scored_logits
+from .score_space import KeptSetSpace, ScoreSpace
 
 
 @dataclass
@@ -26,16 +26,10 @@ class SequenceLogprobs:
     hidden_states: torch.Tensor | None  # [B, N + 1, H] conditioning states (detached), if requested
 
 
-def _score_chunk(temperature: float, top_k: int, top_p: float, kept: torch.Tensor | None, logits: torch.Tensor,
+def _score_chunk(space: ScoreSpace, params: SamplingParams, kept: torch.Tensor | None, logits: torch.Tensor,
                  codes: torch.Tensor, positions: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    """``logits [B, n, K]`` → log-prob of ``codes [B, n]`` and the entropy, under the sampling distribution."""
-    k = None if kept is None else kept[:, positions]  # [B, n] the sampler's kept-set sizes
-    logp = torch.log_softmax(scored_logits(logits, codes, temperature, top_k, top_p, k), -1)
-    picked = logp.gather(-1, codes[..., None]).squeeze(-1)
-    with torch.no_grad():
-        p = logp.exp()
-        entropy = -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)
-    return picked, entropy
+    """``logits [B, n, K]`` → log-prob of ``codes [B, n]`` and the entropy, under the scored distribution."""
+    return space.score(logits, codes, params, None if kept is None else kept[:, positions])
 
 
 def sequence_logprobs(
@@ -48,15 +42,19 @@ def sequence_logprobs(
     return_hidden: bool = False,
     chunk_size: int = 128,
     kept: torch.Tensor | None = None,
+    space: ScoreSpace | None = None,
 ) -> SequenceLogprobs:
     """Score ``codes [B, N]`` after ``prompts [B, P]`` with ``lm`` (an `ImageTokenLM`, possibly wrapped by
     DDP/FSDP/DeepSpeed): log-probs ``[B, N]``, entropy ``[B, N]``, and hidden ``[B, N + 1, H]`` if asked.
 
-    ``kept [B, N]``: the sampler's kept-set sizes (truncated sampling), see `rl.sampling.scored_logits`.
+    ``kept [B, N]``: the sampler's kept-set sizes (truncated sampling), see `rl.grpo.sampling.scored_logits`.
+    ``space``: the distribution scored (`rl.grpo.score_space`; default: the sampler's, ``kept_set``).
     """
-    score = functools.partial(_score_chunk, temperature, top_k, top_p, kept)
+    space = space or KeptSetSpace()
+    score = functools.partial(_score_chunk, space, SamplingParams(temperature, top_k, top_p), kept)
+    extra = {"full_vocabulary": True} if space.full_vocabulary else {}
     out = lm(prompts.input_ids, prompts.attention_mask, codes=codes, score=score,
-             return_hidden=return_hidden, chunk_size=chunk_size)  # a `ScoredCodes`
+             return_hidden=return_hidden, chunk_size=chunk_size, **extra)  # a `ScoredCodes`
     return SequenceLogprobs(out.logprobs, out.entropy, out.hidden_states)
 
 
@@ -75,12 +73,13 @@ def score_rollout(
     chunk_size: int = 128,
     return_hidden: bool = False,
     kept: torch.Tensor | None = None,
+    space: ScoreSpace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """No-grad log-probs ``[B, N]`` (and hidden ``[B, N + 1, H]``) of ``codes`` under ``lm``, by micro-batch."""
     outs = [
         sequence_logprobs(lm, prompts.slice(sl), codes[sl], params.temperature, params.top_k, params.top_p,
                           return_hidden=return_hidden, chunk_size=chunk_size,
-                          kept=None if kept is None else kept[sl])
+                          kept=None if kept is None else kept[sl], space=space)
         for sl in micro_batches(codes.shape[0], micro_batch_size)
     ]
     hidden = torch.cat([o.hidden_states for o in outs if o.hidden_states is not None]) if return_hidden else None

@@ -7,9 +7,11 @@ Per token t of sample i (all log-probs over the image codes only, same mask and 
     kl      = exp(ref_logp - logp) - (ref_logp - logp) - 1          (k3 estimator, >= 0)
     l_{i,t} = pg + beta * kl
 
-With ``is_weights`` ``w_{i,t}`` (truncated importance sampling, `tis_weights`), the policy-gradient term
-becomes ``w_{i,t} · pg``: it corrects for tokens sampled by an engine whose numerics differ from the
-trainer's (``w = min(π_old / π_engine, cap)``, detached; the KL term is not reweighted).
+With ``is_weights`` ``w_{i,t}`` (the engine-mismatch correction, `rl/grpo/is_correction.py`: TRL's token or
+sequence level, truncate or mask), the policy-gradient term becomes ``w_{i,t} · pg``: it corrects for
+tokens sampled by an engine whose numerics differ from the trainer's (detached; the KL term is not
+reweighted). ``importance_sampling_level="sequence"`` makes ``ratio`` one value per sample, the exp of
+its mean token log-ratio (GSPO, TRL's name), clipped as a whole.
 
 ``mask[i]`` is 0 for an excluded (failed-reward) sample: its inputs are zeroed *before* any arithmetic
 (a NaN advantage or log-prob there cannot reach the loss or the gradients), and its tokens leave the
@@ -37,6 +39,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .is_correction import IMPORTANCE_SAMPLING_LEVELS, log_importance_weights
 
 LossNormaliser = Callable[..., torch.Tensor]
 _NORMALISERS: dict[str, LossNormaliser] = {}
@@ -77,15 +81,6 @@ def _dapo(per_token, token_mask, *, valid_tokens, **_):
     return (per_token * token_mask).sum() / valid_tokens
 
 
-def tis_weights(old_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
-    """Truncated importance weights ``min(exp(old - engine), cap)`` ``[B, L]`` (detached): the ratio of the
-    trainer's π_old to the distribution the rollout engine actually sampled from, capped above so a token
-    the engine under-weighted cannot dominate the step (Yao et al., "off-policy RL from mismatched
-    inference", the TIS correction). Non-finite entries (excluded rows) become 1."""
-    w = torch.exp(old_logprobs.detach().float() - engine_logprobs.detach().float()).clamp(max=cap)
-    return torch.where(torch.isfinite(w), w, torch.ones_like(w))
-
-
 @dataclass
 class LossStats:
     """Detached statistics of one micro-batch as 0-d tensors on the loss's device (no host sync): means over
@@ -113,15 +108,20 @@ class GRPOLoss:
     epsilon: float = 0.2
     epsilon_high: float | None = None  # None: epsilon
     beta: float = 0.0  # KL coefficient; > 0 needs ref_logprobs
+    importance_sampling_level: str = "token"  # "token" (GRPO) or "sequence" (GSPO): `log_importance_weights`
 
     def __post_init__(self) -> None:
         if self.loss_type not in _NORMALISERS:
             raise ValueError(f"loss_type must be one of {loss_types()}, got {self.loss_type!r}")
+        if self.importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
+            raise ValueError(f"importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}, "
+                             f"got {self.importance_sampling_level!r}")
 
     @classmethod
     def from_config(cls, grpo: Any) -> GRPOLoss:
-        """From ``grpo.loss_type``, ``epsilon``, ``epsilon_high`` and ``beta`` (a `GRPOConfig`)."""
-        return cls(grpo.loss_type, grpo.epsilon, grpo.epsilon_high, grpo.beta)
+        """From ``grpo.loss_type``, ``epsilon``, ``epsilon_high``, ``beta`` and ``importance_sampling_level``
+        (a `GRPOConfig`)."""
+        return cls(grpo.loss_type, grpo.epsilon, grpo.epsilon_high, grpo.beta, grpo.importance_sampling_level)
 
     def __call__(
         self,
@@ -146,8 +146,8 @@ class GRPOLoss:
             global_valid_tokens, global_valid_samples: valid tokens / samples of the whole step (all
                 micro-batches and ranks), the normalisers of every loss type; None: this micro-batch's own
                 (it is the whole step).
-            is_weights: ``[B, L]`` truncated importance weights on the policy-gradient term (`tis_weights`);
-                None: no correction.
+            is_weights: ``[B, L]`` or ``[B, 1]`` engine-mismatch weights on the policy-gradient term
+                (`rl.grpo.is_correction.ISCorrection.weights`); None: no correction.
         """
         if self.beta > 0 and ref_logprobs is None:
             raise ValueError("beta > 0 needs ref_logprobs")
@@ -163,7 +163,7 @@ class GRPOLoss:
         old_logprobs = torch.where(rows, old_logprobs.detach().to(logprobs.dtype), zero)
         adv = torch.where(valid, advantages.to(logprobs.dtype), zero)[:, None]  # [B, 1]
 
-        log_ratio = logprobs - old_logprobs
+        log_ratio = log_importance_weights(logprobs, old_logprobs, token_mask, self.importance_sampling_level)
         ratio = torch.exp(log_ratio)
         clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
         per_token = -torch.min(ratio * adv, clipped * adv)  # [B, L]
@@ -217,8 +217,10 @@ def policy_loss(
     epsilon: float = 0.2,
     epsilon_high: float | None = None,
     beta: float = 0.0,
+    importance_sampling_level: str = "token",
     **kwargs: Any,
 ) -> tuple[torch.Tensor, LossStats]:
     """`GRPOLoss` as one function call (hyper-parameters and inputs together; the keyword inputs as in
     `GRPOLoss.__call__`)."""
-    return GRPOLoss(loss_type, epsilon, epsilon_high, beta)(logprobs, old_logprobs, advantages, sample_mask, **kwargs)
+    loss = GRPOLoss(loss_type, epsilon, epsilon_high, beta, importance_sampling_level)
+    return loss(logprobs, old_logprobs, advantages, sample_mask, **kwargs)

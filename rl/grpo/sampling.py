@@ -3,18 +3,28 @@
 `process_logits` is the single definition of the distribution tokens are drawn from (temperature,
 then top-k, then nucleus top-p: the order of transformers' and vLLM's samplers).
 
+**One truncation rule: a kept set that is a function of the logits alone.** Both truncations are
+*closed under ties at the cut*: top-k keeps every code whose logit is >= the k-th largest; top-p finds
+the last code of the nucleus in sorted order (the first at which the mass before it reaches ``top_p``)
+and keeps every code whose logit is >= that code's logit. So the kept set is ``{x >= cut}`` for a cut
+value that depends only on the sorted *values* (never on which of several tied codes `torch.sort`
+happens to put first): the same on every device, and rebuilt exactly from its size. Exact ties are
+routine with bf16 logits (spacing 0.0625 between 8 and 16). transformers' and vLLM's own samplers cut
+top-p inside a run of ties (by sort order): vLLM cannot follow this rule, and there the truncated
+importance-sampling correction (`rl/grpo/is_correction.py`) covers the difference.
+
 **Exact truncated log-probs.** With ``top_k``/``top_p`` set, the sampler draws from a *kept set* of
 codes. The trainer's forward (and the reference's) never reproduces the sampler's logits bit for bit
 (a KV-cached decode vs a full forward, bf16 rounding), so re-deriving the truncation from its own
 logits can leave out a code the sampler drew: log-prob −∞, a NaN ratio, NaN gradients. Instead:
 
-- `sample_codes` returns, per row, the **size** of the set it kept. Top-k and top-p keep a prefix of
-  the codes sorted by logit, so the size characterises the set (up to ties at its boundary).
+- `sample_codes` returns, per row, the **size** of the set it kept. The set is ``{x >= cut}``, so
+  its size characterises it exactly (the ``size`` largest logits, ties included).
 - `scored_logits` builds the distribution a forward scores the codes against: the ``size`` largest
   logits of *that forward*, plus the sampled code, always (so a rounding difference at the boundary
   can never make it −∞); renormalised by the caller's ``log_softmax``. Given no sizes (an engine that
-  reports none) it recomputes the truncation from the forward's logits, again forcing the sampled
-  code in. The policy, π_old and the reference all score against their own top-``size`` set.
+  reports none) it recomputes the truncation from the forward's logits by the same rule, again forcing
+  the sampled code in. The policy, π_old and the reference all score against their own top-``size`` set.
 - Untruncated sampling (``top_k=0``, ``top_p=1``, the RL default) returns no sizes, and
   `scored_logits` is exactly ``logits.float() / temperature``: bit-identical to before.
 
@@ -38,21 +48,32 @@ def is_truncated(top_k: int, top_p: float) -> bool:
 def process_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Scale by temperature, then keep the top-k / nucleus top-p codes (others -inf). Float32 out.
 
-    ``top_k=0`` and ``top_p=1.0`` mean no truncation (the RL default). ``temperature`` must be > 0;
-    greedy decoding is handled by the caller (`sample_codes` with temperature 0).
+    Both cuts keep every code tied with the last one kept (module docstring): the kept set is
+    ``{x >= cut}``, a function of the logits alone. ``top_k=0`` and ``top_p=1.0`` mean no truncation (the
+    RL default). ``temperature`` must be > 0; greedy decoding is handled by the caller (`sample_codes`
+    with temperature 0).
     """
     x = logits.float() / temperature
     if top_k and top_k < x.shape[-1]:
         kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
-        x = x.masked_fill(x < kth, float("-inf"))
+        x = x.masked_fill(x < kth, float("-inf"))  # every code tied with the k-th is kept
     if top_p < 1.0:
-        sorted_x, order = torch.sort(x, dim=-1, descending=True)
-        probs = sorted_x.softmax(-1)
-        # drop a code when the mass of the codes strictly before it already reaches top_p
-        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        x = x.masked_fill(drop, float("-inf"))
+        x = x.masked_fill(x < top_p_cut(x, top_p), float("-inf"))
     return x
+
+
+def top_p_cut(x: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``[..., 1]`` the smallest logit top-p keeps: that of the nucleus's last code, the last one (in
+    descending order) before which the mass of the codes ahead of it has not yet reached ``top_p``.
+
+    Only the sorted *values* enter (their order among equal values does not change them), so the cut is
+    deterministic; ``x >= cut`` then keeps every code tied with it.
+    """
+    sorted_x = torch.sort(x, dim=-1, descending=True).values
+    probs = sorted_x.softmax(-1)
+    inside = (probs.cumsum(-1) - probs) < top_p  # the mass strictly before the code has not reached top_p
+    last = inside.sum(-1, keepdim=True) - 1  # >= 0: the first code is always inside
+    return sorted_x.gather(-1, last)
 
 
 class SampledCodes(NamedTuple):
@@ -154,6 +175,6 @@ def scored_logits(
         else:
             sorted_x = torch.sort(x, dim=-1, descending=True).values
             idx = (kept.long().clamp(1, x.shape[-1]) - 1)[..., None]  # [..., 1]
-            keep = x >= sorted_x.gather(-1, idx)  # ties at the boundary are kept too
+            keep = x >= sorted_x.gather(-1, idx)  # the set {x >= cut} has exactly `kept` members
         keep.scatter_(-1, codes[..., None], True)
     return x.masked_fill(~keep, float("-inf"))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file
 
 from blip3o_rl.policies.blip3o_next import Blip3oNextPolicy, DecodeSettings
@@ -115,9 +116,10 @@ def test_connector_and_zero_unconditional_branch(policy, folder):
     torch.testing.assert_close(
         policy.decoder.condition(hidden), connector_by_hand(weights, hidden), atol=1e-5, rtol=1e-5
     )
-    uncond = policy.decoder.unconditional(t)
-    assert uncond.shape == (1, t, policy.decoder.transformer.config.caption_channels)
-    torch.testing.assert_close(uncond, connector_by_hand(weights, torch.zeros(1, t, hidden.shape[-1])))
+    context = policy.decoder.context(hidden)  # guided: unconditional rows first, then the conditional ones
+    assert context.shape == (6, t, policy.decoder.transformer.config.caption_channels)
+    torch.testing.assert_close(context[:3], connector_by_hand(weights, torch.zeros(3, t, hidden.shape[-1])))
+    torch.testing.assert_close(context[3:], connector_by_hand(weights, hidden), atol=1e-5, rtol=1e-5)
 
 
 class TransformerCalls:
@@ -142,12 +144,11 @@ def test_cfg_batches_both_branches_and_euler_steps_the_guided_velocity(policy):
     decoder = policy.decoder
     b, t, g, steps = 2, policy.layout.tokens_per_image + 1, 2.0, 3
     hidden = torch.randn(b, t, policy.model.config.hidden_size)
-    cond, uncond = decoder.condition(hidden), decoder.unconditional(t)
+    context = decoder.context(hidden, DecodeSettings(guidance_scale=g))
     rec = TransformerCalls(decoder.transformer)
     try:
         latents = decoder.denoise(
-            cond,
-            uncond,
+            context,
             torch.Generator().manual_seed(7),
             DecodeSettings(num_inference_steps=steps, guidance_scale=g),
         )
@@ -162,7 +163,7 @@ def test_cfg_batches_both_branches_and_euler_steps_the_guided_velocity(policy):
     for i, call in enumerate(rec.calls):
         assert call["x"].shape[0] == 2 * b  # both branches in one batch
         torch.testing.assert_close(call["x"], torch.cat([x, x]))
-        torch.testing.assert_close(call["context"], torch.cat([uncond.expand(b, -1, -1), cond]))
+        torch.testing.assert_close(call["context"], context)
         torch.testing.assert_close(call["t"], torch.full((2 * b,), sigmas[i] * 1000, dtype=torch.float32))
         v_u, v_c = call["v"][:b], call["v"][b:]
         assert (v_c - v_u).abs().max() > 1e-4  # the branches really differ
@@ -174,11 +175,10 @@ def test_guidance_one_runs_only_the_conditional_branch(policy):
     decoder = policy.decoder
     hidden = torch.randn(2, policy.layout.tokens_per_image + 1, policy.model.config.hidden_size)
     cond = decoder.condition(hidden)
+    settings = DecodeSettings(2, guidance_scale=1.0)
     rec = TransformerCalls(decoder.transformer)
     try:
-        decoder.denoise(
-            cond, decoder.unconditional(hidden.shape[1]), None, DecodeSettings(2, guidance_scale=1.0)
-        )
+        decoder.denoise(decoder.context(hidden, settings), None, settings)
     finally:
         rec.handle.remove()
     assert [c["x"].shape[0] for c in rec.calls] == [2, 2]
@@ -203,7 +203,7 @@ def test_connector_runs_once_per_chunk_not_per_step(policy):
         for h in hooks:
             h.remove()
     assert images.shape == (5, 3, decoder.image_size, decoder.image_size)
-    assert counts == {"connector": 1 + 3, "transformer": 4 * 3}  # zeros once + 3 chunks; 4 steps per chunk
+    assert counts == {"connector": 3, "transformer": 4 * 3}  # once per chunk (both branches); 4 steps per chunk
 
 
 def test_vae_decode_unscales_the_latents(policy):
@@ -285,3 +285,48 @@ def test_refiner_gets_no_gradient_and_is_not_in_the_optimizer(policy):
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
+
+
+def official_latents(decoder, hidden, guidance_scale, steps, seed):
+    """The official class's sampling loop (BLIP3o-NEXT's GRPO model, `sample_images`), written out: the
+    zeros and the hidden states concatenated into one batch, the connector over that batch at every step,
+    bf16 latents, both branches in one SANA call."""
+    pred = hidden.to(decoder.dtype)
+    pred = torch.cat([torch.zeros_like(pred), pred], 0)
+    b = len(pred) // 2
+    size, channels = decoder.latent_size, decoder.transformer.config.in_channels
+    latents = randn_tensor((b, channels, size, size), generator=torch.Generator().manual_seed(seed),
+                           device=decoder.device, dtype=decoder.dtype)
+    decoder.scheduler.set_timesteps(steps, sigmas=np.linspace(1.0, 1 / steps, steps))
+    for t in decoder.scheduler.timesteps:
+        model_in = torch.cat([latents] * 2).to(pred.dtype)
+        v = decoder.transformer(hidden_states=model_in, encoder_hidden_states=decoder.connector(pred),
+                                timestep=t.unsqueeze(0).expand(model_in.shape[0]), encoder_attention_mask=None).sample
+        v_uncond, v_cond = v.chunk(2)
+        latents = decoder.scheduler.step(v_uncond + guidance_scale * (v_cond - v_uncond), t, latents).prev_sample
+    return latents
+
+
+def test_bf16_decode_equals_the_official_class_bit_for_bit(folder):
+    bf16 = Blip3oNextPolicy.from_pretrained(folder, device="cpu", dtype=torch.float32, decoder_dtype="bfloat16")
+    decoder = bf16.decoder
+    assert decoder.dtype == torch.bfloat16
+    hidden = torch.randn(3, bf16.layout.tokens_per_image + 1, bf16.model.config.hidden_size,
+                         generator=torch.Generator().manual_seed(0))
+    settings = DecodeSettings(num_inference_steps=3, guidance_scale=2.0)
+    inputs = []
+    hook = decoder.connector.register_forward_hook(lambda m, args, out: inputs.append(args[0].clone()))
+    try:
+        with torch.no_grad():
+            ours = decoder.denoise(decoder.context(hidden, settings), torch.Generator().manual_seed(5), settings)
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        official = official_latents(decoder, hidden, 2.0, 3, 5)
+    assert ours.dtype == official.dtype == torch.bfloat16
+    assert torch.equal(ours, official)
+    # the official batch: one connector call over [zeros; h] (on this CPU the separate calls happen to give
+    # the same bf16 values for the tiny model; on a GPU the kernel, and so the rounding, follows the batch)
+    assert len(inputs) == 1 and inputs[0].shape[0] == 6
+    assert torch.equal(inputs[0][:3], torch.zeros_like(inputs[0][:3]))
+    assert torch.equal(inputs[0][3:], hidden.to(torch.bfloat16))

@@ -72,3 +72,24 @@ def test_ocr_recipe_lr_horizon_matches_the_official_text_run():
     assert lr_at_900 > 0.96
     geneval = load_config(str(CONFIGS / "blip3o_next_geneval.yaml"), check_inputs=False)
     assert lr_schedule_steps(geneval.optim, geneval.max_steps, 50_000, 16) == 400
+
+
+def test_ocr_recipe_selects_the_official_paddleocr_with_the_offline_rapidocr_variant():
+    cfg = load_config(str(CONFIGS / "blip3o_next_ocr.yaml"), check_inputs=False)
+    assert cfg.rewards[0].kwargs == {"engine": "paddleocr"}  # PaddleOCR 3.x, as the official text run
+    offline = load_config(str(CONFIGS / "blip3o_next_ocr.yaml"), ["rewards.0.kwargs.engine=rapidocr"],
+                          check_inputs=False)
+    assert offline.rewards[0].kwargs == {"engine": "rapidocr"}
+    assert "rewards.0.kwargs.engine=rapidocr" in (CONFIGS / "blip3o_next_ocr.yaml").read_text()
+
+
+@pytest.mark.parametrize(("recipe", "gpus", "images"), [("blip3o_next_geneval", 16, 256), ("blip3o_next_ocr", 32, 512)])
+def test_recipes_carry_a_launch_line_at_the_official_scale(recipe, gpus, images):
+    import re
+
+    text = (CONFIGS / f"{recipe}.yaml").read_text()
+    line = next(x for x in text.splitlines() if f"--num_processes {gpus} " in x)
+    assert f"--num_machines {gpus // 8} " in line and f"-m blip3o_rl train {recipe}" in line
+    cfg = load_config(str(CONFIGS / f"{recipe}.yaml"), check_inputs=False)
+    assert gpus * cfg.grpo.batch_size == images  # grpo.batch_size is per process
+    assert re.search(rf"sbatch --nodes {gpus // 8} scripts/slurm/train.sbatch", text.replace("\n#", ""))

@@ -111,8 +111,24 @@ def test_normalize_then_sum_weights_and_none_scaling():
     # weights [2, 5]: s = 2 z_a = ∓1.41400; scale_rewards="none" only centres it (mean already 0)
     scores = torch.tensor([[0.0, 3.0], [1.0, 3.0]])
     z = 0.5 / (math.sqrt(0.5) + E)
-    adv = reward_advantages(scores, [2.0, 5.0], 2, scale_rewards="none", aggregation="normalize_then_sum")
+    adv = reward_advantages(scores, [2.0, 5.0], 2, scale_rewards="none", aggregation="normalize_then_sum_per_group")
     torch.testing.assert_close(adv, torch.tensor([-2 * z, 2 * z]))
+    with pytest.raises(ValueError, match="does not apply"):  # TRL's GDPO always standardises over the batch
+        reward_advantages(scores, [2.0, 5.0], 2, scale_rewards="none", aggregation="normalize_then_sum")
+
+
+def test_normalize_then_sum_standardises_over_the_batch_the_per_group_variant_within_groups():
+    # two groups of 2, one reward: z1 = ∓0.70700, z2 = ∓0.70709 (as below). GDPO (TRL): the batch std of
+    # the four (scale_rewards ignored); per group: each group's own std (sqrt(2) z).
+    scores = torch.tensor([[0.0], [1.0], [0.0], [5.0]])
+    z1, z2 = 0.5 / (math.sqrt(0.5) + E), 2.5 / (math.sqrt(12.5) + E)
+    batch_sd = math.sqrt((2 * z1**2 + 2 * z2**2) / 3) + E
+    gdpo = torch.tensor([-z1 / batch_sd, z1 / batch_sd, -z2 / batch_sd, z2 / batch_sd])
+    for scale in ("group", "batch"):
+        torch.testing.assert_close(reward_advantages(scores, [1.0], 2, scale, "normalize_then_sum"), gdpo)
+    per_group = reward_advantages(scores, [1.0], 2, "group", "normalize_then_sum_per_group")
+    g1, g2 = z1 / (math.sqrt(2) * z1 + E), z2 / (math.sqrt(2) * z2 + E)
+    torch.testing.assert_close(per_group, torch.tensor([-g1, g1, -g2, g2]))
 
 
 def test_a_sample_failed_by_one_reward_leaves_every_reward_s_statistics():
