@@ -166,3 +166,33 @@ def test_vllm_engines_refuse_a_guided_policy(tiny_janus):
 
     with pytest.raises(ValueError, match=r"VLLMEngine has no classifier-free guidance.*kv_cache or static"):
         VLLMEngine().setup(JanusPolicy.from_pretrained(tiny_janus))
+
+
+def test_full_vocabulary_scoring_is_refused_for_janus_guided_or_not(tiny_janus):
+    from blip3o_rl.rl.grpo.score_space import OfficialSpace
+
+    for scale in (None, 1.0):  # the recipe's CFG, and no guidance: Janus's codes are no rows of a text lm_head
+        policy = JanusPolicy.from_pretrained(tiny_janus) if scale is None else \
+            JanusPolicy.from_pretrained(tiny_janus, guidance_scale=scale)
+        assert not policy.lm.scores_full_vocabulary
+        prompts = policy.prompt_batch(CAPTIONS[:1])
+        codes = torch.zeros(1, 3, dtype=torch.long)
+        with pytest.raises(ValueError, match="full-vocabulary scoring|no full-vocabulary"):
+            sequence_logprobs(policy.lm, prompts, codes, 1.0, space=OfficialSpace())
+
+
+def test_the_official_score_space_with_a_janus_recipe_is_a_config_error(tiny_janus, tmp_path):
+    from pathlib import Path
+
+    from blip3o_rl.rl.config import ConfigError, load_config
+    from blip3o_rl.rl.trainer import GRPOTrainer
+
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "demo_janus.yaml"
+    trainer = GRPOTrainer(load_config(str(recipe), [f"output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_janus}",
+                                                    "model.build={}", "grpo.score_space=official",
+                                                    "logging.tensorboard=false", "logging.progress_bar=false"]))
+    try:
+        with pytest.raises(ConfigError, match=r"grpo\.score_space: 'official'.*JanusImageTokenLM.*kept_set"):
+            trainer.setup()
+    finally:
+        trainer.cleanup()

@@ -16,7 +16,7 @@ from blip3o_rl.rl.rollout.agreement import LogprobAgreement
 from blip3o_rl.rl.rollout.engines import KVCacheEngine, SamplingParams, build_engine
 from blip3o_rl.rl.rollout.sync_probe import SyncProbe, lora_modules_changed, pushes_weights
 from blip3o_rl.rl.trainer import train
-from blip3o_rl.rl.weights.finetune import FinetuneSetup
+from blip3o_rl.rl.weights.finetune import TrainableWeights
 
 COPY_ENGINE = f"{Path(__file__).parent / 'copy_engine.py'}:CopyEngine"
 QUIET = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.image_every=0", "eval.eval_every=0",
@@ -85,7 +85,7 @@ def test_engines_that_read_the_live_model_are_not_probed():
 
 
 def test_a_lora_merge_that_changes_no_module_is_an_error(tiny_policy):
-    FinetuneSetup(tiny_policy, ModelConfig(policy="tiny", finetune="lora"), need_reference=False)
+    TrainableWeights(tiny_policy, ModelConfig(policy="tiny", finetune="lora"), need_reference=False)
     assert lora_modules_changed(tiny_policy.model) == 0  # lora_B starts at 0: the merge changes nothing
     probe = SyncProbe("vllm", ["green"], 2, 0, 0.1)
     engine = KVCacheEngine()
