@@ -80,7 +80,7 @@ def test_export_reloads_in_the_official_class_with_the_same_logits(trained, tiny
     policy = trainer.policy
     if mode == "lora":
         policy = copy.copy(trainer.policy)
-        policy.model = copy.deepcopy(trainer.finetune.peft_model).merge_and_unload()
+        policy.model = copy.deepcopy(trainer.trainable.peft_model).merge_and_unload()
     prompts = policy.prompt_batch(["a red image", "paint it blue"])
     codes = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
     seen = []
