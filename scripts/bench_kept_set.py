@@ -13,6 +13,11 @@ inside a run of tied logits, and the log-prob error of the rebuild (mean, max) f
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python scripts/NAME.py): run it as the module it is
+    from blip3o_rl.scripts import run_as_module
+
+    run_as_module(__file__)
+
 import argparse
 
 import torch
