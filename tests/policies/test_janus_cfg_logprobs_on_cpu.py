@@ -177,7 +177,7 @@ def test_full_vocabulary_scoring_is_refused_for_janus_guided_or_not(tiny_janus):
         assert not policy.lm.scores_full_vocabulary
         prompts = policy.prompt_batch(CAPTIONS[:1])
         codes = torch.zeros(1, 3, dtype=torch.long)
-        with pytest.raises(ValueError, match="full-vocabulary scoring|no full-vocabulary"):
+        with pytest.raises(ValueError, match=r"full-vocabulary scoring|no full-vocabulary"):
             sequence_logprobs(policy.lm, prompts, codes, 1.0, space=OfficialSpace())
 
 
