@@ -664,12 +664,12 @@ def serve(settings: ServerSettings, port_file: str | None = None, log_level: str
     except ImportError as exc:
         raise ImportError(f"the reward server needs FastAPI and uvicorn ({exc}); install them with: "
                           "pip install 'blip3o-rl[server]'") from exc
-    from .http_protocol import CONFIG_ATTR, HeaderTimeoutH11Protocol
+    from .http_protocol import CONFIG_ATTR, header_timeout_protocol
 
     check_settings(settings)
     workers = len(settings.devices) or settings.workers
     common: dict[str, Any] = {"log_level": log_level, "access_log": False, "timeout_graceful_shutdown": 5,
-              "http": HeaderTimeoutH11Protocol}
+              "http": header_timeout_protocol()}
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     if workers == 1:
