@@ -24,7 +24,8 @@ CONFIG_ATTR = "blip3o_rl_header_timeout_s"
 def header_timeout_protocol() -> type:
     """The `H11Protocol` subclass that closes a connection whose request headers take over
     ``header_timeout_s``. uvicorn and h11 (the ``[server]`` extra) are imported here, when a server is
-    built, so this module imports without them."""
+    built, so this module imports without them. The class is also the module attribute
+    ``HeaderTimeoutH11Protocol`` (`__getattr__`), so uvicorn's worker processes can unpickle it by name."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -68,4 +69,11 @@ def header_timeout_protocol() -> type:
                             self._header_timeout_s)
                 self.transport.close()
 
+    HeaderTimeoutH11Protocol.__qualname__ = "HeaderTimeoutH11Protocol"
     return HeaderTimeoutH11Protocol
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HeaderTimeoutH11Protocol":  # by name, as pickle finds it in a spawned worker
+        return header_timeout_protocol()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
